@@ -30,6 +30,8 @@ def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.Vide
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such video file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{p}: empty file; {_HINT}")
     try:
         container = av.open(str(p))
     except av.error.FFmpegError as e:  # not a media file at all
@@ -101,6 +103,8 @@ def _gop_frames(path: str | os.PathLike, gop_index: int) -> Iterator[av.VideoFra
                 yield from checked(ctx.decode(None))
         except av.error.FFmpegError as e:
             raise ValueError(f"{path}: damaged stream ({e}); {_HINT}") from e
+    if gop < 0:
+        raise ValueError(f"{path}: holds no decodable video frame; {_HINT}")
     if gop < gop_index:
         raise IndexError(f"{path}: GOP {gop_index} out of range ({gop + 1} GOPs)")
 
@@ -120,7 +124,7 @@ def _records(frame: av.VideoFrame) -> np.ndarray | None:
 
 def _bgr(frame: av.VideoFrame) -> np.ndarray:
     """BGR24 uint8 (H, W, 3), converted by swscale with bicubic interpolation as the original."""
-    return frame.to_ndarray(format="bgr24", interpolation="BICUBIC")
+    return np.ascontiguousarray(frame.to_ndarray(format="bgr24", interpolation="BICUBIC"))
 
 
 def _identity_map(height: int, width: int) -> np.ndarray:
