@@ -464,7 +464,8 @@ def model_config(args: argparse.Namespace, ds: ClipDataset, d_i: int) -> dict:
     return {"num_classes": ds.num_classes, "class_names": ds.class_names,
             "num_segments": args.num_segments, "backbone": args.backbone, "hidden": args.hidden,
             "with_mv": args.with_mv, "decoder": not args.no_rec, "d_i": d_i, "size": args.size,
-            "input": args.input, "dataset": args.dataset, "variant": args.name}
+            "input": args.input, "dataset": args.dataset, "variant": args.name,
+            "root": str(args.root)}
 
 
 def main(argv: list[str] | None = None) -> None:
