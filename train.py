@@ -259,6 +259,21 @@ def identity_features(ds: ClipDataset, f_i: torch.nn.Module, device: torch.devic
 # ----------------------------------------------------------------------------------------------
 
 
+def build(args: argparse.Namespace, ds: ClipDataset, d_i: int, device: torch.device
+          ) -> tuple[MIC, torch.nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """The model, the MI estimator T_θ and their optimisers (Adam, β1 0.9)."""
+    seed_everything(args.seed)
+    model = MIC(ds.num_classes, args.num_segments, args.backbone, args.hidden,
+                with_mv=args.with_mv, decoder=not args.no_rec, d_i=d_i, size=args.size,
+                num_subjects=len(ds.subjects) if args.adv else 0,
+                backbone_weights=args.backbone_weights).to(device)
+    estimator = build_estimator(args.estimator, model.d_e, d_i, hidden=args.mi_hidden).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
+                           weight_decay=args.weight_decay)
+    opt_t = torch.optim.Adam(estimator.parameters(), lr=args.lr)
+    return model, estimator, opt, opt_t
+
+
 def make_datasets(args: argparse.Namespace, fold: int | None) -> tuple[ClipDataset, ...]:
     """(train, train in test mode, test) datasets of a fold (AFEW: fold None, train → val)."""
     common = dict(num_segments=args.num_segments, size=args.size, representation=args.input,
@@ -325,15 +340,7 @@ def train_fold(args: argparse.Namespace, fold: int | None, device: torch.device,
     z_i_train = z_i_all[[z_i_row[r["path"]] for r in train_ds.rows]].to(device)
 
     d_i = z_i_all.shape[1]
-    seed_everything(args.seed)
-    model = MIC(train_ds.num_classes, args.num_segments, args.backbone, args.hidden,
-                with_mv=args.with_mv, decoder=not args.no_rec, d_i=d_i, size=args.size,
-                num_subjects=len(train_ds.subjects) if args.adv else 0,
-                backbone_weights=args.backbone_weights).to(device)
-    estimator = build_estimator(args.estimator, model.d_e, d_i, hidden=args.mi_hidden).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
-                           weight_decay=args.weight_decay)
-    opt_t = torch.optim.Adam(estimator.parameters(), lr=args.lr)
+    model, estimator, opt, opt_t = build(args, train_ds, d_i, device)
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -347,7 +354,6 @@ def train_fold(args: argparse.Namespace, fold: int | None, device: torch.device,
     if dist.is_initialized():
         step_fn = DistributedDataParallel(step_fn, find_unused_parameters=True)
     writer = SummaryWriter(str(fold_dir / "tb"), purge_step=start) if rank0 else None
-    use_rec = not args.no_rec
 
     for epoch in range(start, args.epochs):
         lr = lr_at(epoch, args.lr, args.schedule)
@@ -367,37 +373,8 @@ def train_fold(args: argparse.Namespace, fold: int | None, device: torch.device,
                    leave=False, disable=not rank0)
         for batch in bar:
             b = to_device(batch, device)
-            z_i = z_i_train[b["index"]]
-            with autocast(device):
-                out = step_fn(b["input"], b.get("mv"), z_i, use_rec)
-            z_e = out["z_e"].float()
-            ce = F.cross_entropy(out["logits"].float(), b["label"])
-            # T_θ: tighten the MI bound on the current features (no gradient into f_E).
-            for _ in range(args.t_steps):
-                opt_t.zero_grad(set_to_none=True)
-                estimator.loss_T(z_e.detach(), z_i).backward()
-                if dist.is_initialized():  # T_θ is small: average its gradients by hand
-                    for p in estimator.parameters():
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= dist.get_world_size()
-                opt_t.step()
-            mi = estimator(z_e, z_i)  # MI estimate between z_E and z_I
-            loss = ce + (0.0 if args.no_mi else args.alpha) * mi
-            terms = {"ce": ce.item(), "mi": mi.item()}
-            if "adv" in out:  # MIC−MI+Adv: the discriminator sits behind gradient reversal
-                adv = F.cross_entropy(out["adv"].float(), b["subject"])
-                loss = loss + args.alpha * adv
-                terms["adv"] = adv.item()
-            if use_rec and b["has_apex"].any():  # L_rec = ||I_apex − Dec(z_I, z_E)||²
-                rec = F.mse_loss(out["rec"].float()[b["has_apex"]], b["apex"][b["has_apex"]])
-                loss = loss + args.beta * rec
-                terms["rec"] = rec.item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            terms["loss"] = loss.item()
-            terms["acc"] = (out["logits"].argmax(1) == b["label"]).float().mean().item()
+            terms = train_step(step_fn, estimator, opt, opt_t, b, z_i_train[b["index"]], args,
+                               device)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
@@ -440,6 +417,44 @@ def train_fold(args: argparse.Namespace, fold: int | None, device: torch.device,
     if dist.is_initialized():
         dist.barrier()
     return result
+
+
+def train_step(step_fn: torch.nn.Module, estimator: torch.nn.Module, opt: torch.optim.Optimizer,
+               opt_t: torch.optim.Optimizer, b: dict, z_i: torch.Tensor,
+               args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """One step: T_θ `t_steps` times on the MI bound, then f_E on L_CE + α·MI + β·L_rec."""
+    use_rec = not args.no_rec
+    with autocast(device):
+        out = step_fn(b["input"], b.get("mv"), z_i, use_rec)
+    z_e = out["z_e"].float()
+    ce = F.cross_entropy(out["logits"].float(), b["label"])
+    # T_θ: tighten the MI bound on the current features (no gradient into f_E).
+    for _ in range(args.t_steps):
+        opt_t.zero_grad(set_to_none=True)
+        estimator.loss_T(z_e.detach(), z_i).backward()
+        if dist.is_initialized():  # T_θ is small: average its gradients by hand
+            for p in estimator.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= dist.get_world_size()
+        opt_t.step()
+    mi = estimator(z_e, z_i)  # MI estimate between z_E and z_I
+    loss = ce + (0.0 if args.no_mi else args.alpha) * mi
+    terms = {"ce": ce.item(), "mi": mi.item()}
+    if "adv" in out:  # MIC−MI+Adv: the discriminator sits behind gradient reversal
+        adv = F.cross_entropy(out["adv"].float(), b["subject"])
+        loss = loss + args.alpha * adv
+        terms["adv"] = adv.item()
+    if use_rec and b["has_apex"].any():  # L_rec = ||I_apex − Dec(z_I, z_E)||²
+        rec = F.mse_loss(out["rec"].float()[b["has_apex"]], b["apex"][b["has_apex"]])
+        loss = loss + args.beta * rec
+        terms["rec"] = rec.item()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    terms["loss"] = loss.item()
+    terms["acc"] = (out["logits"].argmax(1) == b["label"]).float().mean().item()
+    return terms
 
 
 class TrainForward(torch.nn.Module):
