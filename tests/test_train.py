@@ -18,27 +18,7 @@ import torch
 import evaluate
 import train
 from datasets import collate
-from synthetic import SyntheticConfig, generate
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--backbone", "resnet6", "--hidden", "8", "--size", "32",
-        "--num-segments", "2", "--batch-size", "4", "--workers", "0", "--mi-hidden", "16",
-        "--pretrain-epochs", "1", "--fold", "0", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """A tiny synthetic set, re-encoded and indexed, with a cached identity network."""
-    base = tmp_path_factory.mktemp("syn")
-    cfg = SyntheticConfig(subjects=6, id_subjects=3, id_images=4, size=48, min_frames=6,
-                          max_frames=8, min_expressions=2, max_expressions=3, unlabelled=1)
-    generate(base / "tiny-raw", cfg)
-    subprocess.run(["bash", str(ROOT / "reencode.sh"), str(base / "tiny-raw"), str(base / "tiny")],
-                   check=True, capture_output=True)
-    subprocess.run([sys.executable, str(ROOT / "datasets.py"), "--dataset", "synthetic",
-                    "--root", str(base / "tiny")], check=True, capture_output=True)
-    return base / "tiny"
-
+from tests.conftest import ROOT, TINY, train_cmd
 
 VARIANTS = {
     "mic": [],
@@ -76,11 +56,6 @@ def test_lr_schedule():
     assert train.lr_at(65, 1e-4, "60:1e-7,30:8e-6") == 1e-7
 
 
-def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), *TINY, "--root", str(data), "--out", str(out),
-            *extra]
-
-
 def _state(run: Path) -> dict[str, torch.Tensor]:
     ckpt = torch.load(run / "mic+resnet6" / "fold0" / "ckpt.pt", weights_only=True)
     return {**ckpt["model"], **{f"T.{k}": v for k, v in ckpt["estimator"].items()}}
@@ -88,9 +63,9 @@ def _state(run: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_to_the_same_state(data, tmp_path):
     whole = tmp_path / "whole"
-    subprocess.run(_train_cmd(data, whole, "--epochs", "3"), check=True, capture_output=True)
+    subprocess.run(train_cmd(data, whole, "--epochs", "3"), check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(data, killed, "--epochs", "3"), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_cmd(data, killed, "--epochs", "3"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     ckpt = killed / "mic+resnet6" / "fold0" / "ckpt.pt"
     deadline = time.time() + 300
@@ -101,10 +76,10 @@ def test_killed_run_resumes_to_the_same_state(data, tmp_path):
     epoch = torch.load(ckpt, weights_only=True)["epoch"]
     assert epoch < 2, "the run finished before it could be killed"
     # Without --resume the run refuses to overwrite; with it, it continues where it stopped.
-    refused = subprocess.run(_train_cmd(data, killed, "--epochs", "3"), capture_output=True,
+    refused = subprocess.run(train_cmd(data, killed, "--epochs", "3"), capture_output=True,
                              text=True)
     assert refused.returncode != 0 and "--resume" in refused.stderr
-    resumed = subprocess.run(_train_cmd(data, killed, "--epochs", "3", "--resume"),
+    resumed = subprocess.run(train_cmd(data, killed, "--epochs", "3", "--resume"),
                              capture_output=True, text=True, check=True)
     assert f"resuming at epoch {epoch + 1}" in resumed.stdout + resumed.stderr
     a, b = _state(whole), _state(killed)
@@ -127,12 +102,8 @@ def test_torchrun_two_gloo_processes(data, tmp_path):
     assert 0.0 <= result["accuracy"] <= 1.0 and result["history"][0]["epoch"] == 0
 
 
-def test_evaluate_writes_results(data, tmp_path):
-    run = tmp_path / "run"
-    for flags in ([], ["--no-mi"]):
-        subprocess.run(_train_cmd(data, run, "--epochs", "1", "--fold", "1", *flags),
-                       check=True, capture_output=True)
-    evaluate.main([str(run), "--speed-clips", "1"])
+def test_evaluate_writes_results(tiny_run):
+    run = tiny_run
     res = json.loads((run / "results.json").read_text())
     names = [v["variant"] for v in res["variants"]]
     assert names == ["mic+resnet6", "mic-mi+resnet6"]
