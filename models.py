@@ -323,9 +323,10 @@ class IdentityBranch(nn.Module):
     Build with `build_identity`.
     """
 
-    def __init__(self, net: nn.Module, dim: int, standardize: bool) -> None:
+    def __init__(self, net: nn.Module, dim: int, standardize: bool,
+                 size: int = FACENET_SIZE) -> None:
         super().__init__()
-        self.net, self.dim, self.standardize = net, dim, standardize
+        self.net, self.dim, self.standardize, self.size = net, dim, standardize, size
         self.requires_grad_(False)
         self.train(False)
 
@@ -333,7 +334,7 @@ class IdentityBranch(nn.Module):
         return super().train(False)  # frozen: BN statistics and dropout stay in inference mode
 
     def preprocess(self, images: Tensor) -> Tensor:
-        x = letterbox(images)
+        x = letterbox(images, self.size)
         # InceptionResnetV1 (facenet-pytorch) expects fixed_image_standardization
         return (x * 255 - 127.5) / 128 if self.standardize else x
 
@@ -343,7 +344,9 @@ class IdentityBranch(nn.Module):
         return self.net.features(x) if isinstance(self.net, FaceNetMobileNet) else self.net(x)
 
 
-def build_identity(name: str, weights: str | None, strict: bool = True) -> IdentityBranch:
+def build_identity(
+    name: str, weights: str | None, strict: bool = True, size: int = FACENET_SIZE
+) -> IdentityBranch:
     """Frozen identity branch f_I by name.
 
     `facenet_mobilenet`: z_I 1024-d, weights = bubbliiiing's `facenet_mobilenet.pth` (or a
@@ -352,6 +355,7 @@ def build_identity(name: str, weights: str | None, strict: bool = True) -> Ident
     `20180402-114759-vggface2.pt`. Classifier heads (`classifier.*`, `logits.*`) in the file
     are ignored; with `strict` every other key must match exactly, otherwise only keys of the
     same name and shape are loaded. `weights=None`: random init (tests; pretrain it yourself).
+    `size`: side of the letterboxed input (160 for the published weights).
     """
     if name == "facenet_mobilenet":
         net: nn.Module = FaceNetMobileNet()
@@ -392,7 +396,9 @@ def build_identity(name: str, weights: str | None, strict: bool = True) -> Ident
             )
             state = {**own, **loaded}
         net.load_state_dict(state)
-    return IdentityBranch(net, IDENTITY_DIMS[name], standardize=name == "inception_resnet_v1")
+    return IdentityBranch(
+        net, IDENTITY_DIMS[name], standardize=name == "inception_resnet_v1", size=size
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import subprocess
@@ -37,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from datasets import NUM_FOLDS, ClipDataset, collate
+from datasets import NUM_FOLDS, SCALES, ClipDataset, DecodeCache, collate
 from mi import ESTIMATORS, build_estimator
 from models import MIC, FaceNetMobileNet, build_identity
 
@@ -96,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--identity", default="facenet_mobilenet",
                    choices=["facenet_mobilenet", "inception_resnet_v1"])
     p.add_argument("--identity-weights", help="facenet_mobilenet.pth or the VGGFace2 file")
+    p.add_argument("--identity-size", type=int,
+                   help="letterboxed input side of f_I (160: the published weights; default "
+                        "80 for the synthetic set's own pretraining)")
     p.add_argument("--num-segments", type=int, default=8)
     p.add_argument("--size", type=int, default=112, help="input side (224: the paper's)")
     # optimisation
@@ -105,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedule", help="'epoch:lr,...' step schedule (default per dataset)")
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache", help="folder for a cache of decoded clips (speeds up GPU runs)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run found in --out")
@@ -112,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic-subjects", type=int, default=40, help="size of a generated set")
     p.add_argument("--pretrain-epochs", type=int, default=6, help="identity pretraining epochs")
     args = p.parse_args(argv)
+    if args.identity_size is None:  # our own pretraining on 128-px synthetic faces: 80 px
+        pretrain = args.dataset == "synthetic" and not args.identity_weights
+        args.identity_size = 80 if pretrain else 160
     for key, value in DEFAULTS[args.dataset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -194,15 +202,16 @@ def identity_weights(args: argparse.Namespace, device: torch.device) -> str | No
     if args.identity != "facenet_mobilenet":
         sys.exit("train.py: pretraining on the synthetic identities needs --identity "
                  "facenet_mobilenet (or pass --identity-weights)")
-    path = args.root / "identity_facenet_mobilenet.pth"
+    path = args.root / f"identity_facenet_mobilenet_{args.identity_size}px.pth"
     if not path.exists():
         raw = args.root.with_name(args.root.name + "-raw") / "identities"
-        acc = pretrain_identity(raw, path, args.pretrain_epochs, args.seed, device)
+        acc = pretrain_identity(raw, path, args.pretrain_epochs, args.identity_size, args.seed,
+                                device)
         log0(f"identity network: {acc:.1%} identity accuracy on held-out frames -> {path}")
     return str(path)
 
 
-def pretrain_identity(folder: Path, out: Path, epochs: int, seed: int,
+def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int,
                       device: torch.device) -> float:
     """Train FaceNetMobileNet as an identity classifier on folder/<id>/*.png (held-out: every
     5th frame); save its state dict to `out`; return the held-out identity accuracy."""
@@ -218,7 +227,7 @@ def pretrain_identity(folder: Path, out: Path, epochs: int, seed: int,
         for f in sorted(d.glob("*.png")):
             images.append(np.asarray(Image.open(f).convert("RGB")))
             labels.append(k)
-    x = letterbox(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255)
+    x = letterbox(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, size)
     y = torch.tensor(labels)
     held = torch.arange(len(y)) % 5 == 4
     seed_everything(seed)
@@ -276,8 +285,10 @@ def build(args: argparse.Namespace, ds: ClipDataset, d_i: int, device: torch.dev
 
 def make_datasets(args: argparse.Namespace, fold: int | None) -> tuple[ClipDataset, ...]:
     """(train, train in test mode, test) datasets of a fold (AFEW: fold None, train → val)."""
+    cache = (DecodeCache(args.cache, short_side=math.ceil(args.size / min(SCALES)))
+             if args.cache else None)
     common = dict(num_segments=args.num_segments, size=args.size, representation=args.input,
-                  with_mv=args.with_mv)
+                  with_mv=args.with_mv, cache=cache)
     if fold is None:
         train_sel, test_sel = dict(split="train"), dict(split="val")
     else:
@@ -503,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         dist.barrier()
         weights = identity_weights(args, device)  # the cached file rank 0 made
-    f_i = build_identity(args.identity, weights).to(device)
+    f_i = build_identity(args.identity, weights, size=args.identity_size).to(device)
     everything = ClipDataset(args.root, num_segments=1, size=args.size)
     z_i_all = identity_features(everything, f_i, device, args.workers)
     del f_i
