@@ -40,24 +40,38 @@ static PyArrayObject *new_int32(int ndim, npy_intp *dims) {
 }
 
 /* Visit the pixels of each record with a non-zero displacement whose dst and src both lie in the
- * frame: the block dst ± w/2, dst ± h/2 (C division, as the original loader). */
+ * frame: the block dst ± w/2, dst ± h/2 (C division, as the original loader). The bounds test of
+ * each pixel is hoisted: the offsets (ox, oy) that keep both inside form a product of two ranges,
+ * clipped once per record. Within a record every pixel is visited once, so the visiting order
+ * inside it does not matter; records are applied in order. */
+static inline void clip_range(long half, long dst, long src, long size, long *lo, long *hi) {
+    *lo = -half;
+    if (-dst > *lo) *lo = -dst;
+    if (-src > *lo) *lo = -src;
+    *hi = half;
+    if (size - dst < *hi) *hi = size - dst;
+    if (size - src < *hi) *hi = size - src;
+}
+
 #define FOR_RECORD_PIXELS(rec, n, width, height, BODY)                                      \
     for (npy_intp i_ = 0; i_ < (n); ++i_) {                                                 \
         const int32_t *r_ = (rec) + 6 * i_;                                                 \
         const int w_ = r_[0], h_ = r_[1];                                                   \
-        const int sx_ = r_[2], sy_ = r_[3], dx_ = r_[4], dy_ = r_[5];                       \
+        const long sx_ = r_[2], sy_ = r_[3], dx_ = r_[4], dy_ = r_[5];                      \
         if (dx_ - sx_ == 0 && dy_ - sy_ == 0) continue;                                     \
         if (w_ < 0 || h_ < 0 || w_ > 4096 || h_ > 4096) continue;                           \
-        for (int ox = -1 * w_ / 2; ox < w_ / 2; ++ox) {                                     \
-            for (int oy = -1 * h_ / 2; oy < h_ / 2; ++oy) {                                 \
-                const long px = (long)dx_ + ox, py = (long)dy_ + oy;                        \
-                const long qx = (long)sx_ + ox, qy = (long)sy_ + oy;                        \
-                if (px < 0 || px >= (width) || py < 0 || py >= (height) || qx < 0 ||        \
-                    qx >= (width) || qy < 0 || qy >= (height))                              \
-                    continue;                                                               \
-                const int val_x = dx_ - sx_, val_y = dy_ - sy_;                             \
-                (void)val_x;                                                                \
-                (void)val_y;                                                                \
+        long x0_, x1_, y0_, y1_;                                                            \
+        clip_range(w_ / 2, dx_, sx_, (width), &x0_, &x1_);                                  \
+        clip_range(h_ / 2, dy_, sy_, (height), &y0_, &y1_);                                 \
+        const int32_t val_x = (int32_t)(dx_ - sx_), val_y = (int32_t)(dy_ - sy_);          \
+        (void)val_x;                                                                        \
+        (void)val_y;                                                                        \
+        for (long oy = y0_; oy < y1_; ++oy) {                                               \
+            const long py = dy_ + oy, qy = sy_ + oy;                                        \
+            (void)qy;                                                                       \
+            for (long ox = x0_; ox < x1_; ++ox) {                                           \
+                const long px = dx_ + ox, qx = sx_ + ox;                                    \
+                (void)qx;                                                                   \
                 BODY                                                                        \
             }                                                                               \
         }                                                                                   \
