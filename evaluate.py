@@ -143,7 +143,7 @@ def measure_speed(root: Path, config: dict, representation: str, backbone: str, 
                   device: torch.device) -> dict:
     """Clips/s and frames/s of reading `clips` test clips and running the expression branch."""
     ds = ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
-                     representation=representation)
+                     representation=representation, accumulate=config.get("accumulate", False))
     model = MIC(config["num_classes"], config["num_segments"], backbone, config["hidden"],
                 decoder=False, size=config["size"]).to(device).eval()
     idx = list(range(min(clips, len(ds))))

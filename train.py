@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adv", action="store_true", help="identity adversary behind gradient reversal")
     p.add_argument("--no-rec", action="store_true", help="MIC−Î: no reconstruction term")
     p.add_argument("--with-mv", action="store_true", help="MIC+T^t: add a motion-vector branch")
+    p.add_argument("--accumulate", action="store_true",
+                   help="residuals and vectors against the I-frame (pytorch-coviar's default) "
+                        "instead of the previous frame (the paper's Δ^t)")
     p.add_argument("--input", default="residual", choices=["residual", "rgb"],
                    help="rgb: the same model on decoded frames (the RGB baseline)")
     # model
@@ -288,7 +291,7 @@ def make_datasets(args: argparse.Namespace, fold: int | None) -> tuple[ClipDatas
     cache = (DecodeCache(args.cache, short_side=math.ceil(args.size / min(SCALES)))
              if args.cache else None)
     common = dict(num_segments=args.num_segments, size=args.size, representation=args.input,
-                  with_mv=args.with_mv, cache=cache)
+                  with_mv=args.with_mv, accumulate=args.accumulate, cache=cache)
     if fold is None:
         train_sel, test_sel = dict(split="train"), dict(split="val")
     else:
@@ -490,7 +493,8 @@ def model_config(args: argparse.Namespace, ds: ClipDataset, d_i: int) -> dict:
     return {"num_classes": ds.num_classes, "class_names": ds.class_names,
             "num_segments": args.num_segments, "backbone": args.backbone, "hidden": args.hidden,
             "with_mv": args.with_mv, "decoder": not args.no_rec, "d_i": d_i, "size": args.size,
-            "input": args.input, "dataset": args.dataset, "variant": args.name,
+            "input": args.input, "accumulate": args.accumulate, "dataset": args.dataset,
+            "variant": args.name,
             "root": str(args.root)}
 
 
