@@ -23,8 +23,8 @@ build: $(STAMP) coviar_ext/coviar/_kernels.c
 # runs the whole protocol.
 DEMO_FOLDS ?= 0 1 2
 DEMO_ARGS := --dataset synthetic --root data/synthetic --out runs/demo --backbone resnet6 \
-	--hidden 64 --size 64 --num-segments 4 --batch-size 16 --epochs 12 --schedule 8:3e-4 \
-	--workers 1 --resume $(foreach f,$(DEMO_FOLDS),--fold $(f))
+	--hidden 64 --size 48 --num-segments 4 --accumulate --batch-size 16 --epochs 10 \
+	--schedule 8:3e-4 --pretrain-epochs 5 --workers 1 --resume $(foreach f,$(DEMO_FOLDS),--fold $(f))
 
 demo: build
 	$(PY) train.py $(DEMO_ARGS)
