@@ -82,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.1, help="weight of the MI term (or adversary)")
     p.add_argument("--beta", type=float, default=0.1, help="weight of the reconstruction term")
     p.add_argument("--estimator", default="mine", choices=sorted(ESTIMATORS))
-    p.add_argument("--t-steps", type=int, default=1, help="T_θ updates per encoder update")
+    p.add_argument("--t-steps", type=int,
+                   help="T_θ updates per encoder update (default: 1 for CLUB, 10 for the lower "
+                        "bounds: benchmarks/mi_game.py shows a lagging T_θ fooled with fewer)")
     p.add_argument("--mi-hidden", type=int, default=512, help="width of T_θ")
     p.add_argument("--no-mi", action="store_true", help="MIC−MI: no MI term in the loss")
     p.add_argument("--adv", action="store_true", help="identity adversary behind gradient reversal")
@@ -120,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic-subjects", type=int, default=40, help="size of a generated set")
     p.add_argument("--pretrain-epochs", type=int, default=6, help="identity pretraining epochs")
     args = p.parse_args(argv)
+    if args.t_steps is None:
+        args.t_steps = 1 if args.estimator == "club" else 10
     if args.identity_size is None:  # our own pretraining on 128-px synthetic faces: 80 px
         pretrain = args.dataset == "synthetic" and not args.identity_weights
         args.identity_size = 80 if pretrain else 160
