@@ -506,7 +506,7 @@ def _quantise(a: np.ndarray) -> np.ndarray:
     return np.clip(a + 128, 0, 255).astype(np.uint8)
 
 
-def _crop(a: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
+def crop_frames(a: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
     """(k, H, W, C) array cropped to ``box`` -> uint8 (k, C, h, w) (channels-last in memory);
     int32 arrays (residuals, MVs) are ``_quantise``d."""
     top, left, h, w = box
@@ -514,7 +514,18 @@ def _crop(a: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
     return torch.from_numpy(a).permute(0, 3, 1, 2)
 
 
-def _resize(t: torch.Tensor, size: int) -> torch.Tensor:
+def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Float model input from uint8-valued RGB (or MV) pixels, as pytorch-coviar: residuals and
+    motion vectors (already shifted by +128) ``(x / 255 - 0.5) / 0.226``; pictures (``"rgb"``)
+    ``(x / 255 - mean) / std`` with ImageNet's mean and std. Channels on dimension -3."""
+    x = x.float() / 255
+    if kind == "rgb":
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    return (x - 0.5) / RESIDUAL_STD
+
+
+def resize_frames(t: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (k, C, h, w) -> uint8 (k, C, size, size), bilinear, antialiased (as the uint8
     image transforms of pytorch-coviar, and fast)."""
     if t.shape[-2:] == (size, size):
@@ -613,7 +624,7 @@ class ClipDataset(Dataset):
 
     def _load(self, path: Path, frames: list[int], rep: int, num_frames: int) -> np.ndarray:
         """The frames' representation ``rep`` (k, H, W, C): coviar's arrays, or their uint8
-        ``_quantise``d copies from the cache (``_crop`` treats both alike)."""
+        ``_quantise``d copies from the cache (``crop_frames`` treats both alike)."""
         if self.cache is not None:
             return self.cache.frames(path, rep, self.accumulate, num_frames)[frames]
         return coviar.load_many(str(path), 0, frames, rep, self.accumulate)
@@ -652,23 +663,18 @@ class ClipDataset(Dataset):
 
         def spatial(a: np.ndarray, bgr: bool) -> torch.Tensor:
             """Crop, resize, flip; float32 in [0, 255], RGB if ``bgr``."""
-            t = _resize(_crop(a, box), self.size).float()
+            t = resize_frames(crop_frames(a, box), self.size).float()
             t = t.flip(-1) if flip else t
             return t[:, [2, 1, 0]] if bgr else t
 
-        x = spatial(arrays["input"], bgr=True) / 255
-        if self.representation == "rgb":
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            x = (x - mean) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        else:
-            x = (x - 0.5) / RESIDUAL_STD
+        x = normalise(spatial(arrays["input"], bgr=True), self.representation)
         item: dict[str, Any] = {"input": x.contiguous()}
         if self.with_mv:
             mv = spatial(arrays["mv"], bgr=False)
             if flip:  # mirrored motion: x displacement v - 128 -> 128 - v
                 mv[:, 0] = (256 - mv[:, 0]).clamp(0, 255)
-            item["mv"] = ((mv / 255 - 0.5) / RESIDUAL_STD).contiguous()
-        iframe = letterbox(_crop(arrays["pics"][:1], (0, left, h, width))[0])
+            item["mv"] = normalise(mv, "mv").contiguous()
+        iframe = letterbox(crop_frames(arrays["pics"][:1], (0, left, h, width))[0])
         item["iframe"] = (iframe.flip(-1) if flip else iframe)[[2, 1, 0]]
         if apex >= 0:
             item["apex"] = (spatial(arrays["pics"][1:2], bgr=True)[0] / 255).contiguous()

@@ -49,17 +49,15 @@ import torch
 import coviar
 from datasets import (
     IMAGE_EXTS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MV,
     PICTURE,
     RESIDUAL,
-    RESIDUAL_STD,
-    _crop,
-    _resize,
+    crop_frames,
     face_box,
     multiscale_box,
+    normalise,
     read_frames,
+    resize_frames,
     sample_indices,
     write_video,
 )
@@ -262,22 +260,16 @@ def load_frames(stream: str | Path, frames: list[int], gop_starts: list[int],
                 a = coviar.load_many(str(stream), gop, local, representation, accumulate)
             except (OSError, ValueError, IndexError, RuntimeError) as exc:
                 raise VideoError(f"{stream}: coviar cannot read it ({exc})") from exc
-            out.update(zip(part, _resize(_crop(a, box), size), strict=True))
+            out.update(zip(part, resize_frames(crop_frames(a, box), size), strict=True))
     return out
 
 
 def to_inputs(windows: list[Window], frames: dict[int, torch.Tensor], kind: str) -> torch.Tensor:
     """(B, S, C, size, size) float inputs of `kind` "residual", "rgb" or "mv" from
-    `load_frames`'s output, normalised as ClipDataset: residuals and MVs
-    (v / 255 - 0.5) / 0.226, pictures with ImageNet's mean and std; BGR turned into RGB."""
-    x = torch.stack([torch.stack([frames[f] for f in w.frames]) for w in windows]).float()
-    if kind == "mv":
-        return (x / 255 - 0.5) / RESIDUAL_STD
-    x = x[:, :, [2, 1, 0]] / 255
-    if kind == "rgb":
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)
-    return (x - 0.5) / RESIDUAL_STD
+    `load_frames`'s output, normalised as ClipDataset (`datasets.normalise`); BGR turned into
+    RGB."""
+    x = torch.stack([torch.stack([frames[f] for f in w.frames]) for w in windows])
+    return normalise(x if kind == "mv" else x[:, :, [2, 1, 0]], kind)
 
 
 @torch.no_grad()
