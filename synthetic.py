@@ -72,8 +72,9 @@ _STREAM_SUBJECTS, _STREAM_IDENTITIES, _STREAM_PLAN = 0, 1, 2
 class SyntheticConfig:
     """What to generate and how hard it is.
 
-    Difficulty knobs (0 switches an effect off; the defaults were calibrated with a small
-    residual CNN to land at about 70 % subject-independent accuracy, see the README):
+    Difficulty knobs (0 switches an effect off; the defaults were tuned so that a plain
+    model lands well above chance and well below perfect, subject-independent: the README
+    gives the accuracy measured by `make demo`):
     ``intensity`` scales every apex; ``intensity_jitter`` is the log-sd of a per-sequence
     apex factor (some sequences come out subtle); ``variability`` is how differently
     subjects perform the same emotion (log-sd of per-subject action-unit weights plus
