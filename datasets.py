@@ -1,9 +1,12 @@
-"""Datasets of MIC: index the re-encoded CK+ / MMI / AFEW trees, load clips, crop faces.
+"""Datasets of MIC: index the re-encoded CK+ / MMI / AFEW trees under their protocols.
 
 Commands (``python datasets.py -h``)::
 
     python datasets.py --dataset ckplus --root DIR     # = python datasets.py index ...
-    python datasets.py crop --in RAW --out CROPPED     # MTCNN face crops (AFEW)
+    python datasets.py crop --in RAW --out CROPPED     # MTCNN face crops (AFEW; faces.py)
+
+The clips of an index are read by ``reader.ClipDataset``; ``PROTOCOLS`` holds each dataset's
+train/test splits.
 
 ``index`` reads DIR, the output of ``reencode.sh`` over a dataset as distributed (the same tree
 with every frame folder and video turned into a raw MPEG-4 Part 2 ``.mp4``, label files copied),
@@ -31,24 +34,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
-import os
 import re
-import shutil
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import av
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import coviar
@@ -63,26 +57,40 @@ CLASSES: dict[str, tuple[str, ...]] = {
 DATASETS = tuple(CLASSES)
 COLUMNS = tuple("path subject label label_name num_frames fold dataset view crop apex".split())
 NUM_FOLDS = 10
+
+
+@dataclass(frozen=True)
+class Split:
+    """One train/test split of a dataset's protocol: ``name`` (the run's fold folder), the
+    ``fold`` values (index.csv column) trained on and tested on."""
+
+    name: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+def _kfold(k: int, first: int = 0) -> tuple[Split, ...]:
+    """k-fold cross-validation over folds ``first .. first+k-1``: each fold is a test fold once."""
+    folds = [str(i) for i in range(first, first + k)]
+    return tuple(Split(f"fold{f}", tuple(g for g in folds if g != f), (f,)) for f in folds)
+
+
+# The protocols: subject-independent 10 folds (CK+, MMI, synthetic), AFEW Train -> Val.
+PROTOCOLS: dict[str, tuple[Split, ...]] = {
+    "ckplus": _kfold(NUM_FOLDS),
+    "synthetic": _kfold(NUM_FOLDS),
+    "mmi": _kfold(NUM_FOLDS),
+    "afew": (Split("val", ("train",), ("val",)),),
+}
 VIDEO_EXTS = frozenset(
     {".avi", ".mp4", ".m4v", ".mkv", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".webm"}
 )
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-PICTURE, MV, RESIDUAL = 0, 1, 2  # coviar representations
-IFRAME_SIZE = 160  # input side of the identity branch
-GREY = 128 / 255  # letterbox padding (as models.letterbox and bubbliiiing/facenet-pytorch)
-RESIDUAL_STD = 0.226  # pytorch-coviar: (x / 255 - 0.5) / 0.226 for residuals (and our MVs)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SCALES = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop (TSN / pytorch-coviar GroupMultiScaleCrop)
 REENCODE_HINT = "run `reencode.sh RAW_DIR OUT_DIR` first and index OUT_DIR"
 
 
 class RawTreeError(RuntimeError):
     """The directory holds the dataset as distributed (frame folders / .avi), not re-encoded."""
-
-
-class ClipError(RuntimeError):
-    """A clip could not be loaded (the message names the file)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,11 +126,11 @@ class Index:
         self.problems.setdefault(kind, []).append(item)
 
 
-def _is_frame_folder(path: Path) -> bool:
+def is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in path.iterdir())
 
 
-def _visible(paths: Iterable[Path]) -> list[Path]:
+def visible_paths(paths: Iterable[Path]) -> list[Path]:
     """Sorted paths without hidden files (.DS_Store, ._*)."""
     return sorted(p for p in paths if not p.name.startswith("."))
 
@@ -140,7 +148,7 @@ def _gop0_frames(path: Path, total: int) -> int:
     while lo < hi:
         mid = (lo + hi + 1) // 2
         try:
-            coviar.load(str(path), 0, mid - 1, PICTURE, False)
+            coviar.load(str(path), 0, mid - 1, coviar.PICTURE, False)
             lo = mid
         except IndexError:
             hi = mid - 1
@@ -158,7 +166,7 @@ def _measure(index: Index, root: Path, entries: list[Entry], apex: str) -> None:
                 n = _gop0_frames(path, n)
                 index.problem("several GOPs (only GOP 0 used)", f"{e.path} ({n} frames)")
             if n >= 2:
-                coviar.load(str(path), 0, n - 1, RESIDUAL, False)
+                coviar.load(str(path), 0, n - 1, coviar.RESIDUAL, False)
         except (OSError, ValueError, IndexError, RuntimeError) as exc:
             index.problem("unreadable clip", f"{e.path} ({type(exc).__name__}: {exc})")
             continue
@@ -187,11 +195,11 @@ def index_ckplus(root: Path, dataset: str = "ckplus") -> Index:
     classes = CLASSES[dataset]
     clips: list[Path] = []
     raw: list[Path] = []
-    for subject in _visible(p for p in images.iterdir() if p.is_dir()):
-        for p in _visible(subject.iterdir()):
+    for subject in visible_paths(p for p in images.iterdir() if p.is_dir()):
+        for p in visible_paths(subject.iterdir()):
             if p.is_file() and p.suffix.lower() == ".mp4":
                 clips.append(p)
-            elif _is_frame_folder(p) and not p.with_suffix(".mp4").exists():
+            elif is_frame_folder(p) and not p.with_suffix(".mp4").exists():
                 raw.append(p)
     if raw and not clips:
         raise _raw_error(root, raw[0])
@@ -220,8 +228,8 @@ def index_ckplus(root: Path, dataset: str = "ckplus") -> Index:
             index.problem("unknown label", f"{rel} (code {code})")
             continue
         candidates.append(Entry(rel, subject, code - 1, classes[code - 1], dataset))
-    for subject in _visible(p for p in emotion.iterdir() if p.is_dir()):
-        for seq in _visible(p for p in subject.iterdir() if p.is_dir()):
+    for subject in visible_paths(p for p in emotion.iterdir() if p.is_dir()):
+        for seq in visible_paths(p for p in subject.iterdir() if p.is_dir()):
             if any(seq.glob("*_emotion.txt")) and (subject.name, seq.name) not in seen:
                 index.problem("label without clip", str(seq.relative_to(root)))
     _measure(index, root, candidates, "last")
@@ -303,13 +311,13 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
     classes = CLASSES["mmi"]
     pinned = _read_selection(selection, classes) if selection else None
     index = Index("mmi")
-    dirs = _visible(p for p in sessions.iterdir() if p.is_dir())
+    dirs = visible_paths(p for p in sessions.iterdir() if p.is_dir())
     dirs.sort(key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
-    clips = [p for d in dirs for p in _visible(d.iterdir()) if p.suffix.lower() == ".mp4"]
+    clips = [p for d in dirs for p in visible_paths(d.iterdir()) if p.suffix.lower() == ".mp4"]
     raw = [
         p
         for d in dirs
-        for p in _visible(d.iterdir())
+        for p in visible_paths(d.iterdir())
         if p.suffix.lower() in VIDEO_EXTS - {".mp4"} and not p.with_suffix(".mp4").exists()
     ]
     if raw and not clips:
@@ -374,13 +382,13 @@ def index_afew(root: Path) -> Index:
         if not d.is_dir():
             index.problem("missing split folder", d.name)
             continue
-        for cls in _visible(p for p in d.iterdir() if p.is_dir()):
-            items = _visible(cls.iterdir())
+        for cls in visible_paths(p for p in d.iterdir() if p.is_dir()):
+            items = visible_paths(cls.iterdir())
             mp4 = [p for p in items if p.is_file() and p.suffix.lower() == ".mp4"]
             raw += [
                 p
                 for p in items
-                if (p.suffix.lower() in VIDEO_EXTS - {".mp4"} or _is_frame_folder(p))
+                if (p.suffix.lower() in VIDEO_EXTS - {".mp4"} or is_frame_folder(p))
                 and not p.with_suffix(".mp4").exists()
             ]
             name = cls.name.lower()
@@ -451,10 +459,6 @@ def summary(index: Index) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------
-# Torch dataset
-# ----------------------------------------------------------------------------------------------
-
 
 def read_index(path: str | Path) -> list[dict[str, str]]:
     """Rows of an index.csv as dicts (checks the columns)."""
@@ -464,435 +468,6 @@ def read_index(path: str | Path) -> list[dict[str, str]]:
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}; re-run datasets.py")
         return list(reader)
-
-
-def sample_indices(num_frames: int, num_segments: int, train: bool, first: int = 1) -> list[int]:
-    """TSN sampling of ``num_segments`` frame indices in ``[first, num_frames)``: the range is cut
-    into equal segments; a random frame of each when training (torch's RNG), the centre one
-    otherwise. Segments shorter than a frame repeat frames."""
-    n = num_frames - first
-    if n < 1:
-        raise ValueError(f"no frame to sample in [{first}, {num_frames})")
-    out = []
-    for s in range(num_segments):
-        lo, hi = n * s / num_segments, n * (s + 1) / num_segments
-        t = lo + (hi - lo) * (torch.rand(()).item() if train else 0.5)
-        out.append(first + min(int(t), n - 1))
-    return out
-
-
-def multiscale_box(
-    h: int, w: int, train: bool, scales: Sequence[float] = SCALES
-) -> tuple[int, int, int, int]:
-    """Crop box (top, left, height, width). Training: TSN multi-scale crop, side lengths from
-    ``scales`` × the shorter side (height and width at most one scale step apart) at a random
-    offset. Test: the centred square of the shorter side."""
-    base = min(h, w)
-    if not train:
-        return (h - base) // 2, (w - base) // 2, base, base
-    sizes = [max(1, int(base * s)) for s in scales]
-    pairs = [(a, b) for i, a in enumerate(sizes) for j, b in enumerate(sizes) if abs(i - j) <= 1]
-    ch, cw = pairs[int(torch.randint(len(pairs), ()).item())]
-    top = int(torch.randint(h - ch + 1, ()).item())
-    left = int(torch.randint(w - cw + 1, ()).item())
-    return top, left, ch, cw
-
-
-def _quantise(a: np.ndarray) -> np.ndarray:
-    """Residuals / MVs (int32) -> uint8 clip(v + 128, 0, 255), pytorch-coviar's first step;
-    pictures (uint8) unchanged."""
-    if a.dtype == np.uint8:
-        return a
-    return np.clip(a + 128, 0, 255).astype(np.uint8)
-
-
-def crop_frames(a: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
-    """(k, H, W, C) array cropped to ``box`` -> uint8 (k, C, h, w) (channels-last in memory);
-    int32 arrays (residuals, MVs) are ``_quantise``d."""
-    top, left, h, w = box
-    a = np.ascontiguousarray(_quantise(a[:, top : top + h, left : left + w]))
-    return torch.from_numpy(a).permute(0, 3, 1, 2)
-
-
-def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Float model input from uint8-valued RGB (or MV) pixels, as pytorch-coviar: residuals and
-    motion vectors (already shifted by +128) ``(x / 255 - 0.5) / 0.226``; pictures (``"rgb"``)
-    ``(x / 255 - mean) / std`` with ImageNet's mean and std. Channels on dimension -3."""
-    x = x.float() / 255
-    if kind == "rgb":
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)
-    return (x - 0.5) / RESIDUAL_STD
-
-
-def resize_frames(t: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (k, C, h, w) -> uint8 (k, C, size, size), bilinear, antialiased (as the uint8
-    image transforms of pytorch-coviar, and fast)."""
-    if t.shape[-2:] == (size, size):
-        return t
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def letterbox(image: torch.Tensor, size: int = IFRAME_SIZE, fill: float = GREY) -> torch.Tensor:
-    """(3, H, W) uint8, or float in [0, 1] -> float32 (3, size, size) in [0, 1]: resized keeping
-    the aspect ratio (bicubic, antialiased), centred on ``fill`` grey."""
-    h, w = image.shape[-2:]
-    scale = min(size / w, size / h)
-    nh, nw = max(1, int(h * scale)), max(1, int(w * scale))
-    x = image[None]
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    return F.pad(x, (left, size - nw - left, top, size - nh - top), value=fill)[0]
-
-
-class ClipDataset(Dataset):
-    """Clips of an index.csv as MIC inputs.
-
-    ``ClipDataset(root, index_csv=None, folds=None, split=None, train=False, num_segments=8,
-    size=112, representation="residual", with_mv=False, accumulate=False, cache=None,
-    scales=SCALES)``
-
-    * ``root``: the indexed directory; ``index_csv`` defaults to ``root/index.csv``.
-    * ``folds``: keep the rows of these folds (CK+/MMI); ``split``: ``"train"``/``"val"``
-      (AFEW); both None: every row.
-    * ``train``: random TSN sampling + multi-scale crop (one box per clip) + horizontal flip
-      (p = 0.5, mirrors every picture, negates the MV x); otherwise centre sampling and the
-      centred square of the shorter side; both resized to ``size`` × ``size``.
-    * ``representation``: ``"residual"`` (MIC) or ``"rgb"`` (the RGB baseline: decoded frames
-      sampled over all frames 0..n-1).
-    * ``cache``: a ``DecodeCache`` or a directory for one (None: decode every time).
-
-    Item (dict): ``input`` float32 (S, 3, size, size) RGB channel order; ``mv`` (with_mv)
-    float32 (S, 2, size, size), channels (x, y); ``iframe`` float32 (3, 160, 160) RGB in [0, 1]
-    letterboxed on grey; ``apex`` float32 (3, size, size) RGB in [0, 1] (zeros without apex)
-    and ``has_apex`` bool; ``label``, ``subject`` int64 tensors; ``index`` int.
-    Normalisation (pytorch-coviar): residual and MV ``(clip(v + 128, 0, 255) / 255 - 0.5) /
-    0.226``; rgb ``(x / 255 - mean) / std`` with ImageNet mean/std.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        index_csv: str | Path | None = None,
-        folds: Sequence[int] | None = None,
-        split: str | None = None,
-        train: bool = False,
-        num_segments: int = 8,
-        size: int = 112,
-        representation: str = "residual",
-        with_mv: bool = False,
-        accumulate: bool = False,
-        cache: DecodeCache | str | Path | None = None,
-        scales: Sequence[float] = SCALES,
-    ) -> None:
-        if representation not in ("residual", "rgb"):
-            raise ValueError(f"representation must be 'residual' or 'rgb', not {representation!r}")
-        if split not in (None, "train", "val"):
-            raise ValueError(f"split must be None, 'train' or 'val', not {split!r}")
-        self.root = Path(root)
-        index_csv = Path(index_csv) if index_csv else self.root / "index.csv"
-        if not index_csv.exists():
-            raise FileNotFoundError(
-                f"{index_csv} not found: run `python datasets.py --dataset NAME --root {root}`"
-            )
-        rows = read_index(index_csv)
-        names = {r["dataset"] for r in rows}
-        if len(names) != 1 or next(iter(names)) not in CLASSES:
-            raise ValueError(f"{index_csv}: expected one known dataset, found {sorted(names)}")
-        self.dataset = names.pop()
-        self.class_names: list[str] = list(CLASSES[self.dataset])
-        self.num_classes = len(self.class_names)
-        self.subjects: list[str] = sorted({r["subject"] for r in rows})
-        self._subject_index = {s: i for i, s in enumerate(self.subjects)}
-        if folds is not None:
-            keep = {str(int(f)) for f in folds}
-            rows = [r for r in rows if r["fold"] in keep]
-        if split is not None:
-            rows = [r for r in rows if r["fold"] == split]
-        if not rows:
-            raise ValueError(f"{index_csv}: no clip in folds={folds} split={split}")
-        self.rows = rows
-        self.train, self.num_segments, self.size = train, num_segments, size
-        self.representation, self.with_mv, self.accumulate = representation, with_mv, accumulate
-        self.cache = DecodeCache(cache) if isinstance(cache, str | Path) else cache
-        self.scales = tuple(scales)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _load(self, path: Path, frames: list[int], rep: int, num_frames: int) -> np.ndarray:
-        """The frames' representation ``rep`` (k, H, W, C): coviar's arrays, or their uint8
-        ``_quantise``d copies from the cache (``crop_frames`` treats both alike)."""
-        if self.cache is not None:
-            return self.cache.frames(path, rep, self.accumulate, num_frames)[frames]
-        return coviar.load_many(str(path), 0, frames, rep, self.accumulate)
-
-    def _decode(
-        self, path: Path, num_frames: int, seg: list[int], pics: list[int]
-    ) -> dict[str, np.ndarray]:
-        try:
-            out = {}
-            if self.representation == "rgb":
-                both = self._load(path, seg + pics, PICTURE, num_frames)
-                out["input"], out["pics"] = both[: len(seg)], both[len(seg) :]
-            else:
-                out["input"] = self._load(path, seg, RESIDUAL, num_frames)
-                out["pics"] = self._load(path, pics, PICTURE, num_frames)
-            if self.with_mv:
-                out["mv"] = self._load(path, seg, MV, num_frames)
-        except (OSError, ValueError, IndexError, RuntimeError) as exc:
-            raise ClipError(f"cannot load clip {path}: {type(exc).__name__}: {exc}") from exc
-        return out
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.rows[i]
-        path = self.root / row["path"]
-        n, apex = int(row["num_frames"]), int(row["apex"])
-        seg = sample_indices(
-            n, self.num_segments, self.train, 0 if self.representation == "rgb" else 1
-        )
-        arrays = self._decode(path, n, seg, [0] + ([apex] if apex >= 0 else []))
-        h, w = arrays["pics"].shape[1:3]
-        half = {"none": (0, w), "left": (0, w // 2), "right": (w // 2, w - w // 2)}
-        left, width = half[row["crop"]]
-        top, x0, ch, cw = multiscale_box(h, width, self.train, self.scales)
-        box = (top, left + x0, ch, cw)
-        flip = self.train and torch.rand(()).item() < 0.5
-
-        def spatial(a: np.ndarray, bgr: bool) -> torch.Tensor:
-            """Crop, resize, flip; float32 in [0, 255], RGB if ``bgr``."""
-            t = resize_frames(crop_frames(a, box), self.size).float()
-            t = t.flip(-1) if flip else t
-            return t[:, [2, 1, 0]] if bgr else t
-
-        x = normalise(spatial(arrays["input"], bgr=True), self.representation)
-        item: dict[str, Any] = {"input": x.contiguous()}
-        if self.with_mv:
-            mv = spatial(arrays["mv"], bgr=False)
-            if flip:  # mirrored motion: x displacement v - 128 -> 128 - v
-                mv[:, 0] = (256 - mv[:, 0]).clamp(0, 255)
-            item["mv"] = normalise(mv, "mv").contiguous()
-        iframe = letterbox(crop_frames(arrays["pics"][:1], (0, left, h, width))[0])
-        item["iframe"] = (iframe.flip(-1) if flip else iframe)[[2, 1, 0]]
-        if apex >= 0:
-            item["apex"] = (spatial(arrays["pics"][1:2], bgr=True)[0] / 255).contiguous()
-        else:
-            item["apex"] = torch.zeros(3, self.size, self.size)
-        item["has_apex"] = apex >= 0
-        item["label"] = torch.tensor(int(row["label"]), dtype=torch.int64)
-        item["subject"] = torch.tensor(self._subject_index[row["subject"]], dtype=torch.int64)
-        item["index"] = i
-        return item
-
-
-class DecodeCache:
-    """On-disk cache of every frame of a clip's representation, decoded once.
-
-    ``DecodeCache(directory, short_side=None)``: one ``.npy`` uint8 (n, H, W, C) per clip and
-    representation (after ``_quantise``, so identical to what ``ClipDataset`` computes
-    without a cache), keyed by path, size, mtime, representation and accumulate. With
-    ``short_side`` the frames are stored downscaled to that shorter side (bilinear, antialiased;
-    choose at least ``size / min(scales)``): a smaller cache and faster loading, at the cost of
-    a second resampling. Files are written atomically, so DataLoader workers can share a
-    directory; ``np.load(mmap_mode="r")`` reads only the sampled frames."""
-
-    def __init__(self, directory: str | Path, short_side: int | None = None) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.short_side = short_side
-
-    def _file(self, path: Path, rep: int, accumulate: bool) -> Path:
-        st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rep}|{accumulate}|{self.short_side}"
-        digest = hashlib.sha1(key.encode()).hexdigest()[:20]
-        return self.directory / f"{path.stem}-{digest}.npy"
-
-    def frames(self, path: Path, rep: int, accumulate: bool, num_frames: int) -> np.ndarray:
-        """All ``num_frames`` frames of GOP 0 of ``path`` as uint8 (n, H, W, C), from the cache
-        or decoded (and stored) now."""
-        file = self._file(path, rep, accumulate)
-        if file.exists():
-            return np.load(file, mmap_mode="r")
-        a = _quantise(coviar.load_many(str(path), 0, range(num_frames), rep, accumulate))
-        h, w = a.shape[1:3]
-        if self.short_side is not None and min(h, w) > self.short_side:
-            scale = self.short_side / min(h, w)
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            t = torch.from_numpy(a).permute(0, 3, 1, 2).float()
-            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
-            a = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, np.ascontiguousarray(a))
-        os.replace(tmp, file)
-        return np.load(file, mmap_mode="r")
-
-
-def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a list of ``ClipDataset`` items into a batch (``DataLoader(collate_fn=collate)``)."""
-    out: dict[str, Any] = {}
-    for key in batch[0]:
-        values = [b[key] for b in batch]
-        if isinstance(values[0], torch.Tensor):
-            out[key] = torch.stack(values)
-        else:
-            dtype = torch.bool if isinstance(values[0], bool) else torch.int64
-            out[key] = torch.tensor(values, dtype=dtype)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Face crops (video in the wild)
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CropResult:
-    """Outcome of ``crop_tree``: crop boxes (x0, y0, x1, y1) per written clip, clips with no
-    face, clips that could not be read (with the reason)."""
-
-    boxes: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
-    no_face: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-
-
-def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
-    """RGB uint8 frames of a video file or a frame folder (name order), and the frame rate."""
-    if path.is_dir():
-        files = _visible(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        return [np.asarray(Image.open(p).convert("RGB")) for p in files], 25.0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate or 25)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    return frames, rate
-
-
-def face_box(
-    frames: Sequence[np.ndarray],
-    detector: Any,
-    margin: float = 0.3,
-    detect_frames: int = 16,
-    min_prob: float = 0.9,
-) -> tuple[int, int, int, int] | None:
-    """One square crop box (x0, y0, x1, y1) for a clip, or None if no face is found.
-
-    The largest face is detected (``detector``: facenet-pytorch ``MTCNN``) in up to
-    ``detect_frames`` evenly spaced frames; the box is the per-coordinate median of the
-    detections kept (probability >= ``min_prob``), made square on its longer side, enlarged by
-    ``margin`` (0.3 = 30 %), of even side, shifted inside the frame (shrunk if larger)."""
-    picks = np.unique(np.linspace(0, len(frames) - 1, min(detect_frames, len(frames))).round())
-    boxes, probs = detector.detect(np.stack([frames[int(i)] for i in picks]))
-    found = [
-        b[0]
-        for b, p in zip(boxes, probs, strict=True)
-        if b is not None and p[0] is not None and p[0] >= min_prob
-    ]
-    if not found:
-        return None
-    x0, y0, x1, y1 = np.median(np.stack(found), axis=0)
-    h, w = frames[0].shape[:2]
-    side = int(round(max(x1 - x0, y1 - y0) * (1 + margin)))
-    side = max(2, min(side + side % 2, h - h % 2, w - w % 2))
-    left = int(np.clip(round((x0 + x1 - side) / 2), 0, w - side))
-    top = int(np.clip(round((y0 + y1 - side) / 2), 0, h - side))
-    return left, top, left + side, top + side
-
-
-def write_video(path: Path, frames: Sequence[np.ndarray], rate: float, q: int = 2) -> None:
-    """Write RGB frames as MPEG-4 Part 2 (fixed quantiser ``q``) with PyAV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        stream: Any = out.add_stream("mpeg4", rate=round(rate) or 25)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.options = {"qmin": str(q), "qmax": str(q)}
-        for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
-
-
-def crop_tree(
-    src: str | Path,
-    dst: str | Path,
-    margin: float = 0.3,
-    size: int | None = None,
-    fmt: str = "video",
-    detect_frames: int = 16,
-    min_prob: float = 0.9,
-    device: str = "cpu",
-) -> CropResult:
-    """Mirror ``src`` into ``dst`` with every clip (video or frame folder) cropped to its face.
-
-    ``fmt`` "video": ``dst/<path minus suffix>.avi`` (MPEG-4 Part 2, q 2); "frames":
-    ``dst/<path minus suffix>/000001.png ...``; both are what ``reencode.sh`` takes. ``size``
-    resizes the crops to size × size. Other files are copied. ``dst/crops.csv`` lists every clip
-    with its box (empty when no face was found). See ``face_box`` for the box."""
-    src, dst = Path(src), Path(dst)
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src} is not a directory")
-    clips, others = [], []
-    for d, dirs, files in os.walk(src):
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-        here = Path(d)
-        if here != src and _is_frame_folder(here):
-            clips.append(here)
-            continue
-        for name in sorted(files):
-            p = here / name
-            if name.startswith(".") or p.suffix.lower() in IMAGE_EXTS:
-                continue
-            (clips if p.suffix.lower() in VIDEO_EXTS else others).append(p)
-    if not clips:
-        raise FileNotFoundError(f"no video or frame folder under {src}")
-    from facenet_pytorch import MTCNN  # here: importing it (torchvision) costs seconds
-
-    detector = MTCNN(select_largest=True, post_process=False, device=device)
-    result = CropResult()
-    rows = []
-    for clip in tqdm(clips, desc="cropping faces", unit="clip"):
-        rel = clip.relative_to(src)
-        try:
-            frames, rate = read_frames(clip)
-            if not frames:
-                raise ValueError("no frame")
-        except (OSError, ValueError, av.error.FFmpegError) as exc:
-            result.unreadable.append(f"{rel} ({exc})")
-            continue
-        box = face_box(frames, detector, margin, detect_frames, min_prob)
-        if box is None:
-            result.no_face.append(str(rel))
-            rows.append([str(rel), "", "", "", "", "", len(frames)])
-            continue
-        x0, y0, x1, y1 = box
-        crops = [f[y0:y1, x0:x1] for f in frames]
-        if size is not None:
-            crops = [
-                np.asarray(Image.fromarray(c).resize((size, size), Image.BICUBIC)) for c in crops
-            ]
-        out = dst / rel.with_suffix("")
-        if fmt == "frames":
-            out.mkdir(parents=True, exist_ok=True)
-            for i, c in enumerate(crops, 1):
-                Image.fromarray(c).save(out / f"{i:06d}.png")
-        else:
-            out = out.with_name(out.name + ".avi")
-            write_video(out, crops, rate)
-        result.boxes[str(rel)] = box
-        rows.append([str(rel), str(out.relative_to(dst)), *box, len(frames)])
-    for p in others:
-        target = dst / p.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(p, target)
-    dst.mkdir(parents=True, exist_ok=True)
-    with open(dst / "crops.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["source", "path", "x0", "y0", "x1", "y1", "num_frames"])
-        w.writerows(rows)
-    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -937,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["index", *argv]
     args = _parser().parse_args(argv)
     if args.command == "crop":
+        from faces import crop_tree  # here: faces imports MTCNN's dependencies
+
         try:
             res = crop_tree(
                 args.src,

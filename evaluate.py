@@ -30,17 +30,17 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import coviar  # noqa: E402
-from datasets import (  # noqa: E402
+from datasets import read_index  # noqa: E402
+from models import MIC  # noqa: E402
+from reader import (  # noqa: E402
     PICTURE,
     RESIDUAL,
     crop_frames,
     multiscale_box,
     normalise,
-    read_index,
     resize_frames,
     sample_indices,
 )
-from models import MIC  # noqa: E402
 
 # Variant name (train.variant_name without the backbone) -> the paper's row label.
 PAPER_ROWS = {

@@ -6,8 +6,8 @@
 
 VIDEO is any video PyAV/FFmpeg reads (H.264 .mp4, .avi, .mkv, ...) or a folder of frames (CK+).
 It goes through the same path as the training data of AFEW: the face is found with MTCNN and one
-box per video is kept (`datasets.face_box`: the median of the detections, enlarged by --margin),
-every frame is cropped to it and written as MPEG-4 Part 2 (`datasets.write_video`), and
+box per video is kept (`faces.face_box`: the median of the detections, enlarged by --margin),
+every frame is cropped to it and written as MPEG-4 Part 2 (`faces.write_video`), and
 `reencode.sh` turns that into the stream coviar reads (one GOP per 300 frames). With --no-crop
 (videos that already show a face filling the frame, as CK+ and MMI) the video goes to
 `reencode.sh` as it is. Residuals are then sampled and normalised as `ClipDataset` does in test
@@ -47,21 +47,19 @@ import numpy as np
 import torch
 
 import coviar
-from datasets import (
-    IMAGE_EXTS,
+from datasets import IMAGE_EXTS
+from faces import face_box, read_frames, write_video
+from models import MIC, RANDOM
+from reader import (
     MV,
     PICTURE,
     RESIDUAL,
     crop_frames,
-    face_box,
     multiscale_box,
     normalise,
-    read_frames,
     resize_frames,
     sample_indices,
-    write_video,
 )
-from models import MIC, RANDOM
 
 ROOT = Path(__file__).resolve().parent
 CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden", "with_mv",
@@ -266,7 +264,7 @@ def load_frames(stream: str | Path, frames: list[int], gop_starts: list[int],
 
 def to_inputs(windows: list[Window], frames: dict[int, torch.Tensor], kind: str) -> torch.Tensor:
     """(B, S, C, size, size) float inputs of `kind` "residual", "rgb" or "mv" from
-    `load_frames`'s output, normalised as ClipDataset (`datasets.normalise`); BGR turned into
+    `load_frames`'s output, normalised as ClipDataset (`reader.normalise`); BGR turned into
     RGB."""
     x = torch.stack([torch.stack([frames[f] for f in w.frames]) for w in windows])
     return normalise(x if kind == "mv" else x[:, :, [2, 1, 0]], kind)

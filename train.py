@@ -38,9 +38,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from datasets import NUM_FOLDS, SCALES, ClipDataset, DecodeCache, collate
+from datasets import PROTOCOLS, Split
 from mi import ESTIMATORS, build_estimator
 from models import MIC, FaceNetMobileNet, build_identity
+from reader import SCALES, ClipDataset, DecodeCache, collate
 
 ROOT = Path(__file__).resolve().parent
 
@@ -74,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", required=True, choices=["ckplus", "mmi", "afew", "synthetic"])
     p.add_argument("--root", help="indexed data folder (default: data/<dataset>)")
-    p.add_argument("--fold", type=int, action="append",
-                   help="test fold(s) of the 10-fold protocol (repeatable; default: all)")
+    p.add_argument("--fold", action="append",
+                   help="test fold(s) of the protocol (repeatable; default: all): 0..9 for "
+                        "CK+/MMI/synthetic (datasets.PROTOCOLS)")
     p.add_argument("--out", default="runs/mic", help="run folder; the variant is a subfolder")
     p.add_argument("--name", help="variant name (default: derived from the options)")
     # objective
@@ -290,20 +292,15 @@ def build(args: argparse.Namespace, ds: ClipDataset, d_i: int, device: torch.dev
     return model, estimator, opt, opt_t
 
 
-def make_datasets(args: argparse.Namespace, fold: int | None) -> tuple[ClipDataset, ...]:
-    """(train, train in test mode, test) datasets of a fold (AFEW: fold None, train → val)."""
+def make_datasets(args: argparse.Namespace, split: Split) -> tuple[ClipDataset, ...]:
+    """(train, train in test mode, test) datasets of one split of the protocol."""
     cache = (DecodeCache(args.cache, short_side=math.ceil(args.size / min(SCALES)))
              if args.cache else None)
     common = dict(num_segments=args.num_segments, size=args.size, representation=args.input,
                   with_mv=args.with_mv, accumulate=args.accumulate, cache=cache)
-    if fold is None:
-        train_sel, test_sel = dict(split="train"), dict(split="val")
-    else:
-        train_sel = dict(folds=[f for f in range(NUM_FOLDS) if f != fold])
-        test_sel = dict(folds=[fold])
-    return (ClipDataset(args.root, train=True, **train_sel, **common),
-            ClipDataset(args.root, train=False, **train_sel, **common),
-            ClipDataset(args.root, train=False, **test_sel, **common))
+    return (ClipDataset(args.root, folds=split.train, train=True, apex=not args.no_rec, **common),
+            ClipDataset(args.root, folds=split.train, apex=False, **common),
+            ClipDataset(args.root, folds=split.test, apex=False, **common))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -340,9 +337,10 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
-def train_fold(args: argparse.Namespace, fold: int | None, device: torch.device,
+def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
                z_i_all: torch.Tensor, z_i_row: dict[str, int]) -> dict:
-    fold_dir = args.out / args.name / ("val" if fold is None else f"fold{fold}")
+    fold = split.name
+    fold_dir = args.out / args.name / split.name
     result_path = fold_dir / "result.json"
     ckpt_path = fold_dir / "ckpt.pt"
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
@@ -353,7 +351,7 @@ def train_fold(args: argparse.Namespace, fold: int | None, device: torch.device,
         sys.exit(f"train.py: {fold_dir} holds a run: pass --resume to continue it, "
                  "or choose another --out/--name")
     fold_dir.mkdir(parents=True, exist_ok=True)
-    train_ds, train_eval_ds, test_ds = make_datasets(args, fold)
+    train_ds, train_eval_ds, test_ds = make_datasets(args, split)
     # z_I of the training clips, in the dataset's order (precomputed once for every clip)
     z_i_train = z_i_all[[z_i_row[r["path"]] for r in train_ds.rows]].to(device)
 
@@ -523,17 +521,14 @@ def main(argv: list[str] | None = None) -> None:
         dist.barrier()
         weights = identity_weights(args, device)  # the cached file rank 0 made
     f_i = build_identity(args.identity, weights, size=args.identity_size).to(device)
-    everything = ClipDataset(args.root, num_segments=1, size=args.size)
+    everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False, iframe=True,
+                             iframe_size=args.identity_size)
     z_i_all = identity_features(everything, f_i, device, args.workers)
     del f_i
-    folds: list[int | None]
-    if args.dataset == "afew":
-        folds = [None]
-    else:
-        folds = args.fold if args.fold is not None else list(range(NUM_FOLDS))
+    splits = [s for s in PROTOCOLS[args.dataset] if args.fold is None or s.test[0] in args.fold]
     t0 = time.time()
     z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}
-    results = [train_fold(args, k, device, z_i_all, z_i_row) for k in folds]
+    results = [train_fold(args, s, device, z_i_all, z_i_row) for s in splits]
     if rank0:
         accs = [r["accuracy"] for r in results]
         log0(f"{args.name}: accuracy {np.mean(accs):.2%} ± {np.std(accs):.2%} over "

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets as ds  # noqa: E402
+import reader  # noqa: E402
 from models import MIC  # noqa: E402
 from tests.clips import make_clip  # noqa: E402
 
@@ -49,17 +50,17 @@ def make_tree(root: Path, clips: int, width: int, height: int, frames: int) -> N
     ds.write_index(ds.build_index("ckplus", root), root / "index.csv")
 
 
-def epoch_rate(dataset: ds.ClipDataset, workers: int, batch_size: int) -> float:
+def epoch_rate(dataset: reader.ClipDataset, workers: int, batch_size: int) -> float:
     """Clips per second over one shuffled epoch."""
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=ds.collate
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=reader.collate
     )
     start = time.perf_counter()
     n = sum(len(batch["label"]) for batch in loader)
     return n / (time.perf_counter() - start)
 
 
-def step_time(dataset: ds.ClipDataset, batch_size: int, steps: int) -> float:
+def step_time(dataset: reader.ClipDataset, batch_size: int, steps: int) -> float:
     """Median seconds of a training step of MIC on one batch (after a warm-up step)."""
     model = MIC(
         dataset.num_classes,
@@ -69,7 +70,7 @@ def step_time(dataset: ds.ClipDataset, batch_size: int, steps: int) -> float:
         backbone_weights="random",
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
-    batch = next(iter(DataLoader(dataset, batch_size=batch_size, collate_fn=ds.collate)))
+    batch = next(iter(DataLoader(dataset, batch_size=batch_size, collate_fn=reader.collate)))
     z_i = torch.randn(len(batch["label"]), 1024)
     times = []
     for _ in range(steps + 1):
@@ -102,11 +103,11 @@ def main() -> None:
         if root is None:
             root = Path(tmp) / "data"
             make_tree(root, args.clips, args.width, args.height, args.frames)
-        short = math.ceil(args.size / min(ds.SCALES))
+        short = math.ceil(args.size / min(reader.SCALES))
         caches = {
             "no cache": None,
-            "DecodeCache": ds.DecodeCache(Path(tmp) / "cache"),
-            f"DecodeCache(short_side={short})": ds.DecodeCache(Path(tmp) / "small", short),
+            "DecodeCache": reader.DecodeCache(Path(tmp) / "cache"),
+            f"DecodeCache(short_side={short})": reader.DecodeCache(Path(tmp) / "small", short),
         }
         print(
             f"torch threads {torch.get_num_threads()}; batch {args.batch_size}, "
@@ -114,7 +115,7 @@ def main() -> None:
         )
         print(f"{'loader (train mode)':<44} {'workers 0':>10} {'workers 2':>10}  clips/s")
         for name, cache in caches.items():
-            dataset = ds.ClipDataset(
+            dataset = reader.ClipDataset(
                 root, train=True, num_segments=args.num_segments, size=args.size, cache=cache
             )
             if cache is not None:
@@ -122,7 +123,8 @@ def main() -> None:
                 print(f"{name + ' (cold: filling)':<44} {cold:10.1f}")
             rates = [epoch_rate(dataset, w, args.batch_size) for w in (0, 2)]
             print(f"{name:<44} {rates[0]:10.1f} {rates[1]:10.1f}")
-        dataset = ds.ClipDataset(root, train=True, num_segments=args.num_segments, size=args.size)
+        dataset = reader.ClipDataset(root, train=True, num_segments=args.num_segments,
+                                     size=args.size)
         t = step_time(dataset, args.batch_size, args.steps)
         print(
             f"training step of MIC (resnet18+LSTM, batch {args.batch_size}): {t:.3f} s "

@@ -19,8 +19,8 @@ from skimage import data as skdata
 
 import coviar
 import predict
-from datasets import MV, PICTURE, RESIDUAL, ClipDataset, sample_indices
 from models import MIC
+from reader import MV, PICTURE, RESIDUAL, ClipDataset, sample_indices
 from tests.clips import has_libx264
 from tests.conftest import ROOT
 

@@ -1,0 +1,171 @@
+"""Face crops for video in the wild (AFEW, DFEW, ...; `predict.py`): one MTCNN box per clip.
+
+    python datasets.py crop --in RAW --out CROPPED     # the command line lives in datasets.py
+
+MTCNN's weights ship inside the facenet-pytorch wheel, so this runs offline.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from datasets import IMAGE_EXTS, VIDEO_EXTS, is_frame_folder, visible_paths
+
+
+@dataclass
+class CropResult:
+    """Outcome of ``crop_tree``: crop boxes (x0, y0, x1, y1) per written clip, clips with no
+    face, clips that could not be read (with the reason)."""
+
+    boxes: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    no_face: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
+    """RGB uint8 frames of a video file or a frame folder (name order), and the frame rate."""
+    if path.is_dir():
+        files = visible_paths(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        return [np.asarray(Image.open(p).convert("RGB")) for p in files], 25.0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or 25)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    return frames, rate
+
+
+def face_box(
+    frames: Sequence[np.ndarray],
+    detector: Any,
+    margin: float = 0.3,
+    detect_frames: int = 16,
+    min_prob: float = 0.9,
+) -> tuple[int, int, int, int] | None:
+    """One square crop box (x0, y0, x1, y1) for a clip, or None if no face is found.
+
+    The largest face is detected (``detector``: facenet-pytorch ``MTCNN``) in up to
+    ``detect_frames`` evenly spaced frames; the box is the per-coordinate median of the
+    detections kept (probability >= ``min_prob``), made square on its longer side, enlarged by
+    ``margin`` (0.3 = 30 %), of even side, shifted inside the frame (shrunk if larger)."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(detect_frames, len(frames))).round())
+    boxes, probs = detector.detect(np.stack([frames[int(i)] for i in picks]))
+    found = [
+        b[0]
+        for b, p in zip(boxes, probs, strict=True)
+        if b is not None and p[0] is not None and p[0] >= min_prob
+    ]
+    if not found:
+        return None
+    x0, y0, x1, y1 = np.median(np.stack(found), axis=0)
+    h, w = frames[0].shape[:2]
+    side = int(round(max(x1 - x0, y1 - y0) * (1 + margin)))
+    side = max(2, min(side + side % 2, h - h % 2, w - w % 2))
+    left = int(np.clip(round((x0 + x1 - side) / 2), 0, w - side))
+    top = int(np.clip(round((y0 + y1 - side) / 2), 0, h - side))
+    return left, top, left + side, top + side
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], rate: float, q: int = 2) -> None:
+    """Write RGB frames as MPEG-4 Part 2 (fixed quantiser ``q``) with PyAV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream: Any = out.add_stream("mpeg4", rate=round(rate) or 25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.options = {"qmin": str(q), "qmax": str(q)}
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+
+
+def crop_tree(
+    src: str | Path,
+    dst: str | Path,
+    margin: float = 0.3,
+    size: int | None = None,
+    fmt: str = "video",
+    detect_frames: int = 16,
+    min_prob: float = 0.9,
+    device: str = "cpu",
+) -> CropResult:
+    """Mirror ``src`` into ``dst`` with every clip (video or frame folder) cropped to its face.
+
+    ``fmt`` "video": ``dst/<path minus suffix>.avi`` (MPEG-4 Part 2, q 2); "frames":
+    ``dst/<path minus suffix>/000001.png ...``; both are what ``reencode.sh`` takes. ``size``
+    resizes the crops to size × size. Other files are copied. ``dst/crops.csv`` lists every clip
+    with its box (empty when no face was found). See ``face_box`` for the box."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a directory")
+    clips, others = [], []
+    for d, dirs, files in os.walk(src):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        here = Path(d)
+        if here != src and is_frame_folder(here):
+            clips.append(here)
+            continue
+        for name in sorted(files):
+            p = here / name
+            if name.startswith(".") or p.suffix.lower() in IMAGE_EXTS:
+                continue
+            (clips if p.suffix.lower() in VIDEO_EXTS else others).append(p)
+    if not clips:
+        raise FileNotFoundError(f"no video or frame folder under {src}")
+    from facenet_pytorch import MTCNN  # here: importing it (torchvision) costs seconds
+
+    detector = MTCNN(select_largest=True, post_process=False, device=device)
+    result = CropResult()
+    rows = []
+    for clip in tqdm(clips, desc="cropping faces", unit="clip"):
+        rel = clip.relative_to(src)
+        try:
+            frames, rate = read_frames(clip)
+            if not frames:
+                raise ValueError("no frame")
+        except (OSError, ValueError, av.error.FFmpegError) as exc:
+            result.unreadable.append(f"{rel} ({exc})")
+            continue
+        box = face_box(frames, detector, margin, detect_frames, min_prob)
+        if box is None:
+            result.no_face.append(str(rel))
+            rows.append([str(rel), "", "", "", "", "", len(frames)])
+            continue
+        x0, y0, x1, y1 = box
+        crops = [f[y0:y1, x0:x1] for f in frames]
+        if size is not None:
+            crops = [
+                np.asarray(Image.fromarray(c).resize((size, size), Image.BICUBIC)) for c in crops
+            ]
+        out = dst / rel.with_suffix("")
+        if fmt == "frames":
+            out.mkdir(parents=True, exist_ok=True)
+            for i, c in enumerate(crops, 1):
+                Image.fromarray(c).save(out / f"{i:06d}.png")
+        else:
+            out = out.with_name(out.name + ".avi")
+            write_video(out, crops, rate)
+        result.boxes[str(rel)] = box
+        rows.append([str(rel), str(out.relative_to(dst)), *box, len(frames)])
+    for p in others:
+        target = dst / p.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, target)
+    dst.mkdir(parents=True, exist_ok=True)
+    with open(dst / "crops.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "path", "x0", "y0", "x1", "y1", "num_frames"])
+        w.writerows(rows)
+    return result

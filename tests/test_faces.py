@@ -1,0 +1,75 @@
+"""Tests of faces.py: MTCNN crops of a real photograph moving over frames; no-face clips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+import datasets as ds
+import faces
+from tests.trees import read_csv
+
+
+def astronaut_clip(path: Path, frames: int = 5) -> list[tuple[float, float, float, float]]:
+    """The scikit-image astronaut, scaled and moved inside a 320x240 canvas; returns the core
+    of the face (eyes to mouth, from MTCNN's landmarks on the photograph) in every frame."""
+    photo = skdata.astronaut()
+    core = (195.0, 95.0, 252.0, 148.0)  # x0, y0, x1, y1 in the 512x512 photograph
+    imgs, cores = [], []
+    for i in range(frames):
+        side = 260 + 5 * i
+        x, y = 20 + 3 * i, 2 * i
+        canvas = np.full((240, 320, 3), 90, np.uint8)
+        canvas[y : y + side, x : x + side] = np.asarray(
+            Image.fromarray(photo).resize((side, side), Image.BICUBIC)
+        )[: 240 - y, : 320 - x]
+        imgs.append(canvas)
+        s = side / 512
+        cores.append((x + core[0] * s, y + core[1] * s, x + core[2] * s, y + core[3] * s))
+    faces.write_video(path, imgs, 25)
+    return cores
+
+
+def test_crop_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tmp_path / "raw" / "Train_AFEW"
+    (raw / "Happy").mkdir(parents=True)
+    (raw / "Sad").mkdir(parents=True)
+    cores = astronaut_clip(raw / "Happy" / "000000001.avi")
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(4)]
+    faces.write_video(raw / "Sad" / "000000002.avi", noise, 25)
+    (raw / "notes.txt").write_text("copied\n")
+    out = tmp_path / "out"
+    argv = ["crop", "--in", str(tmp_path / "raw"), "--out", str(out), "--detect-frames", "3"]
+    assert ds.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "2 clips, 1 cropped, 1 with no face" in text and "Sad/000000002.avi" in text
+    rows = {r["source"]: r for r in read_csv(out / "crops.csv")}
+    face = rows["Train_AFEW/Happy/000000001.avi"]
+    x0, y0, x1, y1 = (int(face[k]) for k in ("x0", "y0", "x1", "y1"))
+    assert x1 - x0 == y1 - y0 and (x1 - x0) % 2 == 0
+    for cx0, cy0, cx1, cy1 in cores:
+        assert x0 <= cx0 and y0 <= cy0 and cx1 <= x1 and cy1 <= y1
+    assert x1 - x0 < 120  # a face crop, not the whole canvas
+    assert rows["Train_AFEW/Sad/000000002.avi"]["x0"] == ""
+    assert (out / "Train_AFEW" / "notes.txt").read_text() == "copied\n"
+    with av.open(str(out / face["path"])) as c:
+        got = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(got) == 5 and got[0].shape == (y1 - y0, x1 - x0, 3)
+
+    frames = faces.crop_tree(
+        raw / "Happy", tmp_path / "frames", size=64, fmt="frames", detect_frames=2
+    )
+    assert list(frames.boxes) == ["000000001.avi"] and not frames.no_face
+    pngs = sorted((tmp_path / "frames" / "000000001").glob("*.png"))
+    assert len(pngs) == 5 and Image.open(pngs[0]).size == (64, 64)
+
+    only_noise = tmp_path / "noise"
+    only_noise.mkdir()
+    faces.write_video(only_noise / "a.avi", noise, 25)
+    assert ds.main(["crop", "--in", str(only_noise), "--out", str(tmp_path / "o2")]) == 1
