@@ -8,11 +8,18 @@ Every estimator is an ``nn.Module`` built as ``Cls(d_e, d_i, hidden=...)`` with 
 
 ``z_e`` (expression feature z_E) is ``(n, d_e)``, ``z_i`` (identity feature z_I) is ``(n, d_i)``;
 row k of both is one joint sample. Samples of the product of marginals are made inside the batch.
+
+Inside training (train.py), T_θ learns on pairs it is not scored on: ``PairMemory`` keeps the
+detached pairs of recent batches and ``train_critic`` draws T_θ's batches from it, never from the
+current batch; the encoder's MI term is then T_θ's estimate on the current batch. Afterwards,
+``heldout_mi`` measures MI with a fresh estimator trained on training clips and evaluated on test
+clips (evaluate.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -265,6 +272,165 @@ def correlated_gaussians(
     return x, rho * x + math.sqrt(1.0 - rho**2) * eps
 
 
+class PairMemory:
+    """FIFO of detached (z_E, z_I) pairs of recent batches, with the id of the clip of each pair:
+    T_θ's training pairs (``train_critic``). ``capacity`` pairs at most; the oldest go first."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 2:
+            raise ValueError(f"a pair memory needs a capacity of at least 2, got {capacity}")
+        self.capacity = capacity
+        self.z_e: Tensor | None = None
+        self.z_i: Tensor | None = None
+        self.ids: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.ids is None else len(self.ids)
+
+    @torch.no_grad()
+    def push(self, z_e: Tensor, z_i: Tensor, ids: Tensor) -> None:
+        """Append the pairs of a batch (detached), dropping the oldest beyond the capacity."""
+        new = (z_e.detach().float(), z_i.detach().float(), ids.detach().to(z_e.device))
+        if self.ids is None:
+            self.z_e, self.z_i, self.ids = (t[-self.capacity :] for t in new)
+            return
+        self.z_e, self.z_i, self.ids = (
+            torch.cat([old, t])[-self.capacity :]
+            for old, t in zip((self.z_e, self.z_i, self.ids), new, strict=True)
+        )
+
+    def sample(
+        self, n: int, exclude: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor] | None:
+        """Up to ``n`` random stored pairs whose clip id is not in ``exclude`` (the current
+        batch), or None when fewer than 2 such pairs are stored."""
+        if self.ids is None:
+            return None
+        free = torch.nonzero(~torch.isin(self.ids, exclude.to(self.ids.device))).flatten()
+        if len(free) < 2:
+            return None
+        pick = torch.randperm(len(free), generator=generator)[:n].to(free.device)
+        idx = free[pick]
+        return self.z_e[idx], self.z_i[idx]
+
+
+def train_critic(
+    estimator: nn.Module,
+    opt_t: torch.optim.Optimizer,
+    z_e: Tensor,
+    z_i: Tensor,
+    ids: Tensor,
+    steps: int,
+    memory: PairMemory | None = None,
+    generator: torch.Generator | None = None,
+    sync: Callable[[nn.Module], None] | None = None,
+    critic: Tensor | None = None,
+) -> int:
+    """``steps`` updates of the estimator's own network (T_θ) on the MI bound; returns how many
+    were taken.
+
+    With a ``memory``: each update draws a batch of ``len(z_e)`` pairs from it, leaving out the
+    clips of the current batch (``ids``), so T_θ never trains on the pairs it then scores; then
+    the current pairs join the memory (no update while it holds fewer than 2 usable pairs).
+    Without: every update uses the current batch, the MIC paper's procedure (T_θ can memorise
+    the batch it scores). ``critic`` (bool per pair, see ``critic_clips``): only these pairs join
+    the memory. ``sync`` runs after each backward (DDP: average the gradients)."""
+    z_e, z_i = z_e.detach(), z_i.detach()
+    done = 0
+    for _ in range(steps):
+        pairs = (z_e, z_i) if memory is None else memory.sample(len(z_e), ids, generator)
+        if pairs is None:
+            break
+        opt_t.zero_grad(set_to_none=True)
+        estimator.loss_T(*pairs).backward()
+        if sync is not None:
+            sync(estimator)
+        opt_t.step()
+        done += 1
+    if memory is not None:
+        keep = slice(None) if critic is None else critic
+        memory.push(z_e[keep], z_i[keep], ids[keep])
+    return done
+
+
+def critic_clips(ids: Tensor, fraction: float) -> Tensor:
+    """Which clips (bool per id) are T_θ's own: a fixed ``fraction`` of the training clips,
+    chosen by a hash of the clip id. T_θ learns only on these and the MI term is computed only
+    on the others, so that T_θ cannot have memorised the pairs it scores even when clips recur
+    every epoch (a memory of recent batches alone does not prevent that)."""
+    h = (ids.long() * 2654435761 + 12345) % 2**32  # Knuth's multiplicative hash
+    return h.double() / 2**32 < fraction
+
+
+def _standardise(train: Tensor, test: Tensor, dims: int | None) -> tuple[Tensor, Tensor]:
+    """Both sets centred and scaled by the training set's statistics; with ``dims``, projected
+    on the training set's first ``dims`` principal components first (whitened)."""
+    mu = train.mean(0)
+    train, test = train - mu, test - mu
+    if dims is not None and dims < train.shape[1]:
+        _, _, v = torch.linalg.svd(train, full_matrices=False)
+        train, test = train @ v[:dims].T, test @ v[:dims].T
+    sd = train.std(0) + 1e-8
+    return train / sd, test / sd
+
+
+def heldout_mi(
+    x_train: np.ndarray | Tensor,
+    y_train: np.ndarray | Tensor,
+    x_test: np.ndarray | Tensor,
+    y_test: np.ndarray | Tensor,
+    estimator: str = "mine",
+    steps: int = 600,
+    batch_size: int = 128,
+    hidden: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    dims: int | None = None,
+) -> float:
+    """MI (nats) between paired samples, estimated on pairs the estimator never saw.
+
+    A fresh estimator is trained with Adam (learning rate decaying linearly to 0) for ``steps``
+    batches of the training pairs, then evaluated on the test pairs: the mean of its estimate
+    over batches of up to ``EVAL_BATCH`` pairs (larger batches than in training make the
+    log-mean-exp less biased and lift InfoNCE's ``log n`` cap). Both variables are standardised
+    with the training set's statistics (MI is invariant to that); ``dims`` first projects each
+    on its first principal components (fewer dimensions than samples: the estimate is then a
+    lower bound of the MI of the projections)."""
+    xs = [torch.as_tensor(a, dtype=torch.float32) for a in (x_train, y_train, x_test, y_test)]
+    for a, b in ((xs[0], xs[1]), (xs[2], xs[3])):
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+            raise ValueError(
+                f"x and y must be (N, d) with the same N, got {tuple(a.shape)}, {tuple(b.shape)}"
+            )
+    if xs[0].shape[1] != xs[2].shape[1] or xs[1].shape[1] != xs[3].shape[1]:
+        raise ValueError("training and test pairs must have the same dimensions")
+    if len(xs[0]) < 2 or len(xs[2]) < 2:
+        raise ValueError(f"need at least 2 training and 2 test pairs, got {len(xs[0])}, "
+                         f"{len(xs[2])}")
+    x_tr, x_te = _standardise(xs[0], xs[2], dims)
+    y_tr, y_te = _standardise(xs[1], xs[3], dims)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        est = build_estimator(estimator, x_tr.shape[1], y_tr.shape[1], hidden=hidden)
+    opt = torch.optim.Adam(est.parameters(), lr=lr, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / steps)
+    size = min(batch_size, len(x_tr))
+    est.train()
+    for _ in range(steps):
+        idx = torch.randperm(len(x_tr), generator=g)[:size]
+        opt.zero_grad()
+        est.loss_T(x_tr[idx], y_tr[idx]).backward()
+        opt.step()
+        sched.step()
+    est.eval()
+    n = len(x_te)
+    size = min(EVAL_BATCH, n)
+    batches = torch.arange(n // size * size).view(-1, size)
+    with torch.no_grad():
+        return float(torch.stack([est(x_te[b], y_te[b]) for b in batches]).mean())
+
+
 def estimate_mi(
     x: np.ndarray | Tensor,
     y: np.ndarray | Tensor,
@@ -275,46 +441,18 @@ def estimate_mi(
     lr: float = 2e-3,
     seed: int = 0,
 ) -> float:
-    """MI (nats) between paired samples ``x (N, d_x)`` and ``y (N, d_y)``.
-
-    A fresh estimator is trained with Adam (learning rate decaying linearly to 0) for ``steps``
-    batches drawn from a random 80 % of the pairs, then evaluated on the held-out 20 %: the mean
-    of its estimate over batches of up to ``EVAL_BATCH`` pairs (larger batches than in training
-    make the log-mean-exp less biased and lift InfoNCE's ``log n`` cap).
-    Both variables are standardised per dimension first (MI is invariant to that).
-    """
+    """MI (nats) between paired samples ``x (N, d_x)`` and ``y (N, d_y)``: ``heldout_mi`` trained
+    on a random 80 % of the pairs and evaluated on the other 20 %."""
     x = torch.as_tensor(x, dtype=torch.float32)
     y = torch.as_tensor(y, dtype=torch.float32)
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(
             f"x and y must be (N, d) with the same N, got {tuple(x.shape)}, {tuple(y.shape)}"
         )
-    n = x.shape[0]
-    n_eval = n // 5
+    n_eval = x.shape[0] // 5
     if n_eval < 2:
-        raise ValueError(f"need at least 10 samples, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)
+        raise ValueError(f"need at least 10 samples, got {x.shape[0]}")
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     train, held_out = perm[n_eval:], perm[:n_eval]
-    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-8)
-    y = (y - y[train].mean(0)) / (y[train].std(0) + 1e-8)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        est = build_estimator(estimator, x.shape[1], y.shape[1], hidden=hidden).to(x.device)
-    opt = torch.optim.Adam(est.parameters(), lr=lr, fused=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / steps)
-    size = min(batch_size, len(train))
-    est.train()
-    for _ in range(steps):
-        idx = train[torch.randperm(len(train), generator=g)[:size]]
-        opt.zero_grad()
-        est.loss_T(x[idx], y[idx]).backward()
-        opt.step()
-        sched.step()
-
-    est.eval()
-    size = min(EVAL_BATCH, n_eval)
-    batches = held_out[: n_eval // size * size].view(-1, size)
-    with torch.no_grad():
-        return float(torch.stack([est(x[b], y[b]) for b in batches]).mean())
+    return heldout_mi(x[train], y[train], x[held_out], y[held_out], estimator, steps,
+                      batch_size, hidden, lr, seed)
