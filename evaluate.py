@@ -1,23 +1,31 @@
-"""Evaluate a run of train.py as the paper's tables do.
+"""Evaluate a run of train.py as the paper's tables do, with the statistics the claim needs.
 
     python evaluate.py runs/mic                 # every variant under the run folder
-    python evaluate.py runs/mic --no-speed      # accuracy and identity probe only
+    python evaluate.py runs/mic --no-speed      # without the speed measurement
 
 Writes RUN/results.json, RUN/results.md and RUN/<variant>/confusion.png:
-- accuracy per fold, mean ± std over folds, per-class recall and the pooled confusion matrix;
-- the MI estimate between z_E and z_I at the end of training (T_θ's, logged by train.py);
-- identity left in z_E: a linear probe trained on the frozen z_E of the training clips to predict
-  the subject, tested on other clips of the same subjects (chance = 1 / subjects);
-- test-time speed measured here, in this run: MIC's test path (coviar reader + expression branch
-  on residuals, no identity branch) for each trained backbone, against RGB paths (decoded frames +
-  ResNet50+LSTM, and the same backbone on RGB frames). frames/s counts the clip's video frames
-  (what a viewer would call the video's frames), clips/s the clips; one clip at a time.
+- WAR (accuracy) and UAR (mean per-class recall) per split (fold × seed), mean ± sd, per-class
+  recall and the pooled confusion matrix;
+- MI(z_E; z_I) held out: a fresh estimator (`mi.heldout_mi`) trained on the training clips' pairs
+  and evaluated on the test clips' pairs, next to its control, the same on shuffled test pairs
+  (true MI 0: the estimator's floor);
+- identity left in z_E: a linear probe predicting the subject, trained on half of each subject's
+  clips and tested on the other half, once on the training clips and once on the test fold's
+  clips (unseen by the model), against chance (1 / subjects) and the majority baseline;
+- paired comparisons: for each variant against MIC − MI (same backbone) over the splits both
+  finished, the per-split difference (mean, sd, paired t-test, bootstrap 95 % CI), which the
+  verdict uses;
+- test-time speed measured here, in this run: MIC's test path (the reader + expression branch
+  on residuals, no identity branch) for each trained backbone, against decoded frames +
+  ResNet50+LSTM and the same backbone on RGB; one clip at a time.
+Splits without a readable, finite result.json are listed with the reason, never silently left out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -28,19 +36,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from scipy import stats  # noqa: E402
 
-import coviar  # noqa: E402
-from datasets import read_index  # noqa: E402
-from models import MIC  # noqa: E402
-from reader import (  # noqa: E402
-    PICTURE,
-    RESIDUAL,
-    crop_frames,
-    multiscale_box,
-    normalise,
-    resize_frames,
-    sample_indices,
-)
+import mi  # noqa: E402
+from models import MIC, RANDOM  # noqa: E402
+from reader import ClipDataset  # noqa: E402
 
 # Variant name (train.variant_name without the backbone) -> the paper's row label.
 PAPER_ROWS = {
@@ -49,9 +49,9 @@ PAPER_ROWS = {
     "mic-mi+adv": "MIC − MI + Adv",
     "mic-rec": "MIC − Î (no reconstruction)",
     "mic+mv": "MIC + T^t (motion vectors)",
-    "rgb": "RGB baseline (same model on decoded frames)",
-    "rgb-mi": "RGB baseline − MI",
+    "rgb": "Mode VLSTM (RGB baseline)",
 }
+MI_DIMS = 16  # principal components of z_E and z_I for the held-out MI (few clips per fold)
 
 
 def paper_row(variant: str) -> str:
@@ -60,15 +60,49 @@ def paper_row(variant: str) -> str:
     return f"{label}, ResNet{backbone}" if backbone else f"{label}, ResNet50"
 
 
-def fold_dirs(variant_dir: Path) -> list[Path]:
-    return sorted(d for d in variant_dir.iterdir() if (d / "result.json").exists())
+def recall_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int
+                   ) -> tuple[float, float, list[float]]:
+    """(WAR = accuracy, UAR = mean recall over the classes present in `labels`, per-class recall
+    with NaN for absent classes)."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    recall = []
+    for c in range(num_classes):
+        mask = labels == c
+        recall.append(float((preds[mask] == c).mean()) if mask.any() else float("nan"))
+    return float((labels == preds).mean()), float(np.nanmean(recall)), recall
 
 
-def identity_probe(train_z: np.ndarray, subjects: np.ndarray, steps: int = 300,
-                   seed: int = 0) -> tuple[float, float]:
-    """Linear probe z_E → subject: train on every other clip of each subject, test on the rest.
+def read_splits(variant_dir: Path) -> tuple[list[tuple[Path, dict]], dict[str, str]]:
+    """The finished splits of a variant (folder, result) and the others with the reason."""
+    done, skipped = [], {}
+    for d in sorted(p for p in variant_dir.iterdir() if p.is_dir()):
+        path = d / "result.json"
+        if not path.exists():
+            skipped[d.name] = ("unfinished (checkpoint, no result.json)" if (d / "ckpt.pt").exists()
+                               else "no result.json")
+            continue
+        try:
+            result = json.loads(path.read_text())
+            acc = float(result["accuracy"])
+        except (ValueError, KeyError, TypeError) as exc:
+            skipped[d.name] = f"unreadable result.json ({type(exc).__name__}: {exc})"
+            continue
+        if not math.isfinite(acc) or not (d / "features.npz").exists():
+            skipped[d.name] = ("non-finite accuracy" if not math.isfinite(acc)
+                               else "no features.npz")
+            continue
+        done.append((d, result))
+    return done, skipped
 
-    Returns (held-out accuracy, chance = 1 / number of probed subjects)."""
+
+def identity_probe(z: np.ndarray, subjects: np.ndarray, steps: int = 300,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Linear probe z_E → subject: trained on every other clip of each subject (subjects with at
+    least 2 clips), tested on the rest.
+
+    Returns (held-out accuracy, chance = 1 / probed subjects, majority baseline = accuracy of
+    always answering the subject most frequent among the probe's training clips); NaNs when no
+    subject has 2 clips."""
     order = np.argsort(subjects, kind="stable")
     rank = np.zeros(len(subjects), int)  # position of each clip among its subject's clips
     for s in np.unique(subjects):
@@ -78,11 +112,12 @@ def identity_probe(train_z: np.ndarray, subjects: np.ndarray, steps: int = 300,
     keep = counts[subjects] >= 2
     fit, held = keep & (rank % 2 == 0), keep & (rank % 2 == 1)
     if not held.any():
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     names, y = np.unique(subjects[keep], return_inverse=True)
     y_all = np.full(len(subjects), -1)
     y_all[keep] = y
-    x = torch.from_numpy(train_z).float()
+    majority = float((y_all[held] == np.bincount(y_all[fit]).argmax()).mean())
+    x = torch.from_numpy(z).float()
     mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
     x = (x - mu) / sd
     torch.manual_seed(seed)
@@ -96,36 +131,104 @@ def identity_probe(train_z: np.ndarray, subjects: np.ndarray, steps: int = 300,
         opt.step()
     with torch.no_grad():
         pred = probe(x[held]).argmax(1).numpy()
-    return float((pred == y_all[held]).mean()), 1.0 / len(names)
+    return float((pred == y_all[held]).mean()), 1.0 / len(names), majority
 
 
-def evaluate_variant(variant_dir: Path) -> dict:
-    """Accuracy, confusion, MI estimate and identity probe of one variant (all its folds)."""
-    folds = fold_dirs(variant_dir)
-    results = [json.loads((d / "result.json").read_text()) for d in folds]
+def heldout_mi_pair(f: np.lib.npyio.NpzFile, seed: int = 0) -> tuple[float, float]:
+    """(held-out MI between z_E and z_I, the same on shuffled test pairs) of one split."""
+    shuffled = np.random.default_rng(seed).permutation(len(f["test_zi"]))
+    kw = dict(dims=MI_DIMS, steps=300, hidden=64, seed=seed)
+    return (mi.heldout_mi(f["train_z"], f["train_zi"], f["test_z"], f["test_zi"], **kw),
+            mi.heldout_mi(f["train_z"], f["train_zi"], f["test_z"], f["test_zi"][shuffled], **kw))
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, float)
+    return float(np.nanmean(a)), float(np.nanstd(a, ddof=1)) if np.isfinite(a).sum() > 1 else 0.0
+
+
+def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict:
+    """Accuracy, UAR, confusion, held-out MI and identity probes of one variant."""
+    results = [r for _, r in splits]
     classes = results[0]["classes"]
     n = len(classes)
     confusion = np.zeros((n, n), int)
-    probe, chance = [], []
-    for d in folds:
+    per: dict[str, list[float]] = {k: [] for k in (
+        "war", "uar", "mi", "mi_shuffled", "probe_train", "probe_train_chance", "probe_test",
+        "probe_test_chance", "probe_test_majority")}
+    for d, _ in splits:
         f = np.load(d / "features.npz")
         np.add.at(confusion, (f["test_label"], f["test_pred"]), 1)
-        acc, ch = identity_probe(f["train_z"], f["train_subject"])
-        probe.append(acc)
-        chance.append(ch)
-    accs = np.array([r["accuracy"] for r in results])
+        war, uar, _ = recall_metrics(f["test_label"], f["test_pred"], n)
+        per["war"].append(war)
+        per["uar"].append(uar)
+        if "train_zi" in f:
+            m, m0 = heldout_mi_pair(f)
+            per["mi"].append(m)
+            per["mi_shuffled"].append(m0)
+        acc, chance, _ = identity_probe(f["train_z"], f["train_subject"])
+        per["probe_train"].append(acc)
+        per["probe_train_chance"].append(chance)
+        acc, chance, majority = identity_probe(f["test_z"], f["test_subject"])
+        per["probe_test"].append(acc)
+        per["probe_test_chance"].append(chance)
+        per["probe_test_majority"].append(majority)
     recall = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    mi = [r["history"][-1]["mi"] for r in results if r["history"]]
-    return {
-        "variant": variant_dir.name, "row": paper_row(variant_dir.name),
-        "folds": [r["fold"] for r in results], "accuracy_per_fold": accs.tolist(),
-        "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std()),
-        "pooled_accuracy": float(confusion.diagonal().sum() / confusion.sum()),
-        "per_class_recall": dict(zip(classes, recall.tolist(), strict=True)),
-        "confusion": confusion.tolist(), "classes": classes,
-        "mi_estimate": float(np.mean(mi)) if mi else float("nan"),
-        "identity_probe": float(np.nanmean(probe)), "identity_probe_chance": float(np.mean(chance)),
-    }
+    out = {"variant": variant_dir.name, "row": paper_row(variant_dir.name),
+           "splits": [d.name for d, _ in splits], "folds": [r["fold"] for r in results],
+           "accuracy_per_split": per["war"], "uar_per_split": per["uar"],
+           "per_class_recall": dict(zip(classes, recall.tolist(), strict=True)),
+           "confusion": confusion.tolist(), "classes": classes,
+           "pooled_accuracy": float(confusion.diagonal().sum() / confusion.sum()),
+           "identity": results[0].get("identity")}
+    for key, values in per.items():
+        out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(values) if values else (math.nan, 0.0)
+    out["mi_per_split"], out["mi_shuffled_per_split"] = per["mi"], per["mi_shuffled"]
+    return out
+
+
+def paired(a: dict, b: dict, key: str = "accuracy_per_split", seed: int = 0) -> dict | None:
+    """Per-split paired difference a − b over the splits both finished: mean, sd, paired t-test
+    p-value and a bootstrap 95 % CI of the mean (None with fewer than 2 common splits)."""
+    va = dict(zip(a["splits"], a[key], strict=True))
+    vb = dict(zip(b["splits"], b[key], strict=True))
+    common = sorted(va.keys() & vb.keys())
+    if len(common) < 2:
+        return None
+    diff = np.array([va[s] - vb[s] for s in common])
+    rng = np.random.default_rng(seed)
+    boot = rng.choice(diff, (10_000, len(diff))).mean(1)
+    p = float(stats.ttest_rel([va[s] for s in common], [vb[s] for s in common]).pvalue)
+    return {"a": a["variant"], "b": b["variant"], "metric": key, "n": len(common),
+            "mean": float(diff.mean()), "sd": float(diff.std(ddof=1)),
+            "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+            "p": p if math.isfinite(p) else 1.0}
+
+
+def verdict(c: dict) -> str:
+    lo, hi = c["ci95"]
+    if lo > 0:
+        return f"{c['a']} better than {c['b']} ({100 * c['mean']:+.2f} points, 95 % CI above 0)"
+    if hi < 0:
+        return f"{c['a']} worse than {c['b']} ({100 * c['mean']:+.2f} points, 95 % CI below 0)"
+    return (f"no difference shown between {c['a']} and {c['b']} ({100 * c['mean']:+.2f} points, "
+            "the 95 % CI contains 0)")
+
+
+def comparisons(variants: list[dict]) -> list[dict]:
+    """Each variant against MIC − MI of the same backbone, on accuracy and UAR."""
+    out = []
+    by_name = {v["variant"]: v for v in variants}
+    for v in variants:
+        core, sep, backbone = v["variant"].partition("+resnet")
+        base = by_name.get("mic-mi" + (f"+resnet{backbone}" if sep else ""))
+        if base is None or base is v:
+            continue
+        for key in ("accuracy_per_split", "uar_per_split"):
+            c = paired(v, base, key)
+            if c is not None:
+                out.append(c)
+    return out
 
 
 def plot_confusion(res: dict, path: Path) -> None:
@@ -143,49 +246,40 @@ def plot_confusion(res: dict, path: Path) -> None:
                         color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{res['variant']}: {res['pooled_accuracy']:.1%} (all folds pooled)")
+    ax.set_title(f"{res['variant']}: {res['pooled_accuracy']:.1%} (all splits pooled)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def read_clip(path: Path, num_frames: int, config: dict, representation: str) -> torch.Tensor:
-    """The test path's reader alone: `num_segments` residuals (or decoded frames) of one clip,
-    sampled, cropped, resized and normalised as ClipDataset does in test mode (no I-frame, no
-    apex: test time needs neither)."""
-    rgb = representation == "rgb"
-    seg = sample_indices(num_frames, config["num_segments"], False, 0 if rgb else 1)
-    a = coviar.load_many(str(path), 0, seg, PICTURE if rgb else RESIDUAL,
-                         config.get("accumulate", False))
-    box = multiscale_box(*a.shape[1:3], train=False)
-    x = resize_frames(crop_frames(a, box), config["size"])[:, [2, 1, 0]]  # BGR -> RGB
-    return normalise(x, representation)
-
-
 @torch.no_grad()
 def measure_speed(root: Path, config: dict, representation: str, backbone: str, clips: int,
                   device: torch.device) -> dict:
-    """Clips/s and frames/s of reading `clips` clips and running the expression branch on them."""
-    rows = read_index(root / "index.csv")[:clips]
+    """Clips/s and frames/s of reading `clips` clips (the reader in test mode: the sampled
+    residuals or frames only) and running the expression branch on them, one at a time."""
+    ds = ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
+                     representation=representation, accumulate=config.get("accumulate", False),
+                     apex=False)
     model = MIC(config["num_classes"], config["num_segments"], backbone, config["hidden"],
-                decoder=False, size=config["size"]).to(device).eval()
-    clip = [(root / r["path"], int(r["num_frames"])) for r in rows]
-    model(read_clip(*clip[0], config, representation)[None].to(device))  # warm-up
+                decoder=False, size=config["size"], backbone_weights=RANDOM,
+                data_bn=representation != "rgb").to(device).eval()
+    n = min(clips, len(ds))
+    model(ds[0]["input"][None].to(device))  # warm-up
     t0 = time.perf_counter()
-    for path, n in clip:
-        model(read_clip(path, n, config, representation)[None].to(device))
+    for i in range(n):
+        model(ds[i]["input"][None].to(device))
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    frames = sum(n for _, n in clip)
+    frames = sum(int(r["num_frames"]) for r in ds.rows[:n])
     return {"path": f"{representation} + {backbone}+LSTM", "representation": representation,
-            "backbone": backbone, "clips_per_s": len(clip) / dt, "frames_per_s": frames / dt}
+            "backbone": backbone, "clips_per_s": n / dt, "frames_per_s": frames / dt}
 
 
 def speed_table(run: Path, variants: list[dict], clips: int, device: torch.device) -> list[dict]:
     configs = {}
     for v in variants:
-        ckpt = torch.load(fold_dirs(run / v["variant"])[0] / "ckpt.pt", map_location="cpu",
+        ckpt = torch.load(run / v["variant"] / v["splits"][0] / "ckpt.pt", map_location="cpu",
                           weights_only=True)
         configs[v["variant"]] = json.loads(ckpt["config"])
     config = next(iter(configs.values()))
@@ -205,25 +299,50 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
     return rows
 
 
-def write_markdown(run: Path, variants: list[dict], speed: list[dict]) -> str:
+def pct(mean: float, sd: float) -> str:
+    return "–" if not math.isfinite(mean) else f"{100 * mean:.1f} ± {100 * sd:.1f}"
+
+
+def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed: list[dict],
+                   skipped: dict[str, dict[str, str]]) -> str:
     lines = [f"# Results of `{run}`", "",
-             "| variant | paper row | accuracy (mean ± std over folds) | folds | MI estimate "
-             "| identity probe on z_E (chance) | clips/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
+             "nats | identity probe on z_E, training clips (chance) | on unseen test clips "
+             "(chance / majority) | clips/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         sp = f"{v['speed']['clips_per_s']:.1f}" if "speed" in v else "–"
+        mi_text = ("–" if not math.isfinite(v["mi_mean"]) else
+                   f"{v['mi_mean']:.3f} ± {v['mi_sd']:.3f} ({v['mi_shuffled_mean']:.3f})")
         lines.append(
-            f"| {v['variant']} | {v['row']} | {100 * v['accuracy_mean']:.2f} ± "
-            f"{100 * v['accuracy_std']:.2f} | {len(v['folds'])} | {v['mi_estimate']:.3f} | "
-            f"{100 * v['identity_probe']:.1f}% ({100 * v['identity_probe_chance']:.1f}%) | {sp} |")
-    if len(variants) > 1:
-        a, b = variants[0], variants[1]
-        spread = max(a["accuracy_std"], b["accuracy_std"])
-        diff = a["accuracy_mean"] - b["accuracy_mean"]
-        verdict = ("no difference (smaller than the spread over folds)" if abs(diff) <= spread
-                   else f"{a['variant']} {'better' if diff > 0 else 'worse'} by {100 * diff:+.2f}")
-        lines += ["", f"{a['variant']} vs {b['variant']}: {verdict}."]
-    lines += ["", "Per-class recall:", "",
+            f"| {v['variant']} | {v['row']} | {pct(v['war_mean'], v['war_sd'])} | "
+            f"{pct(v['uar_mean'], v['uar_sd'])} | {len(v['splits'])} | {mi_text} | "
+            f"{pct(v['probe_train_mean'], v['probe_train_sd'])} "
+            f"({100 * v['probe_train_chance_mean']:.1f}) | "
+            f"{pct(v['probe_test_mean'], v['probe_test_sd'])} "
+            f"({100 * v['probe_test_chance_mean']:.1f} / "
+            f"{100 * v['probe_test_majority_mean']:.1f}) | {sp} |")
+    lines += ["", "± is the sd over splits (folds × seeds). Held-out MI: a fresh MINE trained on "
+              "the training clips' (z_E, z_I) and evaluated on the test clips' (first "
+              f"{MI_DIMS} principal components of each); the control pairs the test clips' z_E "
+              "with shuffled z_I, whose true MI is 0."]
+    if compared:
+        lines += ["", "Paired differences over the splits both variants finished:", "",
+                  "| a − b | metric | splits | mean (points) | sd | 95 % CI (bootstrap) | "
+                  "paired t-test p |", "|---|---|---|---|---|---|---|"]
+        for c in compared:
+            lines.append(f"| {c['a']} − {c['b']} | {c['metric'].split('_')[0]} | {c['n']} | "
+                         f"{100 * c['mean']:+.2f} | {100 * c['sd']:.2f} | "
+                         f"[{100 * c['ci95'][0]:+.2f}, {100 * c['ci95'][1]:+.2f}] | "
+                         f"{c['p']:.3f} |")
+        lines += [""] + [f"Verdict ({c['metric'].split('_')[0]}): {verdict(c)}."
+                         for c in compared]
+    ids = {json.dumps(v["identity"], sort_keys=True) for v in variants if v.get("identity")}
+    for text in sorted(ids):
+        i = json.loads(text)
+        lines += ["", f"Identity network f_I: {i.get('network')}, weights {i.get('weights')} "
+                  f"(sha256 {i.get('sha256')})."]
+    lines += ["", "Per-class recall (%, all splits pooled):", "",
               "| variant | " + " | ".join(variants[0]["classes"]) + " |",
               "|---|" + "---|" * len(variants[0]["classes"])]
     for v in variants:
@@ -236,6 +355,10 @@ def write_markdown(run: Path, variants: list[dict], speed: list[dict]) -> str:
         for r in speed:
             lines.append(f"| {r['path']} | {r['clips_per_s']:.2f} | {r['frames_per_s']:.1f} | "
                          f"{r['speedup_vs_rgb_resnet50']:.2f} |")
+    if any(skipped.values()):
+        lines += ["", "Splits left out:", ""]
+        for variant, reasons in skipped.items():
+            lines += [f"- {variant}/{name}: {why}" for name, why in reasons.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -248,20 +371,34 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not args.run.is_dir():
         raise SystemExit(f"evaluate.py: {args.run} is not a folder")
-    dirs = [d for d in sorted(args.run.iterdir()) if d.is_dir() and fold_dirs(d)]
-    if not dirs:
-        raise SystemExit(f"evaluate.py: no finished fold (result.json) under {args.run}")
+    found, skipped = {}, {}
+    for d in sorted(p for p in args.run.iterdir() if p.is_dir()):
+        done, left = read_splits(d)
+        if done or left:
+            skipped[d.name] = left
+        if done:
+            found[d] = done
+    for variant, reasons in skipped.items():
+        for name, why in reasons.items():
+            print(f"evaluate.py: left out {variant}/{name}: {why}")
+    if not found:
+        raise SystemExit(f"evaluate.py: no finished split (result.json) under {args.run}")
     order = list(PAPER_ROWS)
-    dirs.sort(key=lambda d: (order.index(d.name.partition("+resnet")[0])
-                             if d.name.partition("+resnet")[0] in order else 99, d.name))
-    variants = [evaluate_variant(d) for d in dirs]
-    for v, d in zip(variants, dirs, strict=True):
-        plot_confusion(v, d / "confusion.png")
+
+    def rank(d: Path) -> tuple[int, str]:
+        core = d.name.partition("+resnet")[0]
+        return (order.index(core) if core in order else 99, d.name)
+
+    variants = [evaluate_variant(d, found[d]) for d in sorted(found, key=rank)]
+    for v in variants:
+        plot_confusion(v, args.run / v["variant"] / "confusion.png")
+    compared = comparisons(variants)
     speed = [] if args.no_speed else speed_table(args.run, variants, args.speed_clips,
                                                    torch.device(args.device))
-    (args.run / "results.json").write_text(json.dumps({"variants": variants, "speed": speed},
-                                                      indent=1))
-    md = write_markdown(args.run, variants, speed)
+    (args.run / "results.json").write_text(json.dumps(
+        {"variants": variants, "comparisons": compared, "speed": speed, "left_out": skipped},
+        indent=1))
+    md = write_markdown(args.run, variants, compared, speed, skipped)
     (args.run / "results.md").write_text(md)
     print(md)
 

@@ -174,9 +174,9 @@ def build_backbone(
 class ExpressionBranch(nn.Module):
     """f_E: (B, S, C, H, W) residuals (or motion vectors) → z_E of dim S*hidden.
 
-    data_bn (BatchNorm2d over the raw input, as CoViAR does for residual/mv) → CNN per
-    segment → LSTM over the S segments → all S outputs flattened (the reproduction's
-    `reshape(-1, hidden*num_segments)`).
+    data_bn (BatchNorm2d over the raw input, as CoViAR does for residual/mv; `data_bn=False`
+    for ImageNet-normalised RGB frames) → CNN per segment → LSTM over the S segments → all S
+    outputs flattened (the reproduction's `reshape(-1, hidden*num_segments)`).
     """
 
     def __init__(
@@ -186,10 +186,11 @@ class ExpressionBranch(nn.Module):
         hidden: int = 512,
         in_channels: int = 3,
         weights: str | None = None,
+        data_bn: bool = True,
     ) -> None:
         super().__init__()
         self.num_segments, self.hidden, self.in_channels = num_segments, hidden, in_channels
-        self.data_bn = nn.BatchNorm2d(in_channels)
+        self.data_bn = nn.BatchNorm2d(in_channels) if data_bn else nn.Identity()
         self.backbone, feat_dim = build_backbone(backbone, in_channels, weights)
         self.lstm = nn.LSTM(feat_dim, hidden, batch_first=True)
         self.dim = num_segments * hidden
@@ -484,7 +485,9 @@ class IdentityDiscriminator(nn.Module):
 
 class MIC(nn.Module):
     """Expression side of MIC: residuals (B,S,3,H,W) [+ motion vectors (B,S,2,H,W)] → z_E →
-    logits; plus the apex decoder (`reconstruct`) and the optional adversary.
+    logits; plus the apex decoder (`reconstruct`) and the optional adversary. With
+    `data_bn=False` and `decoder=False` it is the paper's RGB baseline (Mode VLSTM): decoded
+    frames (ImageNet-normalised once, by the reader) → CNN → LSTM → classifier.
 
     The frozen identity branch is not part of this module (its z_I, d_i-dimensional, is
     precomputed per clip). With `with_mv` (MIC+T^t) a second ExpressionBranch on motion vectors
@@ -504,9 +507,11 @@ class MIC(nn.Module):
         num_subjects: int = 0,
         backbone_weights: str | None = None,
         dropout: float = 0.5,
+        data_bn: bool = True,
     ) -> None:
         super().__init__()
-        self.residual = ExpressionBranch(backbone, num_segments, hidden, 3, backbone_weights)
+        self.residual = ExpressionBranch(backbone, num_segments, hidden, 3, backbone_weights,
+                                         data_bn)
         self.mv = (
             ExpressionBranch(backbone, num_segments, hidden, 2, backbone_weights)
             if with_mv

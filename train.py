@@ -1,4 +1,4 @@
-"""Train MIC (or one of its ablations) under a dataset's protocol.
+"""Train MIC (or one of its ablations, or the paper's RGB baseline) under a dataset's protocol.
 
     python train.py --dataset ckplus --root data/ckplus            # all 10 folds
     python train.py --dataset ckplus --root data/ckplus --fold 3   # one fold
@@ -6,19 +6,26 @@
     python train.py --dataset synthetic                            # generates the set first
     torchrun --nproc_per_node 2 train.py ...                       # DistributedDataParallel
 
-Objective of the expression branch (MISSION.md section 1): L_CE + α·MI(z_E; z_I) + β·L_rec,
-with T_θ trained `--t-steps` times per step to keep the MI estimate tight. The MI estimate is
-logged for every variant (with `--no-mi` T_θ still learns, but its estimate is not in the loss),
-so that runs with and without the regulariser can be compared.
+Objective of the expression branch (MISSION.md section 1): L_CE + α·MI(z_E; z_I) + β·L_rec.
+T_θ, the MI estimator's network, takes `--t-steps` steps per encoder step on pairs it is not
+scored on: a memory of the detached (z_E, z_I) pairs of recent batches (`--mi-memory`) that holds
+only T_θ's own share of the training clips (`--mi-split`); the MI term is T_θ's estimate on the
+current batch's other clips (`mi.train_critic`). `--mi-memory 0` is the paper's procedure (T_θ
+trained on the batch it scores). The MI term is logged for every variant (with `--no-mi` T_θ
+still learns, but its estimate is not in the loss); the MI that counts is measured afterwards on
+held-out clips by evaluate.py.
 
-Output: OUT/<variant>/fold<k>/ with `ckpt.pt` (written atomically each epoch; `--resume`
-continues a killed run), `result.json` (test accuracy and predictions), `features.npz` (z_E of
-train and test clips, for evaluate.py's identity probe) and TensorBoard logs in `tb/`.
+Output: OUT/<variant>/<split>[-seed<k>]/ with `ckpt.pt` (written atomically each epoch;
+`--resume` continues a killed run after checking that its options are the run's), `result.json`
+(accuracy = WAR, UAR, per-class recall, the identity network used), `features.npz` (z_E and z_I
+of the training and test clips, for evaluate.py's held-out MI and identity probes) and
+TensorBoard logs in `tb/`. A lock file keeps two runs out of one folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -26,7 +33,8 @@ import random
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,21 +46,29 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+import identity_weights
+import mi
 from datasets import PROTOCOLS, Split
-from mi import ESTIMATORS, build_estimator
-from models import MIC, FaceNetMobileNet, build_identity
+from evaluate import recall_metrics
+from models import DEFAULT_IDENTITY, IDENTITY_DIMS, MIC, RANDOM, FaceNetMobileNet, build_identity
 from reader import SCALES, ClipDataset, DecodeCache, collate
 
 ROOT = Path(__file__).resolve().parent
 
-# Per-dataset defaults (MISSION.md section 1). The report's CK+/MMI learning rate, 1e-1 with Adam,
-# does not train (the loss diverges); `--lr 1e-1 --schedule 30:1e-2` reproduces it as written.
+# Per-dataset defaults (MISSION.md section 1; DFEW, FERV39k and MAFW: ours, the paper has none).
+# The report's CK+/MMI learning rate, 1e-1 with Adam, does not train (the loss diverges);
+# `--lr 1e-1 --schedule 30:1e-2` reproduces it as written.
 DEFAULTS = {
     "ckplus": dict(lr=1e-3, schedule="30:1e-4", epochs=100),
     "mmi": dict(lr=1e-3, schedule="30:1e-4", epochs=100),
     "afew": dict(lr=1e-4, schedule="30:8e-6,60:1e-7", epochs=100),
+    "dfew": dict(lr=1e-4, schedule="20:1e-5", epochs=40),
+    "ferv39k": dict(lr=1e-4, schedule="20:1e-5", epochs=40),
+    "mafw": dict(lr=1e-4, schedule="20:1e-5", epochs=40),
     "synthetic": dict(lr=1e-3, schedule="20:1e-4", epochs=30),
 }
+# Options that may differ when a run is resumed (everything else must match its checkpoint).
+RESUMABLE = ("epochs", "workers", "cache", "device", "resume", "fold", "out", "root")
 PREPARE = {
     "ckplus": """CK+ is licensed: request it at https://www.jeffcohn.net/Resources/ , unpack it so
 that {raw}/cohn-kanade-images/S005/001/*.png and {raw}/Emotion/S005/001/*_emotion.txt exist, then:
@@ -73,20 +89,26 @@ re-encode and index:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=["ckplus", "mmi", "afew", "synthetic"])
+    p.add_argument("--dataset", required=True, choices=sorted(PROTOCOLS))
     p.add_argument("--root", help="indexed data folder (default: data/<dataset>)")
     p.add_argument("--fold", action="append",
                    help="test fold(s) of the protocol (repeatable; default: all): 0..9 for "
-                        "CK+/MMI/synthetic (datasets.PROTOCOLS)")
+                        "CK+/MMI/synthetic, 1..5 for DFEW/MAFW (datasets.PROTOCOLS)")
     p.add_argument("--out", default="runs/mic", help="run folder; the variant is a subfolder")
     p.add_argument("--name", help="variant name (default: derived from the options)")
     # objective
     p.add_argument("--alpha", type=float, default=0.1, help="weight of the MI term (or adversary)")
     p.add_argument("--beta", type=float, default=0.1, help="weight of the reconstruction term")
-    p.add_argument("--estimator", default="mine", choices=sorted(ESTIMATORS))
-    p.add_argument("--t-steps", type=int,
-                   help="T_θ updates per encoder update (default: 1 for CLUB, 10 for the lower "
-                        "bounds: benchmarks/mi_game.py shows a lagging T_θ fooled with fewer)")
+    p.add_argument("--estimator", default="mine", choices=sorted(mi.ESTIMATORS))
+    p.add_argument("--t-steps", type=int, default=5,
+                   help="T_θ updates per encoder update (benchmarks/mi_game.py)")
+    p.add_argument("--mi-memory", type=int, default=8,
+                   help="T_θ's memory of recent pairs, in batches; 0: T_θ learns on the batch "
+                        "it scores (the paper's procedure)")
+    p.add_argument("--mi-split", type=float, default=0.5,
+                   help="share of the training clips reserved for T_θ (with --mi-memory > 0): "
+                        "the MI term is computed on the others only")
+    p.add_argument("--lr-t", type=float, default=1e-4, help="T_θ's learning rate (constant)")
     p.add_argument("--mi-hidden", type=int, default=512, help="width of T_θ")
     p.add_argument("--no-mi", action="store_true", help="MIC−MI: no MI term in the loss")
     p.add_argument("--adv", action="store_true", help="identity adversary behind gradient reversal")
@@ -95,15 +117,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accumulate", action="store_true",
                    help="residuals and vectors against the I-frame (pytorch-coviar's default) "
                         "instead of the previous frame (the paper's Δ^t)")
-    p.add_argument("--input", default="residual", choices=["residual", "rgb"],
-                   help="rgb: the same model on decoded frames (the RGB baseline)")
+    p.add_argument("--baseline", choices=["rgb"],
+                   help="rgb: the paper's RGB baseline (Mode VLSTM): decoded frames → CNN → LSTM "
+                        "→ classifier, no MI, no reconstruction, no identity branch")
+    p.add_argument("--class-weights", action="store_true",
+                   help="weight L_CE by inverse class frequency (imbalanced sets: DFEW, MAFW, ...)")
     # model
     p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "resnet6"])
     p.add_argument("--backbone-weights", help="ImageNet state dict for resnet50/resnet18")
     p.add_argument("--hidden", type=int, default=512, help="LSTM size")
-    p.add_argument("--identity", default="facenet_mobilenet",
-                   choices=["facenet_mobilenet", "inception_resnet_v1"])
-    p.add_argument("--identity-weights", help="facenet_mobilenet.pth or the VGGFace2 file")
+    p.add_argument("--identity", choices=sorted(IDENTITY_DIMS),
+                   help="identity network f_I (default: the one the weights are for; "
+                        f"{DEFAULT_IDENTITY[0]} when no weights are named)")
+    p.add_argument("--identity-weights",
+                   help=f"weights of f_I: a name ({DEFAULT_IDENTITY[1]} (default, offline), "
+                        "vggface2, casia-webface, facenet-mobilenet), a file, 'random' (on "
+                        "purpose), or 'pretrain' (synthetic set: train it on the set's identities)")
     p.add_argument("--identity-size", type=int,
                    help="letterboxed input side of f_I (160: the published weights; default "
                         "80 for the synthetic set's own pretraining)")
@@ -124,26 +153,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic-subjects", type=int, default=40, help="size of a generated set")
     p.add_argument("--pretrain-epochs", type=int, default=6, help="identity pretraining epochs")
     args = p.parse_args(argv)
-    if args.t_steps is None:
-        args.t_steps = 1 if args.estimator == "club" else 10
+    check_args(p, args)
+    if args.baseline == "rgb":
+        args.no_mi = args.no_rec = True
+    if args.identity_weights is None:
+        args.identity_weights = "pretrain" if args.dataset == "synthetic" else DEFAULT_IDENTITY[1]
     if args.identity_size is None:  # our own pretraining on 128-px synthetic faces: 80 px
-        pretrain = args.dataset == "synthetic" and not args.identity_weights
-        args.identity_size = 80 if pretrain else 160
+        args.identity_size = 80 if args.identity_weights == "pretrain" else 160
     for key, value in DEFAULTS[args.dataset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.root = Path(args.root or f"data/{args.dataset}")
+    args.out = Path(args.out)
     args.name = args.name or variant_name(args)
     return args
 
 
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any work, the values that cannot make a sensible run."""
+    positive = {"--epochs": args.epochs, "--batch-size": args.batch_size,
+                "--num-segments": args.num_segments, "--size": args.size,
+                "--hidden": args.hidden, "--mi-hidden": args.mi_hidden, "--lr": args.lr,
+                "--lr-t": args.lr_t, "--max-steps": args.max_steps}
+    for flag, value in positive.items():
+        if value is not None and not value > 0:
+            p.error(f"{flag} must be > 0, got {value}")
+    if args.batch_size < 2:
+        p.error(f"--batch-size must be at least 2 (the MI bound pairs clips), got "
+                f"{args.batch_size}")
+    for flag, value in {"--alpha": args.alpha, "--beta": args.beta,
+                        "--weight-decay": args.weight_decay, "--workers": args.workers,
+                        "--mi-memory": args.mi_memory}.items():
+        if not value >= 0:
+            p.error(f"{flag} must be >= 0, got {value}")
+    if args.t_steps < 1 and not (args.no_mi or args.baseline):
+        p.error(f"--t-steps must be >= 1 with an MI term (T_θ must learn), got {args.t_steps}")
+    if not 0 <= args.mi_split < 1:
+        p.error(f"--mi-split must be in [0, 1), got {args.mi_split}")
+    folds = [s.test[0] for s in PROTOCOLS[args.dataset]]
+    bad = [f for f in args.fold or [] if f not in folds]
+    if bad:
+        p.error(f"--fold {', '.join(bad)}: {args.dataset} has the test folds {', '.join(folds)}")
+    if args.baseline and (args.adv or args.with_mv):
+        p.error("--baseline rgb is the plain RGB model: no --adv, no --with-mv")
+
+
 def variant_name(args: argparse.Namespace) -> str:
     """The row of the paper's table this configuration is: mic, mic-mi, mic-mi+adv, mic+mv, ..."""
-    name = "rgb" if args.input == "rgb" else "mic"
-    name += "-mi" if args.no_mi else ""
-    name += "+adv" if args.adv else ""
-    name += "-rec" if args.no_rec else ""
-    name += "+mv" if args.with_mv else ""
+    if args.baseline == "rgb":
+        name = "rgb"
+    else:
+        name = "mic" + ("-mi" if args.no_mi else "") + ("+adv" if args.adv else "")
+        name += ("-rec" if args.no_rec else "") + ("+mv" if args.with_mv else "")
     return name + ("" if args.backbone == "resnet50" else f"+{args.backbone}")
 
 
@@ -168,14 +229,48 @@ def save_atomic(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_json_atomic(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
 def log0(*msg: object) -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
         tqdm.write(" ".join(str(m) for m in msg))
 
 
+class TrainingError(RuntimeError):
+    """A run that must stop: a non-finite loss, a resumed run with other options, a busy folder."""
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """Hold `folder/.lock` (flock) for the duration: a second run on the same folder stops with a
+    clear message; the lock of a dead process is released by the system and taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise TrainingError(f"{folder} is in use by {owner}: wait for it, or choose another "
+                                "--out/--name") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # ----------------------------------------------------------------------------------------------
 # Data: locate it, or generate the synthetic set as a user would (synthetic.py → reencode.sh →
-# datasets.py), and pretrain the identity network on the synthetic set's disjoint identities.
+# datasets.py); the identity network: named, from a file, or pretrained on the synthetic set's
+# disjoint identities.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -200,24 +295,39 @@ def prepare_data(args: argparse.Namespace) -> None:
 
 
 def run(cmd: list[str]) -> None:
+    """Run a step of the pipeline; reencode.sh asks this interpreter for its ffmpeg."""
     log0("$", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHON": sys.executable})
 
 
-def identity_weights(args: argparse.Namespace, device: torch.device) -> str | None:
-    """The identity network's weights: given, or (synthetic set) pretrained here and cached."""
-    if args.identity_weights or args.dataset != "synthetic":
-        return args.identity_weights
-    if args.identity != "facenet_mobilenet":
-        sys.exit("train.py: pretraining on the synthetic identities needs --identity "
-                 "facenet_mobilenet (or pass --identity-weights)")
-    path = args.root / f"identity_facenet_mobilenet_{args.identity_size}px.pth"
-    if not path.exists():
-        raw = args.root.with_name(args.root.name + "-raw") / "identities"
-        acc = pretrain_identity(raw, path, args.pretrain_epochs, args.identity_size, args.seed,
-                                device)
-        log0(f"identity network: {acc:.1%} identity accuracy on held-out frames -> {path}")
-    return str(path)
+def identity_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
+    """The frozen f_I: `--identity-weights` by name, file or 'random', or (synthetic set,
+    'pretrain') FaceNetMobileNet pretrained here on the set's identities and cached."""
+    weights = args.identity_weights
+    if weights == "pretrain":
+        if args.dataset != "synthetic":
+            sys.exit("train.py: --identity-weights pretrain is for the synthetic set only")
+        if args.identity not in (None, "facenet_mobilenet"):
+            sys.exit("train.py: pretraining on the synthetic identities needs --identity "
+                     "facenet_mobilenet (or pass --identity-weights)")
+        args.identity = "facenet_mobilenet"
+        path = args.root / f"identity_facenet_mobilenet_{args.identity_size}px.pth"
+        if not path.exists():
+            if dist.is_initialized() and dist.get_rank() != 0:
+                raise TrainingError(f"{path} missing: rank 0 should have written it")
+            raw = args.root.with_name(args.root.name + "-raw") / "identities"
+            acc = pretrain_identity(raw, path, args.pretrain_epochs, args.identity_size,
+                                    args.seed, device)
+            log0(f"identity network: {acc:.1%} identity accuracy on held-out frames -> {path}")
+        weights = str(path)
+    if args.identity is None:  # the network the weights are for; a file: the paper's network
+        named = identity_weights.NAMED.get(weights)
+        args.identity = (named.arch if named else DEFAULT_IDENTITY[0] if weights == RANDOM
+                         else "facenet_mobilenet")
+    try:
+        return build_identity(args.identity, weights, size=args.identity_size).to(device)
+    except (FileNotFoundError, RuntimeError, ValueError, KeyError) as exc:
+        sys.exit(f"train.py: identity network: {exc}")
 
 
 def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int,
@@ -273,30 +383,47 @@ def identity_features(ds: ClipDataset, f_i: torch.nn.Module, device: torch.devic
 
 
 # ----------------------------------------------------------------------------------------------
-# One fold: train, checkpoint each epoch, evaluate on the held-out subjects.
+# One split of the protocol: train, checkpoint each epoch, evaluate on the held-out clips.
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Critic:
+    """T_θ (inside the MI estimator), its optimiser and its memory of pairs (None: the paper's
+    procedure, T_θ trained on the batch it scores)."""
+
+    estimator: torch.nn.Module
+    opt: torch.optim.Optimizer
+    memory: mi.PairMemory | None
+
+
 def build(args: argparse.Namespace, ds: ClipDataset, d_i: int, device: torch.device
-          ) -> tuple[MIC, torch.nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
-    """The model, the MI estimator T_θ and their optimisers (Adam, β1 0.9)."""
+          ) -> tuple[MIC, Critic | None, torch.optim.Optimizer]:
+    """The model, the MI critic (None for the RGB baseline) and the model's optimiser (Adam,
+    β1 0.9). The baseline's model has no decoder and no input BatchNorm (its frames are
+    ImageNet-normalised once, by the reader)."""
     seed_everything(args.seed)
     model = MIC(ds.num_classes, args.num_segments, args.backbone, args.hidden,
                 with_mv=args.with_mv, decoder=not args.no_rec, d_i=d_i, size=args.size,
                 num_subjects=len(ds.subjects) if args.adv else 0,
-                backbone_weights=args.backbone_weights).to(device)
-    estimator = build_estimator(args.estimator, model.d_e, d_i, hidden=args.mi_hidden).to(device)
+                backbone_weights=args.backbone_weights, data_bn=args.baseline is None).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
                            weight_decay=args.weight_decay)
-    opt_t = torch.optim.Adam(estimator.parameters(), lr=args.lr)
-    return model, estimator, opt, opt_t
+    if args.baseline:
+        return model, None, opt
+    estimator = mi.build_estimator(args.estimator, model.d_e, d_i,
+                                   hidden=args.mi_hidden).to(device)
+    memory = mi.PairMemory(args.mi_memory * args.batch_size) if args.mi_memory else None
+    critic = Critic(estimator, torch.optim.Adam(estimator.parameters(), lr=args.lr_t), memory)
+    return model, critic, opt
 
 
 def make_datasets(args: argparse.Namespace, split: Split) -> tuple[ClipDataset, ...]:
     """(train, train in test mode, test) datasets of one split of the protocol."""
     cache = (DecodeCache(args.cache, short_side=math.ceil(args.size / min(SCALES)))
              if args.cache else None)
-    common = dict(num_segments=args.num_segments, size=args.size, representation=args.input,
+    common = dict(num_segments=args.num_segments, size=args.size,
+                  representation="rgb" if args.baseline else "residual",
                   with_mv=args.with_mv, accumulate=args.accumulate, cache=cache)
     return (ClipDataset(args.root, folds=split.train, train=True, apex=not args.no_rec, **common),
             ClipDataset(args.root, folds=split.train, apex=False, **common),
@@ -325,6 +452,8 @@ def predict(model: MIC, ds: ClipDataset, args: argparse.Namespace,
         labels.append(batch["label"])
         subjects.append(batch["subject"])
     logits_t = torch.cat(logits)
+    if not torch.isfinite(logits_t).all():
+        raise TrainingError(f"non-finite logits on {len(ds)} clips: the model is broken")
     return {"logits": logits_t.numpy(), "pred": logits_t.argmax(1).numpy(),
             "z_e": torch.cat(z_e).numpy(), "label": torch.cat(labels).numpy(),
             "subject": torch.cat(subjects).numpy()}
@@ -337,33 +466,69 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
+def run_dir(args: argparse.Namespace, split: Split) -> Path:
+    """OUT/<variant>/<split>, with -seed<k> for seeds other than 0 (folds × seeds of a study)."""
+    return args.out / args.name / (split.name + (f"-seed{args.seed}" if args.seed else ""))
+
+
+def check_resume(config: dict, args: argparse.Namespace, identity: dict, path: Path) -> None:
+    """Refuse to continue a checkpoint whose model, data or objective options differ."""
+    now = options(args)
+    was = config.get("options", {})
+    diff = sorted(k for k in now.keys() | was.keys()
+                  if k not in RESUMABLE and now.get(k) != was.get(k))
+    if config.get("identity", {}).get("sha256") != identity.get("sha256"):
+        diff.append("identity network weights")
+    if diff:
+        raise TrainingError(
+            f"{path} was trained with other options: "
+            + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" if k in now or k in was else k
+                        for k in diff)
+            + f". Resume with the run's own options (only {', '.join(RESUMABLE)} may change), "
+            "or start a new run in another --out/--name")
+
+
 def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
-               z_i_all: torch.Tensor, z_i_row: dict[str, int]) -> dict:
-    fold = split.name
-    fold_dir = args.out / args.name / split.name
-    result_path = fold_dir / "result.json"
-    ckpt_path = fold_dir / "ckpt.pt"
+               z_i_all: torch.Tensor, z_i_row: dict[str, int], identity: dict) -> dict:
+    fold_dir = run_dir(args, split)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    with folder_lock(fold_dir) if rank0 else nullcontext():
+        return _train_fold(args, split, fold_dir, rank0, device, z_i_all, z_i_row, identity)
+
+
+def _train_fold(args: argparse.Namespace, split: Split, fold_dir: Path, rank0: bool,
+                device: torch.device, z_i_all: torch.Tensor, z_i_row: dict[str, int],
+                identity: dict) -> dict:
+    result_path, ckpt_path = fold_dir / "result.json", fold_dir / "ckpt.pt"
+    fold = split.name
     if result_path.exists() and args.resume:
         log0(f"{fold_dir}: already finished")
         return json.loads(result_path.read_text())
-    if ckpt_path.exists() and not args.resume:
-        sys.exit(f"train.py: {fold_dir} holds a run: pass --resume to continue it, "
-                 "or choose another --out/--name")
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    if (ckpt_path.exists() or result_path.exists()) and not args.resume:
+        raise TrainingError(f"{fold_dir} holds a run: pass --resume to continue it, or choose "
+                            "another --out/--name")
     train_ds, train_eval_ds, test_ds = make_datasets(args, split)
     # z_I of the training clips, in the dataset's order (precomputed once for every clip)
     z_i_train = z_i_all[[z_i_row[r["path"]] for r in train_ds.rows]].to(device)
-
     d_i = z_i_all.shape[1]
-    model, estimator, opt, opt_t = build(args, train_ds, d_i, device)
+    model, critic, opt = build(args, train_ds, d_i, device)
+    class_weights = None
+    if args.class_weights:
+        counts = torch.bincount(torch.tensor([int(r["label"]) for r in train_ds.rows]),
+                                minlength=train_ds.num_classes).float()
+        class_weights = (counts.sum() / counts.clamp(min=1) / train_ds.num_classes).to(device)
+    config = model_config(args, train_ds, d_i, identity)
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        check_resume(json.loads(ckpt["config"]), args, identity, ckpt_path)
         model.load_state_dict(ckpt["model"])
-        estimator.load_state_dict(ckpt["estimator"])
         opt.load_state_dict(ckpt["opt"])
-        opt_t.load_state_dict(ckpt["opt_t"])
+        if critic is not None:
+            critic.estimator.load_state_dict(ckpt["estimator"])
+            critic.opt.load_state_dict(ckpt["opt_t"])
+            if critic.memory is not None and "memory_ids" in ckpt:
+                critic.memory.push(ckpt["memory_z_e"], ckpt["memory_z_i"], ckpt["memory_ids"])
         start, history = ckpt["epoch"] + 1, json.loads(ckpt["history"])
         log0(f"{fold_dir}: resuming at epoch {start}")
     step_fn: torch.nn.Module = TrainForward(model)
@@ -373,104 +538,125 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
 
     for epoch in range(start, args.epochs):
         lr = lr_at(epoch, args.lr, args.schedule)
-        for group in (*opt.param_groups, *opt_t.param_groups):
+        for group in opt.param_groups:  # T_θ keeps its own constant rate (--lr-t)
             group["lr"] = lr
-        seed_everything(args.seed * 1000 + epoch)  # resumable: each epoch's randomness is fixed
-        gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        sampler = (DistributedSampler(train_ds, seed=args.seed * 1000 + epoch, drop_last=True)
+        seed = args.seed * 1000 + epoch
+        seed_everything(seed)  # resumable: each epoch's randomness is fixed
+        sampler = (DistributedSampler(train_ds, seed=seed, drop_last=True)
                    if dist.is_initialized() else None)
         loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None,
                             sampler=sampler, num_workers=args.workers, collate_fn=collate,
-                            drop_last=True, generator=gen, pin_memory=device.type == "cuda")
+                            drop_last=True, generator=torch.Generator().manual_seed(seed),
+                            pin_memory=device.type == "cuda")
         step_fn.train()
         sums: dict[str, float] = {}
         steps = 0
-        bar = tqdm(loader, desc=f"{args.name} fold {fold} epoch {epoch + 1}/{args.epochs}",
+        bar = tqdm(loader, desc=f"{args.name} {fold} epoch {epoch + 1}/{args.epochs}",
                    leave=False, disable=not rank0)
         for batch in bar:
             b = to_device(batch, device)
-            terms = train_step(step_fn, estimator, opt, opt_t, b, z_i_train[b["index"]], args,
-                               device)
+            terms = train_step(step_fn, critic, opt, b, z_i_train[b["index"]], args, device,
+                               class_weights, where=f"epoch {epoch + 1}, step {steps + 1}")
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
-            bar.set_postfix(loss=f"{terms['loss']:.3f}", mi=f"{terms['mi']:.3f}")
+            bar.set_postfix(loss=f"{terms['loss']:.3f}")
             if args.max_steps and steps >= args.max_steps:
                 break
         means = {k: v / max(steps, 1) for k, v in sums.items()}
         history.append({"epoch": epoch, "lr": lr, **means})
         if rank0:
-            for k, v in means.items():
-                writer.add_scalar(f"train/{k}", v, epoch)
+            for k, v in means.items():  # "mi": T_θ's estimate during training, not held out
+                writer.add_scalar(f"train/{'mi_term_in_training' if k == 'mi' else k}", v, epoch)
             writer.add_scalar("train/lr", lr, epoch)
-            save_atomic({"model": model.state_dict(), "estimator": estimator.state_dict(),
-                         "opt": opt.state_dict(), "opt_t": opt_t.state_dict(), "epoch": epoch,
-                         "history": json.dumps(history), "config": json.dumps(model_config(
-                             args, train_ds, d_i))}, ckpt_path)
-            log0(f"{args.name} fold {fold} epoch {epoch + 1}: "
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                     "history": json.dumps(history), "config": json.dumps(config)}
+            if critic is not None:
+                state.update(estimator=critic.estimator.state_dict(), opt_t=critic.opt.state_dict())
+                if critic.memory is not None and len(critic.memory):
+                    state.update(memory_z_e=critic.memory.z_e, memory_z_i=critic.memory.z_i,
+                                 memory_ids=critic.memory.ids)
+            save_atomic(state, fold_dir / "ckpt.pt")
+            log0(f"{args.name} {fold} epoch {epoch + 1}: "
                  + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
     result = {}
     if rank0:
         test = predict(model, test_ds, args, device)
         train_eval = predict(model, train_eval_ds, args, device)
-        acc = float((test["pred"] == test["label"]).mean())
-        writer.add_scalar("test/acc", acc, args.epochs)
+        war, uar, recall = recall_metrics(test["label"], test["pred"], test_ds.num_classes)
+        writer.add_scalar("test/war", war, args.epochs)
+        writer.add_scalar("test/uar", uar, args.epochs)
         writer.close()
+        rows = {"train": train_eval_ds.rows, "test": test_ds.rows}
+        z_i = {k: z_i_all[[z_i_row[r["path"]] for r in v]].numpy() for k, v in rows.items()}
         np.savez_compressed(fold_dir / "features.npz", train_z=train_eval["z_e"],
-                            train_subject=train_eval["subject"], train_label=train_eval["label"],
-                            test_z=test["z_e"], test_subject=test["subject"],
+                            train_zi=z_i["train"], train_subject=train_eval["subject"],
+                            train_label=train_eval["label"], test_z=test["z_e"],
+                            test_zi=z_i["test"], test_subject=test["subject"],
                             test_label=test["label"], test_pred=test["pred"],
                             test_logits=test["logits"],
                             test_path=np.array([r["path"] for r in test_ds.rows]))
-        result = {"fold": fold, "accuracy": acc, "num_test": len(test_ds),
-                  "num_train": len(train_ds), "classes": train_ds.class_names,
-                  "variant": args.name, "history": history}
-        tmp = result_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, result_path)
-        log0(f"{args.name} fold {fold}: test accuracy {acc:.2%} ({len(test_ds)} clips)")
+        result = {"fold": fold, "seed": args.seed, "accuracy": war, "uar": uar,
+                  "per_class_recall": dict(zip(test_ds.class_names, recall, strict=True)),
+                  "num_test": len(test_ds), "num_train": len(train_ds),
+                  "classes": train_ds.class_names, "variant": args.name, "identity": identity,
+                  "options": options(args), "history": history}
+        write_json_atomic(result, fold_dir / "result.json")
+        log0(f"{args.name} {fold}: test WAR {war:.2%}, UAR {uar:.2%} ({len(test_ds)} clips)")
     if dist.is_initialized():
         dist.barrier()
     return result
 
 
-def train_step(step_fn: torch.nn.Module, estimator: torch.nn.Module, opt: torch.optim.Optimizer,
-               opt_t: torch.optim.Optimizer, b: dict, z_i: torch.Tensor,
-               args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """One step: T_θ `t_steps` times on the MI bound, then f_E on L_CE + α·MI + β·L_rec."""
+def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim.Optimizer,
+               b: dict, z_i: torch.Tensor, args: argparse.Namespace, device: torch.device,
+               class_weights: torch.Tensor | None = None, where: str = "") -> dict[str, float]:
+    """One step: T_θ `t_steps` times on pairs it will not score (`mi.train_critic`), then f_E on
+    L_CE + α·MI + β·L_rec. Stops with `TrainingError` on a non-finite term, before any update."""
     use_rec = not args.no_rec
     with autocast(device):
         out = step_fn(b["input"], b.get("mv"), z_i, use_rec)
     z_e = out["z_e"].float()
-    ce = F.cross_entropy(out["logits"].float(), b["label"])
-    # T_θ: tighten the MI bound on the current features (no gradient into f_E).
-    for _ in range(args.t_steps):
-        opt_t.zero_grad(set_to_none=True)
-        estimator.loss_T(z_e.detach(), z_i).backward()
-        if dist.is_initialized():  # T_θ is small: average its gradients by hand
-            for p in estimator.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= dist.get_world_size()
-        opt_t.step()
-    mi = estimator(z_e, z_i)  # MI estimate between z_E and z_I
-    loss = ce + (0.0 if args.no_mi else args.alpha) * mi
-    terms = {"ce": ce.item(), "mi": mi.item()}
+    terms = {"ce": F.cross_entropy(out["logits"].float(), b["label"], weight=class_weights)}
+    if critic is not None:
+        ids = b["index"]
+        own = (mi.critic_clips(ids, args.mi_split) if critic.memory is not None
+               else torch.zeros_like(ids, dtype=torch.bool))
+        mi.train_critic(critic.estimator, critic.opt, z_e, z_i, ids, args.t_steps,
+                        critic.memory, sync=average_gradients, critic=own)
+        scored = ~own  # the MI term: T_θ fixed, on the batch's clips that T_θ never learns on
+        if int(scored.sum()) >= 2:
+            with torch.no_grad() if args.no_mi else nullcontext():
+                terms["mi"] = critic.estimator(z_e[scored], z_i[scored])
     if "adv" in out:  # MIC−MI+Adv: the discriminator sits behind gradient reversal
-        adv = F.cross_entropy(out["adv"].float(), b["subject"])
-        loss = loss + args.alpha * adv
-        terms["adv"] = adv.item()
+        terms["adv"] = F.cross_entropy(out["adv"].float(), b["subject"])
     if use_rec and b["has_apex"].any():  # L_rec = ||I_apex − Dec(z_I, z_E)||²
-        rec = F.mse_loss(out["rec"].float()[b["has_apex"]], b["apex"][b["has_apex"]])
-        loss = loss + args.beta * rec
-        terms["rec"] = rec.item()
+        terms["rec"] = F.mse_loss(out["rec"].float()[b["has_apex"]], b["apex"][b["has_apex"]])
+    weights = {"ce": 1.0, "mi": 0.0 if args.no_mi else args.alpha, "adv": args.alpha,
+               "rec": args.beta}
+    loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
+    for k, v in {**terms, "loss": loss}.items():
+        if not torch.isfinite(v):
+            raise TrainingError(f"non-finite {k} ({v.item()}) at {where}: training stopped, no "
+                                "result written (lower --lr/--alpha/--lr-t, or check the data)")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    terms["loss"] = loss.item()
-    terms["acc"] = (out["logits"].argmax(1) == b["label"]).float().mean().item()
-    return terms
+    values = {k: v.item() for k, v in terms.items()}
+    values["loss"] = loss.item()
+    values["acc"] = (out["logits"].argmax(1) == b["label"]).float().mean().item()
+    return values
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """DDP by hand for T_θ (small, outside DistributedDataParallel): mean of the ranks' grads."""
+    if not dist.is_initialized():
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
 
 
 class TrainForward(torch.nn.Module):
@@ -490,19 +676,24 @@ class TrainForward(torch.nn.Module):
         return out
 
 
-def model_config(args: argparse.Namespace, ds: ClipDataset, d_i: int) -> dict:
-    """What predict.py and evaluate.py need to rebuild the model of a checkpoint."""
+def options(args: argparse.Namespace) -> dict:
+    """The run's options as JSON values (stored in the checkpoint and result.json)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
+
+
+def model_config(args: argparse.Namespace, ds: ClipDataset, d_i: int, identity: dict) -> dict:
+    """What predict.py and evaluate.py need to rebuild the model of a checkpoint, the identity
+    network used and every option of the run (for --resume's check)."""
     return {"num_classes": ds.num_classes, "class_names": ds.class_names,
             "num_segments": args.num_segments, "backbone": args.backbone, "hidden": args.hidden,
             "with_mv": args.with_mv, "decoder": not args.no_rec, "d_i": d_i, "size": args.size,
-            "input": args.input, "accumulate": args.accumulate, "dataset": args.dataset,
-            "variant": args.name,
-            "root": str(args.root)}
+            "input": "rgb" if args.baseline else "residual", "data_bn": args.baseline is None,
+            "accumulate": args.accumulate, "dataset": args.dataset, "variant": args.name,
+            "root": str(args.root), "identity": identity, "options": options(args)}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.out = Path(args.out)
     distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -514,25 +705,35 @@ def main(argv: list[str] | None = None) -> None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
     rank0 = not distributed or dist.get_rank() == 0
+    try:
+        if rank0:
+            prepare_data(args)
+            f_i = identity_network(args, device)
+        if distributed:
+            dist.barrier()
+            if not rank0:
+                f_i = identity_network(args, device)  # the cached file rank 0 made
+        identity = {"network": args.identity, "weights": f_i.weights,
+                    "file": f_i.weights_file, "sha256": f_i.weights_sha256,
+                    "size": args.identity_size}
+        log0(f"identity network f_I: {args.identity}, weights {f_i.weights} "
+             f"(sha256 {f_i.weights_sha256})")
+        everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False,
+                                 iframe=True, iframe_size=args.identity_size)
+        z_i_all = identity_features(everything, f_i, device, args.workers)
+        del f_i
+        splits = [s for s in PROTOCOLS[args.dataset] if args.fold is None or s.test[0] in args.fold]
+        t0 = time.time()
+        z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}
+        results = [train_fold(args, s, device, z_i_all, z_i_row, identity) for s in splits]
+    except TrainingError as exc:
+        sys.exit(f"train.py: {exc}")
     if rank0:
-        prepare_data(args)
-        weights = identity_weights(args, device)
-    if distributed:
-        dist.barrier()
-        weights = identity_weights(args, device)  # the cached file rank 0 made
-    f_i = build_identity(args.identity, weights, size=args.identity_size).to(device)
-    everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False, iframe=True,
-                             iframe_size=args.identity_size)
-    z_i_all = identity_features(everything, f_i, device, args.workers)
-    del f_i
-    splits = [s for s in PROTOCOLS[args.dataset] if args.fold is None or s.test[0] in args.fold]
-    t0 = time.time()
-    z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}
-    results = [train_fold(args, s, device, z_i_all, z_i_row) for s in splits]
-    if rank0:
-        accs = [r["accuracy"] for r in results]
-        log0(f"{args.name}: accuracy {np.mean(accs):.2%} ± {np.std(accs):.2%} over "
-             f"{len(accs)} fold(s) in {time.time() - t0:.0f} s -> {args.out / args.name}")
+        war = [r["accuracy"] for r in results]
+        uar = [r["uar"] for r in results]
+        log0(f"{args.name}: WAR {np.mean(war):.2%} ± {np.std(war):.2%}, UAR {np.mean(uar):.2%} ± "
+             f"{np.std(uar):.2%} over {len(war)} split(s) in {time.time() - t0:.0f} s -> "
+             f"{args.out / args.name}")
     if distributed:
         dist.destroy_process_group()
 
