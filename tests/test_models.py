@@ -178,12 +178,10 @@ def test_identity_weight_errors(tmp_path):
     loose = build_identity("facenet_mobilenet", str(path), strict=False)
     assert torch.equal(loose.net.Bottleneck.weight, state["Bottleneck.weight"])
 
-    with pytest.raises(FileNotFoundError, match="facenet_mobilenet.pth"):
+    with pytest.raises(FileNotFoundError, match=r"missing.pth'?: no such file.*casia-webface-pip"):
         build_identity("facenet_mobilenet", str(tmp_path / "missing.pth"))
-    with pytest.raises(FileNotFoundError, match="vggface2"):
-        build_identity("inception_resnet_v1", str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match="unknown identity network"):
-        build_identity("arcface", None)
+        build_identity("arcface", models.RANDOM)
 
 
 def test_inception_resnet_v1_round_trip(tmp_path):
@@ -220,7 +218,7 @@ def test_letterbox():
 
 
 def test_identity_branch_is_frozen_inside_training():
-    identity = build_identity("facenet_mobilenet", None)
+    identity = build_identity("facenet_mobilenet", models.RANDOM)
     model = MIC(
         4, num_segments=S, backbone="resnet6", hidden=16, size=56, backbone_weights=models.RANDOM
     )
