@@ -353,6 +353,16 @@ def train_critic(
     return done
 
 
+def mi_penalty(estimator: nn.Module, z_e: Tensor, z_i: Tensor) -> Tensor:
+    """The MI term the encoder minimises: the estimator's value on the pairs, floored at 0.
+
+    MI ≥ 0, so max(bound, 0) is as valid a bound as the bound itself; below 0 the critic has
+    found nothing on these pairs (it is scored on clips it never trained on), and letting the
+    encoder push the estimate further down would reward it for fooling T_θ, not for removing
+    identity (measured: benchmarks/mi_game.py)."""
+    return estimator(z_e, z_i).clamp(min=0.0)
+
+
 def critic_clips(ids: Tensor, fraction: float) -> Tensor:
     """Which clips (bool per id) are T_θ's own: a fixed ``fraction`` of the training clips,
     chosen by a hash of the clip id. T_θ learns only on these and the MI term is computed only

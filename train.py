@@ -33,7 +33,7 @@ import random
 import subprocess
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -488,25 +488,33 @@ def check_resume(config: dict, args: argparse.Namespace, identity: dict, path: P
             "or start a new run in another --out/--name")
 
 
+def claim(args: argparse.Namespace, splits: list[Split], identity: dict,
+          stack: ExitStack) -> None:
+    """Before any work: lock every split's folder for this run (`folder_lock`, held until the
+    run ends) and check what is in it: a run there needs --resume, and a resumed checkpoint must
+    have this run's options (`check_resume`)."""
+    for split in splits:
+        fold_dir = run_dir(args, split)
+        stack.enter_context(folder_lock(fold_dir))
+        ckpt_path = fold_dir / "ckpt.pt"
+        if not args.resume and (ckpt_path.exists() or (fold_dir / "result.json").exists()):
+            raise TrainingError(f"{fold_dir} holds a run: pass --resume to continue it, or "
+                                "choose another --out/--name")
+        if args.resume and ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            check_resume(json.loads(ckpt["config"]), args, identity, ckpt_path)
+
+
 def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
                z_i_all: torch.Tensor, z_i_row: dict[str, int], identity: dict) -> dict:
+    """Train and test one split (its folder is claimed: locked, and checked for --resume)."""
     fold_dir = run_dir(args, split)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    with folder_lock(fold_dir) if rank0 else nullcontext():
-        return _train_fold(args, split, fold_dir, rank0, device, z_i_all, z_i_row, identity)
-
-
-def _train_fold(args: argparse.Namespace, split: Split, fold_dir: Path, rank0: bool,
-                device: torch.device, z_i_all: torch.Tensor, z_i_row: dict[str, int],
-                identity: dict) -> dict:
     result_path, ckpt_path = fold_dir / "result.json", fold_dir / "ckpt.pt"
     fold = split.name
     if result_path.exists() and args.resume:
         log0(f"{fold_dir}: already finished")
         return json.loads(result_path.read_text())
-    if (ckpt_path.exists() or result_path.exists()) and not args.resume:
-        raise TrainingError(f"{fold_dir} holds a run: pass --resume to continue it, or choose "
-                            "another --out/--name")
     train_ds, train_eval_ds, test_ds = make_datasets(args, split)
     # z_I of the training clips, in the dataset's order (precomputed once for every clip)
     z_i_train = z_i_all[[z_i_row[r["path"]] for r in train_ds.rows]].to(device)
@@ -521,7 +529,6 @@ def _train_fold(args: argparse.Namespace, split: Split, fold_dir: Path, rank0: b
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        check_resume(json.loads(ckpt["config"]), args, identity, ckpt_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         if critic is not None:
@@ -628,7 +635,7 @@ def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim
         scored = ~own  # the MI term: T_θ fixed, on the batch's clips that T_θ never learns on
         if int(scored.sum()) >= 2:
             with torch.no_grad() if args.no_mi else nullcontext():
-                terms["mi"] = critic.estimator(z_e[scored], z_i[scored])
+                terms["mi"] = mi.mi_penalty(critic.estimator, z_e[scored], z_i[scored])
     if "adv" in out:  # MIC−MI+Adv: the discriminator sits behind gradient reversal
         terms["adv"] = F.cross_entropy(out["adv"].float(), b["subject"])
     if use_rec and b["has_apex"].any():  # L_rec = ||I_apex − Dec(z_I, z_E)||²
@@ -706,36 +713,46 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.set_device(device)
     rank0 = not distributed or dist.get_rank() == 0
     try:
-        if rank0:
-            prepare_data(args)
-            f_i = identity_network(args, device)
-        if distributed:
-            dist.barrier()
-            if not rank0:
-                f_i = identity_network(args, device)  # the cached file rank 0 made
-        identity = {"network": args.identity, "weights": f_i.weights,
-                    "file": f_i.weights_file, "sha256": f_i.weights_sha256,
-                    "size": args.identity_size}
-        log0(f"identity network f_I: {args.identity}, weights {f_i.weights} "
-             f"(sha256 {f_i.weights_sha256})")
-        everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False,
-                                 iframe=True, iframe_size=args.identity_size)
-        z_i_all = identity_features(everything, f_i, device, args.workers)
-        del f_i
-        splits = [s for s in PROTOCOLS[args.dataset] if args.fold is None or s.test[0] in args.fold]
-        t0 = time.time()
-        z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}
-        results = [train_fold(args, s, device, z_i_all, z_i_row, identity) for s in splits]
+        with ExitStack() as claimed:
+            run_all(args, device, rank0, distributed, claimed)
     except TrainingError as exc:
         sys.exit(f"train.py: {exc}")
+    if distributed:
+        dist.destroy_process_group()
+
+
+def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distributed: bool,
+            claimed: ExitStack) -> list[dict]:
+    """The whole run: data, f_I, its z_I once per clip, then every selected split."""
+    if rank0:
+        prepare_data(args)
+        f_i = identity_network(args, device)
+    if distributed:
+        dist.barrier()
+        if not rank0:
+            f_i = identity_network(args, device)  # the cached file rank 0 made
+    identity = {"network": args.identity, "weights": f_i.weights,
+                "file": f_i.weights_file, "sha256": f_i.weights_sha256,
+                "size": args.identity_size}
+    log0(f"identity network f_I: {args.identity}, weights {f_i.weights} "
+         f"(sha256 {f_i.weights_sha256})")
+    splits = [s for s in PROTOCOLS[args.dataset] if args.fold is None or s.test[0] in args.fold]
+    if rank0:
+        claim(args, splits, identity, claimed)
+    everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False,
+                             iframe=True, iframe_size=args.identity_size)
+    z_i_all = identity_features(everything, f_i, device, args.workers)
+    del f_i
+    t0 = time.time()
+    z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}
+    results = [train_fold(args, s, device, z_i_all, z_i_row, identity) for s in splits]
     if rank0:
         war = [r["accuracy"] for r in results]
         uar = [r["uar"] for r in results]
         log0(f"{args.name}: WAR {np.mean(war):.2%} ± {np.std(war):.2%}, UAR {np.mean(uar):.2%} ± "
              f"{np.std(uar):.2%} over {len(war)} split(s) in {time.time() - t0:.0f} s -> "
              f"{args.out / args.name}")
-    if distributed:
-        dist.destroy_process_group()
+    return results
 
 
 if __name__ == "__main__":

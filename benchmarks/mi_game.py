@@ -3,8 +3,9 @@
 Latents: an expression c ~ N(0, 1) and an identity v ~ N(0, I_k). Observation
 x = A [c; v] + σ_x n ∈ R^{d_x}; identity feature z_I = y = B v + σ_y ε ∈ R^{d_y}. A linear encoder
 z_E = W x ∈ R^{d_z} is trained on the task term ``MSE(head(z_E), c)`` plus ``alpha · MI term``,
-the MI term being T_θ's estimate on the current batch, while T_θ (or CLUB's q) takes ``t_steps``
-steps per encoder step through ``mi.train_critic``, exactly as train.py does: on pairs drawn from a
+the MI term being T_θ's estimate on the current batch floored at 0 (``mi.mi_penalty``), while
+T_θ (or CLUB's q) takes ``t_steps`` steps per encoder step through ``mi.train_critic``, exactly
+as train.py does: on pairs drawn from a
 memory of recent batches that never holds the current clips (``--memory``, in batches), or on the
 current batch itself (``--memory 0``: the MIC paper's procedure). With ``--pool N`` the data are a
 fixed set of N clips that recur every epoch, as a training set does (``--pool 0``: fresh samples
@@ -169,7 +170,7 @@ def play(toy: Toy, name: str, t_steps: int, memory: int, split: float,
             critic = mi.critic_clips(ids, split) if split else torch.zeros_like(ids, dtype=bool)
             mi.train_critic(est, opt_t, z, y, ids, t_steps, pairs, g, critic=critic)
             scored = ~critic  # the MI term: T_θ fixed, on the current batch's other clips
-            value = est(z[scored], y[scored])
+            value = mi.mi_penalty(est, z[scored], y[scored])
             estimates.append(value.item())
             loss = loss + args.alpha * value
         opt_e.zero_grad()

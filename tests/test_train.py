@@ -1,6 +1,10 @@
 """train.py and evaluate.py on a tiny synthetic set made by the user's path (synthetic.py →
-reencode.sh → datasets.py): every variant learns, a killed run resumes to the same state,
-torchrun with 2 gloo processes trains, evaluate.py writes its results."""
+reencode.sh → datasets.py): every variant learns, the RGB baseline holds no MI/decoder/identity
+parameters, a non-finite loss stops the run, a killed run resumes to the same state and a resume
+with other options is refused, two runs cannot share a folder, nonsensical options are refused
+before any work, torchrun trains with 2 gloo processes through a rendezvous endpoint, evaluate.py
+writes its results (WAR, UAR, held-out MI, both probes, paired statistics) and lists what it
+left out."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ VARIANTS = {
     "mic-mi+adv": ["--no-mi", "--adv"],
     "mic-rec": ["--no-rec"],
     "mic+mv": ["--with-mv"],
-    "rgb": ["--input", "rgb"],
+    "rgb": ["--baseline", "rgb"],
     "mic-club": ["--estimator", "club", "--t-steps", "2"],
 }
 
@@ -42,25 +46,103 @@ def test_every_variant_lowers_its_loss(data, variant):
     torch.manual_seed(0)
     batch = collate([ds[i] for i in range(4)])  # one draw of training clips: a fixed batch
     assert batch["input"].shape == (4, 2, 3, 32, 32)
-    model, estimator, opt, opt_t = train.build(args, ds, 24, torch.device("cpu"))
+    model, critic, opt = train.build(args, ds, 24, torch.device("cpu"))
     torch.manual_seed(0)
     z_i = torch.randn(4, 24)
     step = train.TrainForward(model)
-    terms = [train.train_step(step, estimator, opt, opt_t, batch, z_i, args, torch.device("cpu"))
+    terms = [train.train_step(step, critic, opt, batch, z_i, args, torch.device("cpu"))
              for _ in range(12)]
     assert all(torch.isfinite(torch.tensor(t["loss"])) for t in terms)
     # The encoder's own terms fall (the MI estimate rises as T_θ learns: it is a game).
     for key in ("ce", "rec"):
         if key in terms[0]:
             assert terms[-1][key] < terms[0][key], (key, [t[key] for t in terms])
-    assert ("rec" in terms[0]) == (variant != "mic-rec")
+    assert ("rec" in terms[0]) == (variant not in ("mic-rec", "rgb"))
     assert ("adv" in terms[0]) == (variant == "mic-mi+adv")
+    if variant == "rgb":  # the paper's Mode VLSTM: CNN → LSTM → classifier, nothing else
+        assert critic is None and model.decoder is None and model.discriminator is None
+        assert isinstance(model.residual.data_bn, torch.nn.Identity)
+        held = {id(p) for g in opt.param_groups for p in g["params"]}
+        assert held == {id(p) for p in model.parameters()}
+        assert "mi" not in terms[0]
 
 
 def test_lr_schedule():
     assert train.lr_at(0, 1e-3, "30:1e-4") == 1e-3
     assert train.lr_at(30, 1e-3, "30:1e-4") == 1e-4
     assert train.lr_at(65, 1e-4, "60:1e-7,30:8e-6") == 1e-7
+
+
+def test_non_finite_term_stops_before_any_update(data, monkeypatch, tmp_path):
+    """An injected inf (here in L_rec) stops the run naming the term, epoch and step; nothing is
+    written: no checkpoint, no result."""
+    monkeypatch.setattr(train.F, "mse_loss", lambda *a, **k: torch.tensor(float("inf")))
+    with pytest.raises(SystemExit, match=r"non-finite rec .* at epoch 1, step 1"):
+        train.main([*TINY, "--root", str(data), "--out", str(tmp_path / "r"), "--epochs", "1"])
+    fold = tmp_path / "r" / "mic+resnet6" / "fold0"
+    assert not (fold / "result.json").exists() and not (fold / "ckpt.pt").exists()
+
+
+def test_no_mi_with_infinite_estimate_is_not_nan(data):
+    """MIC − MI: the MI estimate is logged but never multiplied into the loss (0·inf is NaN)."""
+    args = train.parse_args([*TINY, "--root", str(data), "--no-mi"])
+    ds = train.make_datasets(args, PROTOCOLS["synthetic"][1])[0]
+    batch = collate([ds[i] for i in range(4)])
+    model, critic, opt = train.build(args, ds, 24, torch.device("cpu"))
+    critic.estimator.forward = lambda z_e, z_i: torch.tensor(float("inf"))
+    with pytest.raises(train.TrainingError, match="non-finite mi"):
+        train.train_step(train.TrainForward(model), critic, opt, batch, torch.randn(4, 24), args,
+                         torch.device("cpu"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be > 0"),
+    (["--batch-size", "0"], "--batch-size must be > 0"),
+    (["--batch-size", "1"], "--batch-size must be at least 2"),
+    (["--num-segments", "0"], "--num-segments must be > 0"),
+    (["--t-steps", "0"], "--t-steps must be >= 1"),
+    (["--alpha", "-0.1"], "--alpha must be >= 0"),
+    (["--beta", "-1"], "--beta must be >= 0"),
+    (["--fold", "10"], "--fold 10: synthetic has the test folds 0, 1"),
+    (["--mi-split", "1"], "--mi-split must be in"),
+    (["--lr", "0"], "--lr must be > 0"),
+])
+def test_nonsensical_options_refused_at_parse_time(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(["--dataset", "synthetic", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    train.parse_args(["--dataset", "synthetic", "--t-steps", "0", "--no-mi"])  # no T_θ: fine
+
+
+def test_resume_refuses_other_options_and_locks(data, tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(train_cmd(data, run, "--epochs", "1"), check=True, capture_output=True)
+    fold = run / "mic+resnet6" / "fold0"
+    (fold / "result.json").unlink()  # as if killed after its last checkpoint
+    changed = subprocess.run(train_cmd(data, run, "--epochs", "2", "--resume", "--accumulate",
+                                       "--lr", "0.5", "--alpha", "0"), capture_output=True,
+                             text=True)
+    assert changed.returncode != 0
+    for option in ("accumulate False -> True", "lr 0.001 -> 0.5", "alpha 0.1 -> 0.0"):
+        assert option in changed.stderr, changed.stderr
+    assert "epochs" not in changed.stderr.split("other options:")[1].split(".")[0]
+    # A second run on a folder in use stops; the lock of a dead process is taken over.
+    import fcntl
+
+    with open(fold / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = subprocess.run(train_cmd(data, run, "--epochs", "2", "--resume"),
+                              capture_output=True, text=True)
+    assert busy.returncode != 0 and "is in use" in busy.stderr, busy.stderr
+    resumed = subprocess.run(train_cmd(data, run, "--epochs", "2", "--resume"),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((fold / "result.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [0, 1]
+    weights = Path(result["identity"]["file"])  # the synthetic set's own f_I, by sha256
+    import hashlib
+
+    assert result["identity"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
@@ -97,9 +179,10 @@ def test_killed_run_resumes_to_the_same_state(data, tmp_path):
 
 def test_torchrun_two_gloo_processes(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29533", str(ROOT / "train.py"), *TINY, "--root", str(data),
+    run = subprocess.run(  # the multi-node launch path: a rendezvous endpoint, --nnodes
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+         "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:29533", "--rdzv_id", "mic-test",
+         str(ROOT / "train.py"), *TINY, "--root", str(data),
          "--out", str(tmp_path / "ddp"), "--epochs", "1", "--max-steps", "2", "--no-mi",
          "--adv"],
         capture_output=True, text=True, env=env, timeout=600)
@@ -115,13 +198,50 @@ def test_evaluate_writes_results(tiny_run):
     names = [v["variant"] for v in res["variants"]]
     assert names == ["mic+resnet6", "mic-mi+resnet6"]
     for v in res["variants"]:
-        assert v["folds"] == ["fold0", "fold1"] and len(v["accuracy_per_fold"]) == 2
-        assert 0 <= v["identity_probe"] <= 1
+        assert v["splits"] == ["fold0", "fold1"] and len(v["accuracy_per_split"]) == 2
+        assert 0 <= v["probe_train_mean"] <= 1 and 0 <= v["uar_mean"] <= 1
+        assert len(v["mi_per_split"]) == len(v["mi_shuffled_per_split"]) == 2
         assert (run / v["variant"] / "confusion.png").stat().st_size > 1000
+    (c,) = [c for c in res["comparisons"] if c["metric"] == "accuracy_per_split"]
+    a, b = res["variants"]
+    diffs = [x - y for x, y in zip(a["accuracy_per_split"], b["accuracy_per_split"], strict=True)]
+    assert c["n"] == 2 and c["mean"] == pytest.approx(sum(diffs) / 2)
+    assert c["ci95"][0] <= c["mean"] <= c["ci95"][1]
     paths = {r["path"] for r in res["speed"]}
     assert {"residual + resnet6+LSTM", "rgb + resnet50+LSTM"} <= paths
     md = (run / "results.md").read_text()
-    assert "MIC − MI, ResNet6" in md and "clips/s" in md
+    assert "MIC − MI, ResNet6" in md and "clips/s" in md and "Verdict (accuracy)" in md
+    assert "sha256" in md and "UAR" in md
+
+
+def test_evaluate_lists_what_it_leaves_out(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "mic+resnet6", run / "mic+resnet6")
+    (run / "mic+resnet6" / "fold1" / "result.json").write_text("{not json")
+    nan = run / "mic+resnet6" / "fold2"
+    shutil.copytree(run / "mic+resnet6" / "fold0", nan)
+    result = json.loads((nan / "result.json").read_text())
+    (nan / "result.json").write_text(json.dumps({**result, "accuracy": float("nan")}))
+    unfinished = run / "mic+resnet6" / "fold3"
+    shutil.copytree(run / "mic+resnet6" / "fold0", unfinished)
+    (unfinished / "result.json").unlink()
+    evaluate.main([str(run), "--no-speed"])
+    out = capsys.readouterr().out
+    assert "fold1: unreadable result.json" in out and "fold2: non-finite accuracy" in out
+    assert "fold3: unfinished" in out
+    res = json.loads((run / "results.json").read_text())
+    assert res["variants"][0]["splits"] == ["fold0"]
+
+
+def test_recall_metrics_hand_computed():
+    labels = [0, 0, 0, 1, 2, 2]
+    preds = [0, 1, 1, 1, 2, 0]
+    war, uar, recall = evaluate.recall_metrics(labels, preds, 4)  # class 3 absent
+    assert war == pytest.approx(3 / 6)
+    assert recall[:3] == pytest.approx([1 / 3, 1.0, 1 / 2]) and recall[3] != recall[3]
+    assert uar == pytest.approx((1 / 3 + 1 + 1 / 2) / 3)
 
 
 def test_missing_dataset_says_what_to_do(tmp_path):
@@ -135,7 +255,8 @@ def test_identity_probe_finds_identity():
     g = torch.Generator().manual_seed(0)
     subjects = torch.arange(10).repeat_interleave(6)
     z = torch.randn(10, 32, generator=g)[subjects] + 0.3 * torch.randn(60, 32, generator=g)
-    acc, chance = evaluate.identity_probe(z.numpy(), subjects.numpy())
-    assert chance == pytest.approx(0.1) and acc > 0.9
-    acc, _ = evaluate.identity_probe(torch.randn(60, 32, generator=g).numpy(), subjects.numpy())
+    acc, chance, majority = evaluate.identity_probe(z.numpy(), subjects.numpy())
+    assert chance == pytest.approx(0.1) and acc > 0.9 and majority == pytest.approx(0.1)
+    acc, _, _ = evaluate.identity_probe(torch.randn(60, 32, generator=g).numpy(),
+                                        subjects.numpy())
     assert acc < 0.4
