@@ -9,8 +9,13 @@ computed on the expression subjects, never on the pretraining identities). Measu
 unseen identities: the project's linear identity probe (`evaluate.identity_probe`: fit on every
 other image of each identity, test on the rest) and nearest centroid (cosine, same split).
 
+With `--preprocessing`, it only compares the input standardisations the FaceNet could expect
+(fixed (x − 127.5)/128, per-image prewhitening, none) on real faces: scikit-image's 100 LFW
+faces (25 px, grey), each against its mirror image (same person) and the 99 others.
+
     python synthetic.py --out data/synthetic-ids --subjects 4 --id-subjects 80
-    python benchmarks/identity_accuracy.py --data data/synthetic-ids   # ~6 min on 2 CPU cores
+    python benchmarks/identity_accuracy.py --data data/synthetic-ids   # ~20 min on 2 busy cores
+    python benchmarks/identity_accuracy.py --preprocessing             # ~1 min of CPU time
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate import identity_probe  # noqa: E402
-from models import DEFAULT_IDENTITY, IdentityBranch, build_identity  # noqa: E402
+from models import DEFAULT_IDENTITY, IdentityBranch, build_identity, letterbox  # noqa: E402
 from train import pretrain_identity  # noqa: E402
 
 
@@ -60,10 +66,37 @@ def nearest_centroid(z: np.ndarray, labels: np.ndarray) -> float:
     return float((pred == y[test]).float().mean())
 
 
+STANDARDISATIONS = {
+    "fixed (x − 127.5) / 128 (ours)": lambda x: (x - 127.5) / 128,
+    "per-image prewhitening": lambda x: (x - x.mean((1, 2, 3), keepdim=True))
+    / x.std((1, 2, 3), keepdim=True, unbiased=False).clamp_min(1 / x[0].numel() ** 0.5),
+    "none (0..255)": lambda x: x,
+}
+
+
+@torch.no_grad()
+def preprocessing_check() -> None:
+    """Mirror pairs against other faces on scikit-image's LFW faces, per standardisation."""
+    faces = torch.from_numpy(skimage.data.lfw_subset()[:100]).float()  # the 100 faces
+    x = letterbox(faces[:, None].expand(-1, 3, -1, -1).contiguous()) * 255  # 0..255, 160 px
+    net = build_identity(*DEFAULT_IDENTITY).net
+    print("| input standardisation | mirror pair distance | other faces | ratio | AUC |")
+    print("|---|---|---|---|---|")
+    for name, standardise in STANDARDISATIONS.items():
+        z, z_mirror = net(standardise(x)), net(standardise(x.flip(3)))
+        same = (z - z_mirror).norm(dim=1)
+        other = torch.cdist(z, z)[~torch.eye(len(z), dtype=torch.bool)]
+        auc = (same[:, None] < other[None, :]).float().mean()
+        print(f"| {name} | {same.mean():.3f} | {other.mean():.3f} | "
+              f"{other.mean() / same.mean():.2f} | {auc:.4f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path, required=True,
+    p.add_argument("--data", type=Path,
                    help="a synthetic.py --out folder (or its identities/ folder)")
+    p.add_argument("--preprocessing", action="store_true",
+                   help="only compare input standardisations on real faces")
     p.add_argument("--pretrain", type=int, default=40,
                    help="identities the MobileNet is pretrained on (train.py's demo set has 40); "
                         "the rest are measured")
@@ -71,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    if args.preprocessing:
+        return preprocessing_check()
+    if args.data is None:
+        p.error("--data is required (or --preprocessing)")
     root = args.data / "identities" if (args.data / "identities").is_dir() else args.data
     ids = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     if len(ids) <= args.pretrain + 1:
