@@ -158,16 +158,16 @@ def pip_graph() -> Path:
     return graph
 
 
-def converted_facenet(graph: Path | None = None) -> Path:
-    """The cached conversion of `graph` (default: `pip_graph()`) to an InceptionResnetV1 state
-    dict; converted (about a second) when missing or when it does not match its .sha256."""
+def converted_facenet() -> Path:
+    """The cached conversion of `pip_graph()` to an InceptionResnetV1 state dict; converted (a
+    few seconds) when missing or when it does not match its .sha256."""
     out = cache_dir() / NAMED["casia-webface-pip"].file
     digest = out.with_name(out.name + ".sha256")
     if out.is_file() and digest.is_file() and digest.read_text().strip() == sha256_file(out):
         return out
     if out.exists():
         log.warning("%s does not match %s: converting again", out, digest.name)
-    graph = graph or pip_graph()
+    graph = pip_graph()
     t0 = time.perf_counter()
     state = convert_graph(graph)
     out.parent.mkdir(parents=True, exist_ok=True)
