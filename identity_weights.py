@@ -158,16 +158,16 @@ def pip_graph() -> Path:
     return graph
 
 
-def converted_facenet(graph: Path | None = None) -> Path:
-    """The cached conversion of `graph` (default: `pip_graph()`) to an InceptionResnetV1 state
-    dict; converted (about a second) when missing or when it does not match its .sha256."""
+def converted_facenet() -> Path:
+    """The cached conversion of `pip_graph()` to an InceptionResnetV1 state dict; converted (a
+    few seconds) when missing or when it does not match its .sha256."""
     out = cache_dir() / NAMED["casia-webface-pip"].file
     digest = out.with_name(out.name + ".sha256")
     if out.is_file() and digest.is_file() and digest.read_text().strip() == sha256_file(out):
         return out
     if out.exists():
         log.warning("%s does not match %s: converting again", out, digest.name)
-    graph = graph or pip_graph()
+    graph = pip_graph()
     t0 = time.perf_counter()
     state = convert_graph(graph)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -359,3 +359,24 @@ def _check_structural(name: str, value: np.ndarray) -> None:
                 raise ValueError(f"graph constant {name} = {value.tolist()}, expected {want}")
             return
     raise ValueError(f"graph constant {name} is not used by the conversion")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Fetch or convert identity weights ahead of time (e.g. on a login node with internet)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("weights", nargs="*", default=["casia-webface-pip"],
+                   help=f"names ({', '.join(NAMED)}) or paths (default: casia-webface-pip)")
+    for weights in p.parse_args(argv).weights:
+        t0 = time.perf_counter()
+        try:
+            r = resolve(weights)
+        except FileNotFoundError as e:
+            raise SystemExit(f"identity_weights.py: {e}") from None
+        print(f"{weights}: {r.file} ({r.file.stat().st_size / 2**20:.1f} MiB, sha256 "
+              f"{r.sha256}) in {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

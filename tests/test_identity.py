@@ -319,3 +319,13 @@ def test_converted_network_runs_at_other_sizes(converted, monkeypatch):
     z = branch(torch.rand(1, 3, 50, 40))
     assert z.shape == (1, 512) and torch.isfinite(z).all()
     assert os.path.samefile(branch.weights_file, converted)
+
+
+def test_command_line(converted, monkeypatch, capsys):
+    monkeypatch.setenv(iw.CACHE_ENV, str(converted.parent))
+    iw.main([])
+    out = capsys.readouterr().out
+    assert f"casia-webface-pip: {converted} (" in out and iw.sha256_file(converted) in out
+    with pytest.raises(SystemExit, match=r"identity_weights.py: 20180408-102900-casia-webface.pt "
+                                         r"is not in .*checkpoints"):
+        iw.main(["casia-webface"])
