@@ -198,6 +198,7 @@ one() {
     set +e
     local kind=$1 src=$2 dst=$3 tmp log note="" why="" size
     if up_to_date; then
+        trap '' TERM
         report skipped "$dst"
         return 0
     fi
@@ -205,34 +206,35 @@ one() {
     tmp="$dst.part.$BASHPID"
     log="$RUN_TMP/log.$BASHPID"
     case $kind in
-    copy)
-        if cp -p -- "$src" "$tmp" 2>"$log" && mv -f -- "$tmp" "$dst"; then
-            report copied "$dst"
-        else
-            rm -f -- "$tmp"
-            report failed "$dst" "copy failed: $(tail -n 1 "$log")"
-        fi
-        ;;
-    *)
-        if "encode_$kind" && [[ -s $tmp ]] && mv -f -- "$tmp" "$dst"; then
-            report converted "$dst" "$note"
-        else
-            rm -f -- "$tmp"
-            report failed "$dst" "${why:-ffmpeg failed}"
-        fi
-        ;;
+    copy) cp -p -- "$src" "$tmp" 2>"$log" || why="copy failed: $(tail -n 1 "$log")" ;;
+    *) "encode_$kind" || why=${why:-ffmpeg failed} ;;
     esac
-    [[ -n ${KEEP_LOG:-} ]] || rm -f -- "$log" "$RUN_TMP/frames.$BASHPID".*
+    trap '' TERM # the rest is quick: an interrupt waits for the rename and the report
+    if [[ -z $why ]] && [[ $kind == copy || -s $tmp ]] && mv -f -- "$tmp" "$dst"; then
+        if [[ $kind == copy ]]; then report copied "$dst"; else report converted "$dst" "$note"; fi
+    else
+        rm -f -- "$tmp"
+        report failed "$dst" "${why:-could not rename $tmp}"
+    fi
+    rm -f -- "$log" "$RUN_TMP/frames.$BASHPID".*
 }
 
-# Whether a process of process group $1 is still running (a finished one left as a zombie, which
-# some init processes never reap, does not count).
+# Whether process $1 is running. A finished process that nobody has reaped yet (a zombie: some
+# init processes never reap) does not count.
+running() {
+    local rest
+    [[ -d /proc/self ]] || { kill -0 "$1" 2>/dev/null; return; }
+    read -r rest 2>/dev/null <"/proc/$1/stat" || return 1
+    [[ ${rest##*) } != Z* ]]
+}
+
+# Whether a process of process group $1 is running.
 group_running() {
-    local stat rest state pgrp
+    local stat rest pgrp
     for stat in /proc/[0-9]*/stat; do
         read -r rest 2>/dev/null <"$stat" || continue
-        read -r state _ pgrp _ <<<"${rest##*) }"
-        [[ $pgrp == "$1" && $state != Z ]] && return 0
+        read -r _ _ pgrp _ <<<"${rest##*) }"
+        [[ $pgrp == "$1" ]] && running "${stat//[^0-9]/}" && return 0
     done
     return 1
 }
@@ -244,7 +246,7 @@ clean_leftovers() {
     while IFS= read -r -d '' f; do
         pid=${f##*.part.}
         [[ $pid =~ ^[0-9]+$ && -z ${owner[$f]:-} ]] || continue
-        kill -0 "$pid" 2>/dev/null && continue
+        running "$pid" && continue
         rm -f -- "$f"
         n=$((n + 1))
     done < <(find "$OUT_ROOT" -type f -name '*.part.[0-9]*' -print0)
