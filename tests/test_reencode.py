@@ -207,7 +207,8 @@ def test_odd_size_note_comes_from_the_stream(tmp_path):
 
 def test_symbolic_links_are_followed_and_loops_listed(tmp_path):
     """IN itself a link; linked videos, frame folders and files inside IN are converted or copied;
-    a loop and a broken link are listed as ignored with the reason, and nothing hangs."""
+    a loop, a broken link and a link to OUT are listed as ignored with the reason, and nothing
+    hangs; a second run finds everything up to date."""
     real, outside = tmp_path / "real", tmp_path / "outside"
     make_clip(real / "clips" / "a.avi", width=48, height=32, frames=5, container="avi")
     grey_frames(real / "frames" / "seq", ["1.jpg", "2.jpg", "3.jpg"])
@@ -222,18 +223,22 @@ def test_symbolic_links_are_followed_and_loops_listed(tmp_path):
         (links / name).symlink_to(outside / name)
     (links / "loop").symlink_to("..")
     (links / "broken.txt").symlink_to("missing.txt")
+    (links / "to-out").symlink_to(tmp_path / "out")  # OUT itself, which must not be read
     (tmp_path / "in").symlink_to(real)
     run = reencode(tmp_path / "in", tmp_path / "out")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "converted 4 copied 2 skipped 0 ignored 2 failed 0" in run.stdout
+    assert "converted 4 copied 2 skipped 0 ignored 3 failed 0" in run.stdout
     assert "links/loop (symbolic link loop" in run.stdout
     assert "links/broken.txt (broken symbolic link)" in run.stdout
+    assert "links/to-out (OUT itself, reached through a symbolic link)" in run.stdout
     assert "ignored:" in run.stderr
     out = tmp_path / "out"
     assert len(decoded(out / "links" / "v.mp4")[0]) == 7
     assert len(decoded(out / "links" / "seq2.mp4")[0]) == 2
     assert (out / "links" / "meta.txt").read_text() == "meta\n"
-    assert not (out / "links" / "loop").exists()
+    assert not (out / "links" / "loop").exists() and not (out / "links" / "to-out").exists()
+    again = reencode(tmp_path / "in", tmp_path / "out")
+    assert "converted 0 copied 0 skipped 6 ignored 3 failed 0" in again.stdout
 
 
 @pytest.mark.parametrize("content", ["empty", "folders-only", "broken-link-only"])
