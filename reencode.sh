@@ -4,14 +4,22 @@
 #   reencode.sh [-j N] IN OUT
 #
 # - every video (.avi .mp4 .mov .mkv .m4v .webm .mpg .flv) becomes OUT/<same path>.mp4;
-# - every folder holding image frames (.png .jpg .jpeg .bmp, e.g. a CK+ sequence) becomes
-#   OUT/<folder>.mp4, frames in name order at 25 fps;
+# - every folder holding image frames (.png .jpg .jpeg .bmp in any case, mixed formats allowed,
+#   e.g. a CK+ sequence or a DFEW clip_224x224 folder) becomes OUT/<folder>.mp4: frames in name
+#   order (numbers compare as numbers: 2 before 10) at 25 fps, every frame scaled to the size of
+#   the first one if sizes differ (and said so);
 # - every other file (labels, XML metadata) is copied unchanged.
-# Settings are the MIC reproduction's: -vf setsar=1:1 -q:v 1 -g 300 -c:v mpeg4 -f rawvideo (a raw
-# MPEG-4 Part 2 stream whatever the extension says), plus: odd sizes padded to even (MPEG-4 needs
-# them), no audio, and no scene-cut key frames, so that a clip of up to 300 frames is one GOP.
-# Outputs newer than their input are skipped. ffmpeg: $FFMPEG, else the one of the pip package
-# imageio-ffmpeg, else `ffmpeg` on PATH. Exits non-zero when anything failed.
+# Symbolic links are followed (IN itself may be one); a loop, a broken link or a special file is
+# listed as ignored with the reason. Settings: -vf setsar=1:1 -q:v 1 -c:v mpeg4 -f rawvideo (a raw
+# MPEG-4 Part 2 stream whatever the extension says), odd sizes padded to even (MPEG-4 needs them),
+# no audio, and one GOP per clip however long: -g INT_MAX, which the mpeg4 encoder takes only with
+# -strict:v experimental (else it caps -g at 600), and no scene-cut key frames.
+# Every output is written to <output>.part.<PID> and renamed when complete, so an interrupted run
+# never leaves a partial output under the final name; the next run removes such leftovers.
+# Outputs newer than their input are skipped. Ctrl-C / SIGTERM stop every job, print what was done
+# and exit 130 / 143. ffmpeg: $FFMPEG, else the one of the pip package imageio-ffmpeg as seen by
+# $PYTHON, by .venv/bin/python beside this script or by python3, else `ffmpeg` on PATH.
+# Exit status: 0 done, 1 something failed (each failure named), 2 wrong usage or nothing found.
 set -euo pipefail
 
 VIDEO_EXT="avi|mp4|mov|mkv|m4v|webm|mpg|flv"
@@ -23,13 +31,16 @@ usage() {
 }
 
 find_ffmpeg() {
-    if [[ -n "${FFMPEG:-}" ]]; then
-        echo "$FFMPEG"
+    if [[ -n ${FFMPEG:-} ]]; then
+        command -v -- "$FFMPEG" || {
+            echo "reencode.sh: FFMPEG=$FFMPEG is not an executable" >&2
+            exit 2
+        }
         return
     fi
     local here py exe
     here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-    for py in "$here/.venv/bin/python" python3; do
+    for py in ${PYTHON:+"$PYTHON"} "$here/.venv/bin/python" python3; do
         if exe=$("$py" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())' \
             2>/dev/null); then
             echo "$exe"
@@ -37,71 +48,237 @@ find_ffmpeg() {
         fi
     done
     command -v ffmpeg || {
-        echo "reencode.sh: no ffmpeg found: pip install imageio-ffmpeg, or set FFMPEG" >&2
+        echo "reencode.sh: no ffmpeg found (asked \$PYTHON${PYTHON:+=$PYTHON}, $here/.venv/bin/python" \
+            "and python3 for imageio_ffmpeg, then PATH): pip install imageio-ffmpeg, or set" \
+            "FFMPEG=/path/to/ffmpeg or PYTHON=/path/to/python-with-imageio-ffmpeg" >&2
         exit 2
     }
 }
 
-# Record one outcome in RESULTS (status<TAB>dst<TAB>why) and print a progress line.
+# Record one outcome in $RESULTS (status<TAB>path<TAB>why) and print a progress line.
 report() {
-    local results=$1 status=$2 dst=$3 why=${4:-}
-    printf '%s\t%s\t%s\n' "$status" "$dst" "$why" >>"$results"
-    printf '[%d/%d] %-9s %s%s\n' "$(wc -l <"$results")" "$TOTAL" "$status" "${dst#"$OUT_ROOT"/}" \
-        "${why:+ ($why)}"
+    local status=$1 path=$2 why=${3:-} rel n
+    {
+        flock 9 2>/dev/null || true # numbers the lines in order where flock(1) is installed
+        printf '%s\t%s\t%s\n' "$status" "$path" "$why" >>"$RESULTS"
+        n=$(wc -l <"$RESULTS")
+    } 9>>"$RESULTS.lock"
+    rel=${path#"$OUT_ROOT"/}
+    rel=${rel#"$IN_ROOT"/}
+    printf '[%d/%d] %-9s %s%s\n' "$n" "$TOTAL" "$status" "$rel" "${why:+ ($why)}"
 }
 
-# One job: KIND (video|frames|copy) SRC DST RESULTS.
+# The frame size WxH of the video stream in ffmpeg's log $1: the input stream that "Stream
+# mapping" sends to the output (else the first video stream, for a log of `ffmpeg -i` alone),
+# read from its "Video:" line as the token NxM followed by "," or a blank, so that a codec tag
+# such as "(avc1 / 0x31637661)" is never taken for a size.
+stream_size() {
+    local spec='[0-9]+:[0-9]+' line
+    if line=$(grep -m1 -oE 'Stream #[0-9]+:[0-9]+ -> #0:0' "$1"); then
+        spec=${line#Stream #}
+        spec=${spec%% *}
+    fi
+    line=$(grep -m1 -E "^ *Stream #$spec([[(][^:]*)?: Video: " "$1") || return 1
+    [[ $line =~ [[:space:]]([1-9][0-9]*x[1-9][0-9]*)(,|[[:space:]]|$) ]] || return 1
+    echo "${BASH_REMATCH[1]}"
+}
+
+# "odd size WxH padded to even" when WxH ($1) is odd.
+odd_note() {
+    local w=${1%x*} h=${1#*x}
+    if ((w % 2 || h % 2)); then echo "odd size $1 padded to even"; fi
+}
+
+# The last line of ffmpeg's log $1 that says what went wrong.
+ffmpeg_error() {
+    grep -iE 'error|invalid|no such|not|unknown|denied' "$1" | grep -v 'Parsed_showinfo' |
+        tail -n 1 | tr '\t' ' '
+}
+
+# Encode the inputs given as arguments (and their filters) into $tmp with the MIC settings.
+encode() {
+    "$FFMPEG_BIN" -nostdin -hide_banner -y "$@" -an -sn -dn -q:v 1 -g 2147483647 \
+        -strict:v experimental -sc_threshold 1000000000 -c:v mpeg4 -f rawvideo "$tmp"
+}
+
+PAD="pad=ceil(iw/2)*2:ceil(ih/2)*2"
+
+# The frames of folder $1 (NUL-separated, in name order, numbers compared as numbers).
+list_frames() {
+    find -L "$1" -mindepth 1 -maxdepth 1 -type f -regextype posix-extended \
+        -iregex ".*\.($IMAGE_EXT)" -print0 | LC_ALL=C sort -zV
+}
+
+# Encode the video $src into $tmp; set `note`, or `why` on failure (return 1).
+encode_video() {
+    if ! encode -i "$src" -vf "setsar=1:1,$PAD" >"$log" 2>&1; then
+        why=$(ffmpeg_error "$log")
+        return 1
+    fi
+    if size=$(stream_size "$log"); then note=$(odd_note "$size"); fi
+}
+
+# Encode the frame folder $src into $tmp; set `note`, or `why` on failure (return 1).
+# Each run of frames of one format is one concat-demuxer input (a list file, 1/25 s per frame;
+# a decoder reads one format only); the runs are joined by the concat filter. Every frame is
+# scaled to the first frame's size: with -reinit_filter 0 a size change inside a run goes through
+# `scale` set up on the first frame; with several runs that size is read first (ffmpeg -i).
+# showinfo logs each decoded frame, which is counted against the files and gives the sizes.
+encode_frames() {
+    local -a frames inputs
+    local f ext fmt prev="" k=-1 list scale="scale=iw:ih" size graph="" labels="" decoded encoded
+    local sizes
+    mapfile -d '' frames < <(list_frames "$src")
+    for f in "${frames[@]}"; do
+        if [[ $f == *$'\n'* ]]; then
+            why="a frame name holds a line break: ${f##*/}"
+            return 1
+        fi
+        ext=${f##*.}
+        case ${ext,,} in
+        png | bmp) fmt=${ext,,} ;;
+        *) fmt=jpeg ;;
+        esac
+        if [[ $fmt != "$prev" ]]; then
+            k=$((k + 1))
+            list="$RUN_TMP/frames.$BASHPID.$k"
+            : >"$list"
+            inputs+=(-reinit_filter 0 -f concat -safe 0 -i "$list")
+            prev=$fmt
+        fi
+        # concat's list syntax: within '...' only ' needs escaping, written '\''.
+        printf "file '%s'\nduration 0.04\n" "${f//\'/\'\\\'\'}" >>"$list"
+    done
+    if ((k > 0)); then
+        "$FFMPEG_BIN" -nostdin -hide_banner -f image2 -pattern_type none -i "${frames[0]}" \
+            >"$log" 2>&1 || true
+        if ! size=$(stream_size "$log"); then
+            why="cannot read ${frames[0]##*/}: $(ffmpeg_error "$log")"
+            return 1
+        fi
+        scale="scale=${size/x/:}"
+    fi
+    for ((f = 0; f <= k; f++)); do
+        graph+="[$f:v]showinfo,$scale,setsar=1:1[v$f];"
+        labels+="[v$f]"
+    done
+    graph+="${labels}concat=n=$((k + 1)):v=1:a=0,settb=1/25,setpts=N,${PAD}[v]"
+    if ! encode "${inputs[@]}" -filter_complex "$graph" -map "[v]" -r 25 >"$log" 2>&1; then
+        why=$(ffmpeg_error "$log")
+        return 1
+    fi
+    decoded=$(grep -cE 'Parsed_showinfo_[0-9]+ @ [^]]*\] n: *[0-9]+ ' "$log")
+    encoded=$(grep -oE 'frame= *[0-9]+' "$log" | tail -n 1 | grep -oE '[0-9]+')
+    if [[ $decoded != "${#frames[@]}" || $encoded != "${#frames[@]}" ]]; then
+        why="read $decoded and wrote ${encoded:-0} of ${#frames[@]} frames: $(ffmpeg_error "$log")"
+        return 1
+    fi
+    size=$(grep -m1 -E 'Parsed_showinfo_0 @ [^]]*\] n: *0 ' "$log" | grep -oE ' s:[0-9]+x[0-9]+')
+    size=${size# s:}
+    sizes=$(grep -oE ' s:[0-9]+x[0-9]+ ' "$log" | grep -oE '[0-9]+x[0-9]+' | sort -u | paste -sd' ')
+    if [[ $sizes == *" "* ]]; then
+        note="frame sizes differ (${sizes// /, }): scaled to the first one, $size"
+    fi
+    size=$(odd_note "$size")
+    note="${note:+$note; }$size"
+}
+
+# Whether $dst exists and is newer than what it is made from: $src, and for a frame folder every
+# frame (the folder's own time covers frames added, removed or renamed).
+up_to_date() {
+    [[ -e $dst && ! $src -nt $dst ]] || return 1
+    [[ $kind != frames ]] ||
+        [[ -z $(find -L "$src" -mindepth 1 -maxdepth 1 -type f -newer "$dst" \
+            -regextype posix-extended -iregex ".*\.($IMAGE_EXT)" -print -quit) ]]
+}
+
+# One job: KIND (video|frames|copy) SRC DST. Runs in a background subshell; its output goes to
+# DST.part.<its PID> and is renamed to DST when complete.
 one() {
-    local kind=$1 src=$2 dst=$3 results=$4 newest tmp log size why=""
-    if [[ $kind == frames ]]; then
-        newest=$(find "$src" -maxdepth 1 -type f -regextype posix-extended \
-            -iregex ".*\.($IMAGE_EXT)" -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)
-    else
-        newest=$src
-    fi
-    if [[ -e $dst && ! $newest -nt $dst ]]; then
-        report "$results" skipped "$dst"
+    set +e
+    local kind=$1 src=$2 dst=$3 tmp log note="" why="" size
+    if up_to_date; then
+        report skipped "$dst"
         return 0
     fi
-    mkdir -p "$(dirname "$dst")"
-    if [[ $kind == copy ]]; then
-        if cp -p "$src" "$dst"; then report "$results" copied "$dst"; else
-            report "$results" failed "$dst" "copy failed"; fi
-        return 0
-    fi
-    tmp="$dst.part.$$"
-    log=$(mktemp)
-    local input=(-i "$src")
-    if [[ $kind == frames ]]; then
-        input=(-f image2pipe -framerate 25 -i -)
-    fi
-    if {
-        if [[ $kind == frames ]]; then
-            find "$src" -maxdepth 1 -type f -regextype posix-extended -iregex ".*\.($IMAGE_EXT)" \
-                -print0 | LC_ALL=C sort -z | xargs -0 cat
+    mkdir -p -- "$(dirname -- "$dst")"
+    tmp="$dst.part.$BASHPID"
+    log="$RUN_TMP/log.$BASHPID"
+    case $kind in
+    copy)
+        if cp -p -- "$src" "$tmp" 2>"$log" && mv -f -- "$tmp" "$dst"; then
+            report copied "$dst"
+        else
+            rm -f -- "$tmp"
+            report failed "$dst" "copy failed: $(tail -n 1 "$log")"
         fi
-    } | "$FFMPEG_BIN" -nostdin -hide_banner -y "${input[@]}" -an \
-        -vf "setsar=1:1,pad=ceil(iw/2)*2:ceil(ih/2)*2" -q:v 1 -g 300 -sc_threshold 1000000000 \
-        -c:v mpeg4 -f rawvideo "$tmp" >"$log" 2>&1 && [[ -s $tmp ]]; then
-        mv -f "$tmp" "$dst"
-        size=$(grep -m1 -oE 'Video: .*' "$log" | grep -oE ' [0-9]+x[0-9]+' | head -n 1 | tr -d ' ')
-        if [[ -n $size ]] && (((${size%x*} % 2) || (${size#*x} % 2))); then
-            why="odd size $size padded to even"
+        ;;
+    *)
+        if "encode_$kind" && [[ -s $tmp ]] && mv -f -- "$tmp" "$dst"; then
+            report converted "$dst" "$note"
+        else
+            rm -f -- "$tmp"
+            report failed "$dst" "${why:-ffmpeg failed}"
         fi
-        report "$results" converted "$dst" "$why"
-    else
-        rm -f "$tmp"
-        why=$(grep -iE 'error|invalid|no such|not|unknown' "$log" | tail -n 1 | tr '\t' ' ')
-        report "$results" failed "$dst" "${why:-ffmpeg failed}"
-    fi
-    rm -f "$log"
+        ;;
+    esac
+    [[ -n ${KEEP_LOG:-} ]] || rm -f -- "$log" "$RUN_TMP/frames.$BASHPID".*
 }
 
-if [[ ${1:-} == --one ]]; then
-    shift
-    one "$@"
-    exit 0
-fi
+# Whether a process of process group $1 is still running (a finished one left as a zombie, which
+# some init processes never reap, does not count).
+group_running() {
+    local stat rest state pgrp
+    for stat in /proc/[0-9]*/stat; do
+        read -r rest 2>/dev/null <"$stat" || continue
+        read -r state _ pgrp _ <<<"${rest##*) }"
+        [[ $pgrp == "$1" && $state != Z ]] && return 0
+    done
+    return 1
+}
+
+# Remove the *.part.<PID> files in OUT whose process is gone (the leftovers of a killed run), but
+# never a file that is itself an output of this run.
+clean_leftovers() {
+    local f pid n=0
+    while IFS= read -r -d '' f; do
+        pid=${f##*.part.}
+        [[ $pid =~ ^[0-9]+$ && -z ${owner[$f]:-} ]] || continue
+        kill -0 "$pid" 2>/dev/null && continue
+        rm -f -- "$f"
+        n=$((n + 1))
+    done < <(find "$OUT_ROOT" -type f -name '*.part.[0-9]*' -print0)
+    if ((n > 0)); then
+        echo "reencode.sh: removed $n unfinished output(s) (*.part.PID) of an interrupted run"
+    fi
+}
+
+summary() {
+    local status line=""
+    for status in converted copied skipped ignored failed; do
+        line+=" $status $(cut -f1 "$RESULTS" | grep -cx "$status" || true)"
+    done
+    echo "reencode.sh:$line${1:+, $1}"
+}
+
+# SIGINT/SIGTERM/SIGHUP: start nothing more, stop the running jobs (each is a process group:
+# the job and its ffmpeg), remove their partial outputs, say what was done, exit 128 + signal.
+on_signal() {
+    trap '' INT TERM HUP
+    set +m # no job-control notice for the jobs stopped here
+    local pids pid
+    pids=$(jobs -p)
+    for pid in $pids; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    wait || true
+    for pid in $pids; do
+        for _ in {1..50}; do group_running "$pid" || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+    if [[ -n ${OUT_ROOT:-} ]]; then clean_leftovers; fi
+    summary "not done $((${TOTAL:-0} - $(wc -l <"$RESULTS")))"
+    echo "reencode.sh: interrupted by SIG$1: stopped every job; rerun to finish" >&2
+    exit "$2"
+}
 
 jobs=$(nproc 2>/dev/null || echo 2)
 while getopts "j:h" opt; do
@@ -115,49 +292,107 @@ shift $((OPTIND - 1))
 in=${1%/}
 out=${2%/}
 [[ -d $in ]] || { echo "reencode.sh: input folder '$in' does not exist" >&2; exit 2; }
-mkdir -p "$out"
+mkdir -p -- "$out"
 in=$(cd "$in" && pwd)
 out=$(cd "$out" && pwd)
-[[ $out != "$in" && $out != "$in"/* ]] || { echo "reencode.sh: OUT must lie outside IN" >&2; exit 2; }
+in_real=$(cd "$in" && pwd -P)
+out_real=$(cd "$out" && pwd -P)
+[[ $out_real != "$in_real" && $out_real != "$in_real"/* ]] ||
+    { echo "reencode.sh: OUT must lie outside IN" >&2; exit 2; }
 FFMPEG_BIN=$(find_ffmpeg)
-export FFMPEG_BIN VIDEO_EXT IMAGE_EXT
-export -f one report
-
-# The job list, NUL-separated triples: kind, source, destination.
-list=$(mktemp)
-results=$(mktemp)
-trap 'rm -f "$list" "$results"' EXIT
-while IFS= read -r -d '' dir; do
-    rel=${dir#"$in"}
-    if find "$dir" -maxdepth 1 -type f -regextype posix-extended -iregex ".*\.($IMAGE_EXT)" |
-        grep -q .; then
-        printf 'frames\0%s\0%s\0' "$dir" "$out$rel.mp4" >>"$list"
-    fi
-    while IFS= read -r -d '' f; do
-        name=${f##*/}
-        if [[ ${name,,} =~ \.($VIDEO_EXT)$ ]]; then
-            dst="$out${f#"$in"}"
-            printf 'video\0%s\0%s\0' "$f" "${dst%.*}.mp4" >>"$list"
-        elif [[ ! ${name,,} =~ \.($IMAGE_EXT)$ ]]; then
-            printf 'copy\0%s\0%s\0' "$f" "$out${f#"$in"}" >>"$list"
-        fi
-    done < <(find "$dir" -maxdepth 1 -type f -print0)
-done < <(find "$in" -type d -print0)
-
-TOTAL=$(tr -cd '\0' <"$list" | wc -c)
-TOTAL=$((TOTAL / 3))
+RUN_TMP=$(mktemp -d)
+RESULTS=$RUN_TMP/results
+: >"$RESULTS"
+IN_ROOT=$in
 OUT_ROOT=$out
-export TOTAL OUT_ROOT
-echo "reencode.sh: $TOTAL items from $in to $out with $jobs jobs ($FFMPEG_BIN)"
-if ((TOTAL > 0)); then
-    xargs -0 -n 3 -P "$jobs" bash -c 'one "$1" "$2" "$3" "$0"' "$results" <"$list" ||
-        true # failures are in $results
+trap 'rm -rf "$RUN_TMP"' EXIT
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+
+# The work: `todo` holds kind, source, destination triples; `ignored` path, reason pairs;
+# `clash` destination, reason pairs (two inputs that would write the same output); `owner` maps
+# each destination to its source.
+declare -a todo=() ignored=() clash=()
+declare -A owner=() frame_dirs=()
+add() {
+    local kind=$1 src=$2 dst=$3
+    if [[ -n ${owner[$dst]:-} ]]; then
+        clash+=("$dst" "${src#"$in"/} and ${owner[$dst]#"$in"/} both map here; only the latter used")
+    else
+        owner[$dst]=$src
+        todo+=("$kind" "$src" "$dst")
+    fi
+}
+while IFS= read -r -d '' entry; do
+    f=${entry:1}
+    name=${f##*/}
+    case ${entry:0:1} in
+    l) ignored+=("$f" "broken symbolic link") ;;
+    o) ignored+=("$f" "not a regular file") ;;
+    *)
+        if [[ ${name,,} =~ \.($IMAGE_EXT)$ ]]; then
+            frame_dirs[${f%/*}]=1
+        elif [[ ${name,,} =~ \.($VIDEO_EXT)$ ]]; then
+            dst="$out${f#"$in"}"
+            add video "$f" "${dst%.*}.mp4"
+        else
+            add copy "$f" "$out${f#"$in"}"
+        fi
+        ;;
+    esac
+done < <(LC_ALL=C find -L "$in" -mindepth 1 \( -type d -o -type f -printf 'f%p\0' \
+    -o -type l -printf 'l%p\0' -o -printf 'o%p\0' \) 2>"$RUN_TMP/find.err" | LC_ALL=C sort -z)
+# find -L reports loops (and unreadable folders) on stderr and goes on: each is an ignored item.
+loop="^find: File system loop detected; '(.*)' is part of the same file system loop as '(.*)'\\.$"
+while IFS= read -r line; do
+    if [[ $line =~ $loop ]]; then
+        ignored+=("${BASH_REMATCH[1]}" "symbolic link loop: leads back to ${BASH_REMATCH[2]}")
+    else
+        ignored+=("$in" "${line#find: }")
+    fi
+done <"$RUN_TMP/find.err"
+while IFS= read -r -d '' dir; do
+    if [[ $dir == "$in" ]]; then add frames "$dir" "$out/${in##*/}.mp4"; else
+        add frames "$dir" "$out${dir#"$in"}.mp4"; fi
+done < <(if ((${#frame_dirs[@]})); then printf '%s\0' "${!frame_dirs[@]}" | LC_ALL=C sort -z; fi)
+
+TOTAL=$(((${#todo[@]} / 3) + (${#ignored[@]} + ${#clash[@]}) / 2))
+if ((${#todo[@]} == 0)); then
+    echo "reencode.sh: nothing to convert in $in: no video (.${VIDEO_EXT//|/ .}), no folder of" \
+        "image frames (.${IMAGE_EXT//|/ .}), no other file" >&2
+    for ((i = 0; i < ${#ignored[@]}; i += 2)); do
+        echo "  ignored ${ignored[i]} (${ignored[i + 1]})" >&2
+    done
+    exit 2
 fi
-for status in converted copied skipped failed; do
-    printf '%s %d\n' "$status" "$(cut -f1 "$results" | grep -cx "$status" || true)"
-done | paste -sd' ' | sed 's/^/reencode.sh: /'
-if grep -q "^failed" "$results"; then
+clean_leftovers
+echo "reencode.sh: $TOTAL items from $in to $out with $jobs jobs ($FFMPEG_BIN)"
+for ((i = 0; i < ${#ignored[@]}; i += 2)); do report ignored "${ignored[@]:i:2}"; done
+for ((i = 0; i < ${#clash[@]}; i += 2)); do report failed "${clash[@]:i:2}"; done
+
+# The jobs, at most $jobs at a time, each in its own process group (set -m) so that a signal
+# handler can stop a job together with its ffmpeg.
+set -m
+running=0
+for ((i = 0; i < ${#todo[@]}; i += 3)); do
+    if ((running >= jobs)); then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    one "${todo[@]:i:3}" &
+    running=$((running + 1))
+done
+wait || true
+set +m
+
+summary
+if grep -q "^ignored" "$RESULTS"; then
+    echo "reencode.sh: ignored:" >&2
+    grep "^ignored" "$RESULTS" | cut -f2- | sed 's/\t/: /; s/^/  /' >&2
+fi
+if grep -q "^failed" "$RESULTS"; then
     echo "reencode.sh: failed:" >&2
-    grep "^failed" "$results" | cut -f2- | sed 's/\t/: /; s/^/  /' >&2
+    grep "^failed" "$RESULTS" | cut -f2- | sed 's/\t/: /; s/^/  /' >&2
     exit 1
 fi
