@@ -1,33 +1,79 @@
-"""Datasets of MIC: index the re-encoded CK+ / MMI / AFEW trees under their protocols.
+"""Datasets of MIC: index the re-encoded CK+ / MMI / AFEW / DFEW / FERV39k / MAFW trees under
+their protocols, and read (validating) the index.
 
 Commands (``python datasets.py -h``)::
 
     python datasets.py --dataset ckplus --root DIR     # = python datasets.py index ...
+    python datasets.py --dataset dfew --root DIR [--clips Clip/original]
     python datasets.py crop --in RAW --out CROPPED     # MTCNN face crops (AFEW; faces.py)
 
 The clips of an index are read by ``reader.ClipDataset``; ``PROTOCOLS`` holds each dataset's
-train/test splits.
+train/test splits, ``APEX`` its apex rule.
 
 ``index`` reads DIR, the output of ``reencode.sh`` over a dataset as distributed (the same tree
-with every frame folder and video turned into a raw MPEG-4 Part 2 ``.mp4``, label files copied),
-prints a summary with every problem found, and writes ``DIR/index.csv``::
+with every frame folder and video turned into a raw MPEG-4 Part 2 ``.mp4``, label and split
+files copied), prints a summary with every problem found (at most ``MAX_LISTED`` of a kind; all
+of them go to ``DIR/index_problems.txt``), and writes ``DIR/index.csv``::
 
     path,subject,label,label_name,num_frames,fold,dataset,view,crop,apex
 
 ``path`` is relative to DIR; ``label`` a 0-based index into ``CLASSES[dataset]``; ``num_frames``
 the frames of the clip's first GOP (all of them for ``reencode.sh`` output); ``fold`` 0-9 for
-the subject-independent 10-fold protocol of CK+/MMI/synthetic (sorted subject i -> fold i mod 10)
-and ``train``/``val`` for AFEW; ``view`` the MMI camera view (0 frontal, 2 dual; 0 elsewhere);
+the subject-independent 10-fold protocol of CK+/MMI/synthetic (sorted subject i -> fold i mod 10),
+``train``/``val`` for AFEW, the set K (1-5) in which the clip is a test clip for DFEW and MAFW,
+``train``/``test`` for FERV39k; ``view`` the MMI camera view (0 frontal, 2 dual; 0 elsewhere);
 ``crop`` ``none``/``left``/``right``, the half of the frame ``ClipDataset`` keeps (MMI dual
-view); ``apex`` the apex frame index (last frame for CK+/synthetic, middle for MMI, -1 for AFEW).
+view); ``apex`` the apex frame index (last frame for CK+/synthetic, middle for MMI, -1 for the
+clips in the wild: AFEW, DFEW, FERV39k, MAFW). ``read_index`` refuses a hand-edited index.csv
+whose rows break any of this (see its docstring).
 
 Class lists (label = position):
 
 * ckplus, synthetic: anger, contempt, disgust, fear, happy, sadness, surprise
-  (CK+ emotion codes 1..7; code 0, neutral, is an unknown label).
+  (CK+ emotion codes 1..7, written ``   5.0000000e+00``; a label that is not an integer code
+  1..7 -- 0 neutral, 3.7, inf, nan, text -- is an unknown label).
 * mmi: anger, disgust, fear, happy, sadness, surprise (MMI Emotion metatag 1..6).
 * afew: angry, disgust, fear, happy, neutral, sad, surprise (the class folder names).
-  AFEW has no subject ids: a clip's subject is its clip id (the file stem).
+* dfew: happy, sad, neutral, angry, surprise, disgust, fear (DFEW label codes 1..7).
+* ferv39k: the same names in the same order (FERV39k writes Happy ... Fear; the order is
+  DFEW's, as MAE-DFER's and DFER-CLIP's readers use, so that the two tables line up).
+* mafw: anger, disgust, fear, happiness, neutral, sadness, surprise, contempt, anxiety,
+  helplessness, disappointment (the order of MAFW's paper and of MAE-DFER's reader).
+
+AFEW, DFEW, FERV39k and MAFW release no subject ids: a clip's subject is the clip itself.
+
+The released layouts of DFEW, FERV39k and MAFW, as confirmed in public material (read with the
+project's search tool; the datasets themselves are licensed and were not available here):
+
+* DFEW -- the release's own README (v1.0, 10/17/2020; a copy in the code index, repository not
+  named by the search tool): ``Clip/original/XXXXX.mp4`` (16,372 clips),
+  ``Clip/clip_224x224/`` and ``Clip/clip_224x224_16f/`` (15,906 face-aligned clips, frame
+  ``y`` of clip ``x`` named ``x_y.jpg``), ``EmoLabel_DataSplit/train(single_labeled)`` and
+  ``test(single_labeled)`` with ``set_1.csv`` .. ``set_5.csv`` (11,697 single-labelled clips,
+  fd1: 9,356 train / 2,341 test ...), labels 1 Happy 2 Sad 3 Neutral 4 Angry 5 Surprise
+  6 Disgust 7 Fear. The extracted folders are spelled ``train(single-labeled)`` by
+  sunlicai/MAE-DFER ``preprocess/dfew.py`` (``pd.read_csv``; columns ``video_name``,
+  ``label``; clip folder ``f"{video_name:05d}"``, label - 1) and by
+  zengqunzhao/DFER-CLIP ``annotation/preprocess_annotation.py`` (globs
+  ``EmoLabel_DataSplit/**/*.csv``, ``str(video_name).zfill(5)`` under ``Clip/clip_224x224``,
+  ``label - 1``); both spellings are read. jiangxingxun/DFEW ``README.md`` shows frames
+  ``00001/00001_00001.jpg``.
+* FERV39k -- MAE-DFER ``preprocess/ferv39k.py``: ``4_setups/All_scenes/train_All.csv`` and
+  ``test_All.csv`` read with ``header=None, delimiter=' '``, column 0 a clip path joined to
+  ``2_ClipsforFaceCrop``, column 1 a name of {Happy, Sad, Neutral, Angry, Surprise, Disgust,
+  Fear}; DFER-CLIP ``annotation/FERV39K_test.txt`` lists the clips as frame folders
+  ``2_ClipsforFaceCrop/<Scene>/<Emotion>/<NNNN>`` (e.g. ``Action/Happy/0015``).
+* MAFW -- MAFW-database/MAFW ``README.md``: ``clips/00151.mp4`` ..., single labels such as
+  ``03747.mp4  anger``; MAE-DFER ``preprocess/mafw.py``: ``split/single/no_caption/set_K/
+  train.txt`` and ``test.txt`` (``header=None, delimiter=' '``: clip file name, label name;
+  frame folders ``data/frames/<name without extension>``); other public readers name the
+  split folder ``Train & Test Set/single/no_caption`` and the videos ``data/clips``; both
+  split folders are read.
+
+Not confirmed: the frame file names inside FERV39k's and MAFW's frame folders (any image names
+work: reencode.sh takes the frames in name order), and whether a FERV39k or MAFW split file
+starts with a header line (MAE-DFER reads them with ``header=None``, one other public FERV39k
+reader skips a first line; a header would be listed here as a bad line or unknown label).
 """
 
 from __future__ import annotations
@@ -626,7 +672,7 @@ def index_split_files(dataset: str, root: Path, clips: str | Path | None = None)
     clip_dir = _clip_dir(dataset, root, clips)
     index.source = str(clip_dir.relative_to(root))
     kfold = len(PROTOCOLS[dataset]) > 1
-    splits = sorted({x.split for x in listed})
+    train_files = sorted({x.split for x in listed if x.role == "train"})  # sets with train files
     by_clip: dict[str, list[Listed]] = {}
     for x in listed:
         by_clip.setdefault(x.clip, []).append(x)
@@ -667,7 +713,7 @@ def index_split_files(dataset: str, root: Path, clips: str | Path | None = None)
             if not tests:
                 index.problem("train clip in no test set", f"{clip} ({xs[0].where})")
                 continue
-            absent = [s for s in splits if s != tests[0] and s not in trains]
+            absent = [s for s in train_files if s != tests[0] and s not in trains]
             if absent:
                 index.problem(
                     "missing from a train set (trained on there)",
