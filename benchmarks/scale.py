@@ -67,11 +67,14 @@ from tests.clips import make_frames  # noqa: E402
 
 @dataclass(frozen=True)
 class Shape:
-    """A dataset's stand-in: typical frames per clip and its training clips per fold."""
+    """A dataset's stand-in: typical frames per clip, its clips on disk (re-encoded), indexed
+    (in the split files) and trained on per fold, and where these counts come from."""
 
     frames: int
-    train_clips: int
-    train_note: str
+    on_disk: int
+    indexed: int
+    train: int
+    note: str
     layout: Callable[[Path, int, int], None]
 
 
@@ -145,14 +148,11 @@ def mafw_layout(root: Path, n: int, frames: int) -> None:
         jpeg_clip(root / "data" / "frames" / f"{i:05d}", frames, i, "{:05d}.jpg")
 
 
+DFEW_NOTE = "DFEW's README: clip_224x224 15,906, single-labelled 11,697, largest train fold 9,361"
 SHAPES = {
-    "dfew": Shape(60, 9361, "the largest training fold (fd5), DFEW's README", dfew_layout),
-    "ferv39k": Shape(
-        26, 38935, "at most all 38,935 (the train share: unconfirmed)", ferv39k_layout
-    ),
-    "mafw": Shape(
-        68, 10045, "at most all 10,045 (the single-label share: unconfirmed)", mafw_layout
-    ),
+    "dfew": Shape(60, 15906, 11697, 9361, DFEW_NOTE, dfew_layout),
+    "ferv39k": Shape(26, 38935, 38935, 38935, "38,935; train share unconfirmed", ferv39k_layout),
+    "mafw": Shape(68, 10045, 10045, 10045, "10,045; single-label share unconfirmed", mafw_layout),
 }
 
 
@@ -282,18 +282,19 @@ def main() -> None:
             m = measure_set(name, shape, Path(tmp), args.clips)
             cores = args.cores
             print(f"\n{name}: {shape.frames} frames/clip, 224x224 JPEG frame folders")
+            print(f"  clips on disk / indexed / trained per fold: {shape.note}")
             print(
                 f"  reencode.sh: {m['reencode_cpu_s']:.2f} CPU s, {m['reencode_wall_s']:.2f} "
                 f"wall s per clip (-j 1) -> {fmt_time(1000 * m['reencode_cpu_s'])} CPU per "
-                f"1,000 clips, {fmt_time(shape.train_clips * m['reencode_cpu_s'] / cores)} for "
-                f"{shape.train_clips:,} clips on {cores} cores"
+                f"1,000 clips, {fmt_time(shape.on_disk * m['reencode_cpu_s'] / cores)} for "
+                f"{shape.on_disk:,} clips on {cores} cores"
             )
             print(
                 f"  size per clip: {m['jpeg_bytes'] / 1e6:.2f} MB of JPEG -> "
                 f"{m['mp4_bytes'] / 1e6:.2f} MB of MPEG-4 ({m['mp4_bytes'] * 1000 / 1e9:.2f} GB "
-                f"per 1,000 clips); datasets.py {m['index_s']:.2f} s per clip "
-                f"({fmt_time(shape.train_clips * m['index_s'])} for {shape.train_clips:,}, "
-                f"one process)"
+                f"per 1,000 clips, {m['mp4_bytes'] * shape.on_disk / 1e9:.1f} GB for "
+                f"{shape.on_disk:,}); datasets.py {m['index_s']:.2f} s per clip "
+                f"({fmt_time(shape.on_disk * m['index_s'])} for {shape.on_disk:,}, one process)"
             )
             for s in SETTINGS:
                 gpu = args.gpu_tflops * 1e12 / models[s.name][1]
@@ -302,8 +303,10 @@ def main() -> None:
                     workers = min(cores - 1, math.ceil(gpu / per_core))
                     rate = min(gpu, workers * per_core)
                     label = "uncached" if kind == "load" else "DecodeCache"
+                    cache = m[f"cache_bytes_{s.name}"]
                     extra = (
-                        f", cache {m[f'cache_bytes_{s.name}'] / 1e6:.1f} MB/clip"
+                        f", cache {cache / 1e6:.1f} MB/clip, "
+                        f"{cache * shape.indexed / 1e9:.0f} GB for {shape.indexed:,}"
                         if kind == "cached"
                         else ""
                     )
@@ -313,9 +316,8 @@ def main() -> None:
                         f"({wall:.1f} wall here){extra}"
                         f" -> {workers} workers, {rate:,.0f} clips/s "
                         f"({'GPU' if rate >= gpu else 'loader'}-bound), epoch of "
-                        f"{shape.train_clips:,} clips {fmt_time(shape.train_clips / rate)}"
+                        f"{shape.train:,} clips {fmt_time(shape.train / rate)}"
                     )
-            print(f"  training clips: {shape.train_note}")
 
 
 if __name__ == "__main__":
