@@ -9,11 +9,12 @@
 #   order (numbers compare as numbers: 2 before 10) at 25 fps, every frame scaled to the size of
 #   the first one if sizes differ (and said so);
 # - every other file (labels, XML metadata) is copied unchanged.
-# Symbolic links are followed (IN itself may be one); a loop, a broken link or a special file is
-# listed as ignored with the reason. Settings: -vf setsar=1:1 -q:v 1 -c:v mpeg4 -f rawvideo (a raw
-# MPEG-4 Part 2 stream whatever the extension says), odd sizes padded to even (MPEG-4 needs them),
-# no audio, and one GOP per clip however long: -g INT_MAX, which the mpeg4 encoder takes only with
-# -strict:v experimental (else it caps -g at 600), and no scene-cut key frames.
+# Symbolic links are followed (IN itself may be one); a loop, a broken link, a special file or OUT
+# reached through a link is listed as ignored with the reason. Settings: -vf setsar=1:1 -q:v 1
+# -c:v mpeg4 -f rawvideo (a raw MPEG-4 Part 2 stream whatever the extension says), odd sizes padded
+# to even (MPEG-4 needs them), no audio, and one GOP per clip however long: -g INT_MAX, which the
+# mpeg4 encoder takes only with -strict:v experimental (else it caps -g at 600), and no scene-cut
+# key frames.
 # Every output is written to <output>.part.<PID> and renamed when complete, so an interrupted run
 # never leaves a partial output under the final name; the next run removes such leftovers.
 # Outputs newer than their input are skipped. Ctrl-C / SIGTERM stop every job, print what was done
@@ -126,8 +127,8 @@ encode_video() {
 # showinfo logs each decoded frame, which is counted against the files and gives the sizes.
 encode_frames() {
     local -a frames inputs
-    local f ext fmt prev="" k=-1 list scale="scale=iw:ih" size graph="" labels="" decoded encoded
-    local sizes
+    local f ext fmt prev="" k=-1 i list scale="scale=iw:ih" size graph="" labels="" decoded
+    local encoded sizes
     mapfile -d '' frames < <(list_frames "$src")
     for f in "${frames[@]}"; do
         if [[ $f == *$'\n'* ]]; then
@@ -158,9 +159,9 @@ encode_frames() {
         fi
         scale="scale=${size/x/:}"
     fi
-    for ((f = 0; f <= k; f++)); do
-        graph+="[$f:v]showinfo,$scale,setsar=1:1[v$f];"
-        labels+="[v$f]"
+    for ((i = 0; i <= k; i++)); do
+        graph+="[$i:v]showinfo,$scale,setsar=1:1[v$i];"
+        labels+="[v$i]"
     done
     graph+="${labels}concat=n=$((k + 1)):v=1:a=0,settb=1/25,setpts=N,${PAD}[v]"
     if ! encode "${inputs[@]}" -filter_complex "$graph" -map "[v]" -r 25 >"$log" 2>&1; then
@@ -198,6 +199,7 @@ one() {
     set +e
     local kind=$1 src=$2 dst=$3 tmp log note="" why="" size
     if up_to_date; then
+        trap '' TERM
         report skipped "$dst"
         return 0
     fi
@@ -205,34 +207,35 @@ one() {
     tmp="$dst.part.$BASHPID"
     log="$RUN_TMP/log.$BASHPID"
     case $kind in
-    copy)
-        if cp -p -- "$src" "$tmp" 2>"$log" && mv -f -- "$tmp" "$dst"; then
-            report copied "$dst"
-        else
-            rm -f -- "$tmp"
-            report failed "$dst" "copy failed: $(tail -n 1 "$log")"
-        fi
-        ;;
-    *)
-        if "encode_$kind" && [[ -s $tmp ]] && mv -f -- "$tmp" "$dst"; then
-            report converted "$dst" "$note"
-        else
-            rm -f -- "$tmp"
-            report failed "$dst" "${why:-ffmpeg failed}"
-        fi
-        ;;
+    copy) cp -p -- "$src" "$tmp" 2>"$log" || why="copy failed: $(tail -n 1 "$log")" ;;
+    *) "encode_$kind" || why=${why:-ffmpeg failed} ;;
     esac
-    [[ -n ${KEEP_LOG:-} ]] || rm -f -- "$log" "$RUN_TMP/frames.$BASHPID".*
+    trap '' TERM # the rest is quick: an interrupt waits for the rename and the report
+    if [[ -z $why ]] && [[ $kind == copy || -s $tmp ]] && mv -f -- "$tmp" "$dst"; then
+        if [[ $kind == copy ]]; then report copied "$dst"; else report converted "$dst" "$note"; fi
+    else
+        rm -f -- "$tmp"
+        report failed "$dst" "${why:-could not rename $tmp}"
+    fi
+    rm -f -- "$log" "$RUN_TMP/frames.$BASHPID".*
 }
 
-# Whether a process of process group $1 is still running (a finished one left as a zombie, which
-# some init processes never reap, does not count).
+# Whether process $1 is running. A finished process that nobody has reaped yet (a zombie: some
+# init processes never reap) does not count.
+running() {
+    local rest
+    [[ -d /proc/self ]] || { kill -0 "$1" 2>/dev/null; return; }
+    read -r rest 2>/dev/null <"/proc/$1/stat" || return 1
+    [[ ${rest##*) } != Z* ]]
+}
+
+# Whether a process of process group $1 is running.
 group_running() {
-    local stat rest state pgrp
+    local stat rest pgrp
     for stat in /proc/[0-9]*/stat; do
         read -r rest 2>/dev/null <"$stat" || continue
-        read -r state _ pgrp _ <<<"${rest##*) }"
-        [[ $pgrp == "$1" && $state != Z ]] && return 0
+        read -r _ _ pgrp _ <<<"${rest##*) }"
+        [[ $pgrp == "$1" ]] && running "${stat//[^0-9]/}" && return 0
     done
     return 1
 }
@@ -244,7 +247,7 @@ clean_leftovers() {
     while IFS= read -r -d '' f; do
         pid=${f##*.part.}
         [[ $pid =~ ^[0-9]+$ && -z ${owner[$f]:-} ]] || continue
-        kill -0 "$pid" 2>/dev/null && continue
+        running "$pid" && continue
         rm -f -- "$f"
         n=$((n + 1))
     done < <(find "$OUT_ROOT" -type f -name '*.part.[0-9]*' -print0)
@@ -329,6 +332,7 @@ while IFS= read -r -d '' entry; do
     name=${f##*/}
     case ${entry:0:1} in
     l) ignored+=("$f" "broken symbolic link") ;;
+    s) ignored+=("$f" "OUT itself, reached through a symbolic link") ;;
     o) ignored+=("$f" "not a regular file") ;;
     *)
         if [[ ${name,,} =~ \.($IMAGE_EXT)$ ]]; then
@@ -341,8 +345,9 @@ while IFS= read -r -d '' entry; do
         fi
         ;;
     esac
-done < <(LC_ALL=C find -L "$in" -mindepth 1 \( -type d -o -type f -printf 'f%p\0' \
-    -o -type l -printf 'l%p\0' -o -printf 'o%p\0' \) 2>"$RUN_TMP/find.err" | LC_ALL=C sort -z)
+done < <(LC_ALL=C find -L "$in" -mindepth 1 \( -samefile "$out" -printf 's%p\0' -prune \
+    -o -type d -o -type f -printf 'f%p\0' -o -type l -printf 'l%p\0' -o -printf 'o%p\0' \) \
+    2>"$RUN_TMP/find.err" | LC_ALL=C sort -z)
 # find -L reports loops (and unreadable folders) on stderr and goes on: each is an ignored item.
 loop="^find: File system loop detected; '(.*)' is part of the same file system loop as '(.*)'\\.$"
 while IFS= read -r line; do
@@ -374,14 +379,14 @@ for ((i = 0; i < ${#clash[@]}; i += 2)); do report failed "${clash[@]:i:2}"; don
 # The jobs, at most $jobs at a time, each in its own process group (set -m) so that a signal
 # handler can stop a job together with its ffmpeg.
 set -m
-running=0
+active=0
 for ((i = 0; i < ${#todo[@]}; i += 3)); do
-    if ((running >= jobs)); then
+    if ((active >= jobs)); then
         wait -n || true
-        running=$((running - 1))
+        active=$((active - 1))
     fi
     one "${todo[@]:i:3}" &
-    running=$((running + 1))
+    active=$((active + 1))
 done
 wait || true
 set +m
