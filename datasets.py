@@ -637,7 +637,7 @@ def _clip_dir(dataset: str, root: Path, clips: str | Path | None) -> Path:
             raise FileNotFoundError(f"clip folder {d} not found")
         if not d.resolve().is_relative_to(root.resolve()):
             raise ValueError(f"clip folder {d} lies outside {root}: clip paths are relative to it")
-        return d
+        return root / d.resolve().relative_to(root.resolve())
     for rel in CLIP_DIRS[dataset]:
         if (root / rel).is_dir():
             return root / rel
