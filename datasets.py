@@ -1,46 +1,93 @@
-"""Datasets of MIC: index the re-encoded CK+ / MMI / AFEW trees under their protocols.
+"""Datasets of MIC: index the re-encoded CK+ / MMI / AFEW / DFEW / FERV39k / MAFW trees under
+their protocols, and read (validating) the index.
 
 Commands (``python datasets.py -h``)::
 
     python datasets.py --dataset ckplus --root DIR     # = python datasets.py index ...
+    python datasets.py --dataset dfew --root DIR [--clips Clip/original]
     python datasets.py crop --in RAW --out CROPPED     # MTCNN face crops (AFEW; faces.py)
 
 The clips of an index are read by ``reader.ClipDataset``; ``PROTOCOLS`` holds each dataset's
-train/test splits.
+train/test splits, ``APEX`` its apex rule.
 
 ``index`` reads DIR, the output of ``reencode.sh`` over a dataset as distributed (the same tree
-with every frame folder and video turned into a raw MPEG-4 Part 2 ``.mp4``, label files copied),
-prints a summary with every problem found, and writes ``DIR/index.csv``::
+with every frame folder and video turned into a raw MPEG-4 Part 2 ``.mp4``, label and split
+files copied), prints a summary with every problem found (at most ``MAX_LISTED`` of a kind; all
+of them go to ``DIR/index_problems.txt``), and writes ``DIR/index.csv``::
 
     path,subject,label,label_name,num_frames,fold,dataset,view,crop,apex
 
 ``path`` is relative to DIR; ``label`` a 0-based index into ``CLASSES[dataset]``; ``num_frames``
 the frames of the clip's first GOP (all of them for ``reencode.sh`` output); ``fold`` 0-9 for
-the subject-independent 10-fold protocol of CK+/MMI/synthetic (sorted subject i -> fold i mod 10)
-and ``train``/``val`` for AFEW; ``view`` the MMI camera view (0 frontal, 2 dual; 0 elsewhere);
+the subject-independent 10-fold protocol of CK+/MMI/synthetic (sorted subject i -> fold i mod 10),
+``train``/``val`` for AFEW, the set K (1-5) in which the clip is a test clip for DFEW and MAFW,
+``train``/``test`` for FERV39k; ``view`` the MMI camera view (0 frontal, 2 dual; 0 elsewhere);
 ``crop`` ``none``/``left``/``right``, the half of the frame ``ClipDataset`` keeps (MMI dual
-view); ``apex`` the apex frame index (last frame for CK+/synthetic, middle for MMI, -1 for AFEW).
+view); ``apex`` the apex frame index (last frame for CK+/synthetic, middle for MMI, -1 for the
+clips in the wild: AFEW, DFEW, FERV39k, MAFW). ``read_index`` refuses a hand-edited index.csv
+whose rows break any of this (see its docstring).
 
 Class lists (label = position):
 
 * ckplus, synthetic: anger, contempt, disgust, fear, happy, sadness, surprise
-  (CK+ emotion codes 1..7; code 0, neutral, is an unknown label).
+  (CK+ emotion codes 1..7, written ``   5.0000000e+00``; a label that is not an integer code
+  1..7 -- 0 neutral, 3.7, inf, nan, text -- is an unknown label).
 * mmi: anger, disgust, fear, happy, sadness, surprise (MMI Emotion metatag 1..6).
 * afew: angry, disgust, fear, happy, neutral, sad, surprise (the class folder names).
-  AFEW has no subject ids: a clip's subject is its clip id (the file stem).
+* dfew: happy, sad, neutral, angry, surprise, disgust, fear (DFEW label codes 1..7).
+* ferv39k: the same names in the same order (FERV39k writes Happy ... Fear; the order is
+  DFEW's, as MAE-DFER's and DFER-CLIP's readers use, so that the two tables line up).
+* mafw: anger, disgust, fear, happiness, neutral, sadness, surprise, contempt, anxiety,
+  helplessness, disappointment (the order of MAFW's paper and of MAE-DFER's reader).
+
+AFEW, DFEW, FERV39k and MAFW release no subject ids: a clip's subject is the clip itself.
+
+The released layouts of DFEW, FERV39k and MAFW, as confirmed in public material (read with the
+project's search tool; the datasets themselves are licensed and were not available here):
+
+* DFEW -- the release's own README (v1.0, 10/17/2020; a copy in the code index, repository not
+  named by the search tool): ``Clip/original/XXXXX.mp4`` (16,372 clips),
+  ``Clip/clip_224x224/`` and ``Clip/clip_224x224_16f/`` (15,906 face-aligned clips, frame
+  ``y`` of clip ``x`` named ``x_y.jpg``), ``EmoLabel_DataSplit/train(single_labeled)`` and
+  ``test(single_labeled)`` with ``set_1.csv`` .. ``set_5.csv`` (11,697 single-labelled clips,
+  fd1: 9,356 train / 2,341 test ...), labels 1 Happy 2 Sad 3 Neutral 4 Angry 5 Surprise
+  6 Disgust 7 Fear. The extracted folders are spelled ``train(single-labeled)`` by
+  sunlicai/MAE-DFER ``preprocess/dfew.py`` (``pd.read_csv``; columns ``video_name``,
+  ``label``; clip folder ``f"{video_name:05d}"``, label - 1) and by
+  zengqunzhao/DFER-CLIP ``annotation/preprocess_annotation.py`` (globs
+  ``EmoLabel_DataSplit/**/*.csv``, ``str(video_name).zfill(5)`` under ``Clip/clip_224x224``,
+  ``label - 1``); both spellings are read. jiangxingxun/DFEW ``README.md`` shows frames
+  ``00001/00001_00001.jpg``.
+* FERV39k -- MAE-DFER ``preprocess/ferv39k.py``: ``4_setups/All_scenes/train_All.csv`` and
+  ``test_All.csv`` read with ``header=None, delimiter=' '``, column 0 a clip path joined to
+  ``2_ClipsforFaceCrop``, column 1 a name of {Happy, Sad, Neutral, Angry, Surprise, Disgust,
+  Fear}; DFER-CLIP ``annotation/FERV39K_test.txt`` lists the clips as frame folders
+  ``2_ClipsforFaceCrop/<Scene>/<Emotion>/<NNNN>`` (e.g. ``Action/Happy/0015``).
+* MAFW -- MAFW-database/MAFW ``README.md``: ``clips/00151.mp4`` ..., single labels such as
+  ``03747.mp4  anger``; MAE-DFER ``preprocess/mafw.py``: ``split/single/no_caption/set_K/
+  train.txt`` and ``test.txt`` (``header=None, delimiter=' '``: clip file name, label name;
+  frame folders ``data/frames/<name without extension>``); other public readers name the
+  split folder ``Train & Test Set/single/no_caption`` and the videos ``data/clips``; both
+  split folders are read.
+
+Not confirmed: the frame file names inside FERV39k's and MAFW's frame folders (any image names
+work: reencode.sh takes the frames in name order), and whether a FERV39k or MAFW split file
+starts with a header line (MAE-DFER reads them with ``header=None``, one other public FERV39k
+reader skips a first line; a header would be listed here as a bad line or unknown label).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import re
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 from tqdm import tqdm
@@ -48,15 +95,42 @@ from tqdm import tqdm
 import coviar
 
 CKPLUS_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
+DFEW_CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
 CLASSES: dict[str, tuple[str, ...]] = {
     "ckplus": CKPLUS_CLASSES,
     "synthetic": CKPLUS_CLASSES,
     "mmi": ("anger", "disgust", "fear", "happy", "sadness", "surprise"),
     "afew": ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
-}
+    "dfew": DFEW_CLASSES,
+    "ferv39k": DFEW_CLASSES,
+    "mafw": (
+        "anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
+        "contempt", "anxiety", "helplessness", "disappointment",
+    ),
+}  # fmt: skip
 DATASETS = tuple(CLASSES)
 COLUMNS = tuple("path subject label label_name num_frames fold dataset view crop apex".split())
 NUM_FOLDS = 10
+# The apex frame (the reconstruction target): last (CK+ and synthetic sequences end at the apex),
+# middle (MMI: neutral -> apex -> neutral), none (clips in the wild: no apex is known).
+APEX: dict[str, str] = {
+    "ckplus": "last",
+    "synthetic": "last",
+    "mmi": "middle",
+    "afew": "none",
+    "dfew": "none",
+    "ferv39k": "none",
+    "mafw": "none",
+}
+# Datasets whose protocol keeps every subject in one fold (index.csv is checked for it).
+SUBJECT_INDEPENDENT = frozenset({"ckplus", "synthetic", "mmi"})
+# Where the clips of the split-file datasets lie under ROOT, in order of preference (the first
+# that exists is used; ``--clips`` chooses another).
+CLIP_DIRS: dict[str, tuple[str, ...]] = {
+    "dfew": ("Clip/clip_224x224", "Clip/original", "Clip/clip_224x224_16f"),
+    "ferv39k": ("2_ClipsforFaceCrop",),
+    "mafw": ("data/clips", "data/frames"),
+}
 
 
 @dataclass(frozen=True)
@@ -75,17 +149,22 @@ def _kfold(k: int, first: int = 0) -> tuple[Split, ...]:
     return tuple(Split(f"fold{f}", tuple(g for g in folds if g != f), (f,)) for f in folds)
 
 
-# The protocols: subject-independent 10 folds (CK+, MMI, synthetic), AFEW Train -> Val.
+# The protocols: subject-independent 10 folds (CK+, MMI, synthetic), AFEW Train -> Val, the
+# official 5 folds of DFEW and MAFW (fold k = the test clips of set_k), FERV39k train -> test.
 PROTOCOLS: dict[str, tuple[Split, ...]] = {
     "ckplus": _kfold(NUM_FOLDS),
     "synthetic": _kfold(NUM_FOLDS),
     "mmi": _kfold(NUM_FOLDS),
     "afew": (Split("val", ("train",), ("val",)),),
+    "dfew": _kfold(5, first=1),
+    "ferv39k": (Split("test", ("train",), ("test",)),),
+    "mafw": _kfold(5, first=1),
 }
 VIDEO_EXTS = frozenset(
     {".avi", ".mp4", ".m4v", ".mkv", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".webm"}
 )
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+MAX_LISTED = 30  # problems of a kind the command prints (all go to index_problems.txt)
 REENCODE_HINT = "run `reencode.sh RAW_DIR OUT_DIR` first and index OUT_DIR"
 
 
@@ -121,6 +200,7 @@ class Index:
     dataset: str
     entries: list[Entry] = field(default_factory=list)
     problems: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""  # the clip folder read (DFEW, FERV39k, MAFW)
 
     def problem(self, kind: str, item: str) -> None:
         self.problems.setdefault(kind, []).append(item)
@@ -155,9 +235,10 @@ def _gop0_frames(path: Path, total: int) -> int:
     return lo
 
 
-def _measure(index: Index, root: Path, entries: list[Entry], apex: str) -> None:
-    """Fill num_frames/apex by reading every clip (decoding its GOP 0 once); unreadable or too
-    short clips become problems, the others go into ``index.entries``."""
+def _measure(index: Index, root: Path, entries: list[Entry]) -> None:
+    """Fill num_frames/apex (``APEX`` rule) by reading every clip (decoding its GOP 0 once);
+    unreadable or too short clips become problems, the others go into ``index.entries``."""
+    apex = APEX[index.dataset]
     for e in tqdm(entries, desc=f"reading {index.dataset} clips", unit="clip", leave=False):
         path = root / e.path
         try:
@@ -176,6 +257,19 @@ def _measure(index: Index, root: Path, entries: list[Entry], apex: str) -> None:
         e.num_frames = n
         e.apex = {"last": n - 1, "middle": n // 2, "none": -1}[apex]
         index.entries.append(e)
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def integer_code(text: str) -> int | None:
+    """The integer a label is written as (``3``, ``3.0``, ``   3.0000000e+00``), or None for
+    anything else: ``3.7``, ``inf``, ``1e400``, ``nan``, text, empty."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    x = float(text)
+    return int(x) if math.isfinite(x) and x.is_integer() else None
 
 
 def _assign_folds(entries: list[Entry]) -> None:
@@ -219,20 +313,16 @@ def index_ckplus(root: Path, dataset: str = "ckplus") -> Index:
         if len(files) > 1:
             index.problem("several label files (first used)", rel)
         text = files[0].read_text(errors="replace").strip()
-        try:
-            code = int(float(text))
-        except ValueError:
+        code = integer_code(text)
+        if code is None or not 1 <= code <= len(classes):
             index.problem("unknown label", f"{rel} ({text!r})")
-            continue
-        if not 1 <= code <= len(classes):
-            index.problem("unknown label", f"{rel} (code {code})")
             continue
         candidates.append(Entry(rel, subject, code - 1, classes[code - 1], dataset))
     for subject in visible_paths(p for p in emotion.iterdir() if p.is_dir()):
         for seq in visible_paths(p for p in subject.iterdir() if p.is_dir()):
             if any(seq.glob("*_emotion.txt")) and (subject.name, seq.name) not in seen:
                 index.problem("label without clip", str(seq.relative_to(root)))
-    _measure(index, root, candidates, "last")
+    _measure(index, root, candidates)
     _assign_folds(index.entries)
     return index
 
@@ -364,7 +454,7 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
         candidates.append(Entry(rel, subject, label, classes[label], "mmi", view=view, crop=crop))
     for sid in sorted(set(pinned or ()) - found):
         index.problem("selection entry not found", sid)
-    _measure(index, root, candidates, "middle")
+    _measure(index, root, candidates)
     _assign_folds(index.entries)
     return index
 
@@ -404,14 +494,266 @@ def index_afew(root: Path) -> Index:
         raise _raw_error(root, raw[0])
     for p in raw:
         index.problem("not re-encoded", str(p.relative_to(root)))
-    _measure(index, root, candidates, "none")
+    _measure(index, root, candidates)
+    return index
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets with official split files: DFEW, FERV39k, MAFW
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One line of a split file: ``clip`` named as a ``role`` ("train"/"test") clip of the split
+    ``split`` ("1".."5", or "All" for FERV39k) with the label text ``label``, at ``where``."""
+
+    clip: str
+    label: str
+    split: str
+    role: str
+    where: str
+
+
+def _inside(rel: str) -> bool:
+    """Whether the relative path ``rel`` (``/`` or ``\\`` separated) stays inside its root."""
+    if not rel or rel.startswith(("/", "\\")) or PureWindowsPath(rel).drive:
+        return False
+    return ".." not in PurePosixPath(rel.replace("\\", "/")).parts
+
+
+def _split_lines(path: Path, root: Path, index: Index) -> Iterator[tuple[str, str, str]]:
+    """(clip, label, where) of every line ``clip label`` of a space-separated split file; other
+    non-blank lines are problems."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            where = f"{path.relative_to(root)}:{n}"
+            if len(fields) == 2:
+                yield fields[0], fields[1], where
+            elif fields:
+                index.problem("bad split line", f"{where} ({line.strip()!r})")
+
+
+def _read_dfew_splits(root: Path, index: Index) -> list[Listed]:
+    """``EmoLabel_DataSplit/{train,test}(single-labeled)/set_K.csv``: header ``video_name,label``,
+    the clip number and the label code 1..7 (``single_labeled``, the README's spelling, too)."""
+    base = root / "EmoLabel_DataSplit"
+    if not base.is_dir():
+        raise FileNotFoundError(f"{base} not found: is {root} a (re-encoded) DFEW tree?")
+    out: list[Listed] = []
+    for k in range(1, 6):
+        for role in ("train", "test"):
+            names = (f"{role}(single-labeled)", f"{role}(single_labeled)")
+            found = [f for n in names if (f := base / n / f"set_{k}.csv").exists()]
+            if not found:
+                index.problem("missing split file", f"{base.name}/{names[0]}/set_{k}.csv")
+                continue
+            with open(found[0], newline="", encoding="utf-8-sig", errors="replace") as f:
+                reader = csv.DictReader(f)
+                reader.fieldnames = [c.strip() for c in reader.fieldnames or ()]
+                if not {"video_name", "label"} <= set(reader.fieldnames):
+                    raise ValueError(
+                        f"{found[0]}: expected the header video_name,label, found "
+                        f"{','.join(reader.fieldnames)!r}"
+                    )
+                for row in reader:
+                    where = f"{found[0].relative_to(root)}:{reader.line_num}"
+                    name = (row["video_name"] or "").strip()
+                    if not name.isdigit():
+                        index.problem("bad clip name", f"{name!r} at {where}")
+                        continue
+                    out.append(Listed(f"{int(name):05d}", row["label"] or "", str(k), role, where))
+    return out
+
+
+def _read_ferv39k_splits(root: Path, index: Index) -> list[Listed]:
+    """``4_setups/All_scenes/{train,test}_All.csv``: lines ``Scene/Emotion/NNNN Emotion``."""
+    base = root / "4_setups" / "All_scenes"
+    files = {role: base / f"{role}_All.csv" for role in ("train", "test")}
+    if not any(p.exists() for p in files.values()):
+        raise FileNotFoundError(
+            f"neither train_All.csv nor test_All.csv in {base}: is {root} a (re-encoded) "
+            "FERV39k tree?"
+        )
+    out: list[Listed] = []
+    for role, path in files.items():
+        if not path.exists():
+            index.problem("missing split file", str(path.relative_to(root)))
+            continue
+        for clip, label, where in _split_lines(path, root, index):
+            out.append(Listed(clip.rstrip("/"), label, "All", role, where))
+    return out
+
+
+MAFW_SPLIT_DIRS = ("split/single/no_caption", "Train & Test Set/single/no_caption")
+
+
+def _read_mafw_splits(root: Path, index: Index) -> list[Listed]:
+    """``split/single/no_caption/set_K/{train,test}.txt`` (or under ``Train & Test Set/``, the
+    release's name): lines ``NNNNN.mp4 label``."""
+    bases = [root / d for d in MAFW_SPLIT_DIRS if (root / d).is_dir()]
+    if not bases:
+        raise FileNotFoundError(
+            f"none of {', '.join(MAFW_SPLIT_DIRS)} in {root}: is it a (re-encoded) MAFW tree?"
+        )
+    out: list[Listed] = []
+    for k in range(1, 6):
+        for role in ("train", "test"):
+            path = bases[0] / f"set_{k}" / f"{role}.txt"
+            if not path.exists():
+                index.problem("missing split file", str(path.relative_to(root)))
+                continue
+            for clip, label, where in _split_lines(path, root, index):
+                if PurePosixPath(clip).suffix.lower() in VIDEO_EXTS:
+                    clip = clip[: -len(PurePosixPath(clip).suffix)]
+                out.append(Listed(clip, label, str(k), role, where))
+    return out
+
+
+def _dfew_label(text: str) -> int | None:
+    code = integer_code(text)
+    return code - 1 if code is not None and 1 <= code <= len(DFEW_CLASSES) else None
+
+
+def _named_label(classes: tuple[str, ...]) -> Callable[[str], int | None]:
+    names = {c: i for i, c in enumerate(classes)}
+    return lambda text: names.get(text.strip().lower())
+
+
+SPLIT_READERS: dict[str, tuple[Callable[[Path, Index], list[Listed]], Callable[[str], int | None]]]
+SPLIT_READERS = {
+    "dfew": (_read_dfew_splits, _dfew_label),
+    "ferv39k": (_read_ferv39k_splits, _named_label(CLASSES["ferv39k"])),
+    "mafw": (_read_mafw_splits, _named_label(CLASSES["mafw"])),
+}
+
+
+def _clip_dir(dataset: str, root: Path, clips: str | Path | None) -> Path:
+    """The folder of clips: ``clips`` (under ``root``) or the first of ``CLIP_DIRS`` there."""
+    if clips is not None:
+        d = root / clips
+        if not d.is_dir():
+            raise FileNotFoundError(f"clip folder {d} not found")
+        if not d.resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"clip folder {d} lies outside {root}: clip paths are relative to it")
+        return root / d.resolve().relative_to(root.resolve())
+    for rel in CLIP_DIRS[dataset]:
+        if (root / rel).is_dir():
+            return root / rel
+    raise FileNotFoundError(
+        f"none of {', '.join(CLIP_DIRS[dataset])} in {root}: pass --clips DIR, the folder of "
+        "the clips under ROOT"
+    )
+
+
+def _is_raw(path: Path) -> bool:
+    """Whether ``path`` (a clip without ``.mp4``) exists as a frame folder or another video."""
+    return is_frame_folder(path) or any(
+        path.with_name(path.name + ext).exists() for ext in VIDEO_EXTS - {".mp4"}
+    )
+
+
+def index_split_files(dataset: str, root: Path, clips: str | Path | None = None) -> Index:
+    """Index a re-encoded DFEW, FERV39k or MAFW tree by its official split files.
+
+    A clip's ``fold`` is the set K in which it is a test clip (DFEW, MAFW) or ``train``/``test``
+    (FERV39k); its subject is the clip itself (no subject ids are released). Problems, each
+    counted and listed: a bad line or clip name, an unknown label, labels that disagree between
+    split files, a clip that is train and test in the same set, a test clip in several sets, a
+    train clip in no test set, a clip missing from the train file of a set where it is not a
+    test clip (kept: the fold protocol trains on it there), a clip listed twice in a file, a
+    listed clip missing on disk or not re-encoded, a clip on disk in no split file, an
+    unreadable clip."""
+    read, label_of = SPLIT_READERS[dataset]
+    classes = CLASSES[dataset]
+    index = Index(dataset)
+    listed = read(root, index)
+    clip_dir = _clip_dir(dataset, root, clips)
+    index.source = str(clip_dir.relative_to(root))
+    kfold = len(PROTOCOLS[dataset]) > 1
+    train_files = sorted({x.split for x in listed if x.role == "train"})  # sets with train files
+    by_clip: dict[str, list[Listed]] = {}
+    for x in listed:
+        by_clip.setdefault(x.clip, []).append(x)
+    candidates: list[Entry] = []
+    raw: list[Path] = []
+    for clip in sorted(by_clip):
+        xs = by_clip[clip]
+        if not _inside(clip):
+            index.problem("bad clip name", f"{clip!r} at {xs[0].where}")
+            continue
+        places = Counter((x.split, x.role) for x in xs)
+        for (split, role), n in sorted(places.items()):
+            if n > 1:
+                index.problem("listed twice in a split file", f"{clip} ({role} of set {split})")
+        labels = [label_of(x.label) for x in xs]
+        if None in labels:
+            bad = xs[labels.index(None)]
+            index.problem("unknown label", f"{clip} ({bad.label!r} at {bad.where})")
+            continue
+        if len(set(labels)) > 1:
+            index.problem(
+                "labels disagree between split files",
+                f"{clip}: " + ", ".join(f"{x.label} at {x.where}" for x in xs),
+            )
+            continue
+        tests = sorted({x.split for x in xs if x.role == "test"})
+        trains = {x.split for x in xs if x.role == "train"}
+        if set(tests) & trains:
+            index.problem(
+                "train and test clip in the same set",
+                f"{clip} (set {', '.join(sorted(set(tests) & trains))})",
+            )
+            continue
+        if kfold:
+            if len(tests) > 1:
+                index.problem("test clip in several sets", f"{clip} (sets {', '.join(tests)})")
+                continue
+            if not tests:
+                index.problem("train clip in no test set", f"{clip} ({xs[0].where})")
+                continue
+            absent = [s for s in train_files if s != tests[0] and s not in trains]
+            if absent:
+                index.problem(
+                    "missing from a train set (trained on there)",
+                    f"{clip} (test in set {tests[0]}, not in train of set {', '.join(absent)})",
+                )
+            fold = tests[0]
+        else:
+            fold = "test" if tests else "train"
+        path = clip_dir / f"{clip}.mp4"
+        rel = str(path.relative_to(root))
+        if not path.is_file():
+            if _is_raw(clip_dir / clip):
+                raw.append(clip_dir / clip)
+            else:
+                index.problem("missing clip", f"{rel} ({xs[0].where})")
+            continue
+        e = Entry(rel, clip, labels[0], classes[labels[0]], dataset)
+        e.fold = fold
+        candidates.append(e)
+    if raw and not candidates:
+        raise _raw_error(root, raw[0])
+    for p in raw:
+        index.problem("not re-encoded", str(p.relative_to(root)))
+    for p in sorted(clip_dir.rglob("*.mp4")):
+        key = p.relative_to(clip_dir).with_suffix("").as_posix()
+        if key not in by_clip and not any(part.startswith(".") for part in Path(key).parts):
+            index.problem("clip in no split file", str(p.relative_to(root)))
+    _measure(index, root, candidates)
     return index
 
 
 def build_index(
-    dataset: str, root: str | Path, dual_view_half: str = "left", selection: str | None = None
+    dataset: str,
+    root: str | Path,
+    dual_view_half: str = "left",
+    selection: str | None = None,
+    clips: str | None = None,
 ) -> Index:
-    """Index the re-encoded tree ``root`` of ``dataset`` (see the module docstring)."""
+    """Index the re-encoded tree ``root`` of ``dataset`` (see the module docstring); ``clips``:
+    the clip folder under ``root`` (DFEW, FERV39k, MAFW; default: the first of ``CLIP_DIRS``)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
@@ -421,6 +763,8 @@ def build_index(
         return index_mmi(root, dual_view_half, Path(selection) if selection else None)
     if dataset == "afew":
         return index_afew(root)
+    if dataset in SPLIT_READERS:
+        return index_split_files(dataset, root, clips)
     raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
 
 
@@ -433,21 +777,32 @@ def write_index(index: Index, path: str | Path) -> None:
             w.writerow([getattr(e, c) for c in COLUMNS])
 
 
-def summary(index: Index) -> str:
-    """Human-readable summary: clips per class, subjects, folds, every problem listed."""
+def problem_lines(index: Index) -> list[str]:
+    """Every problem of ``index``, one ``kind<TAB>item`` line each."""
+    return [f"{kind}\t{item}" for kind, items in sorted(index.problems.items()) for item in items]
+
+
+def _fold_order(fold: str) -> tuple[bool, str]:
+    return not fold.isdigit(), fold.zfill(3)
+
+
+def summary(index: Index, max_items: int | None = None) -> str:
+    """Human-readable summary: clips per class, subjects, folds, every problem counted and
+    listed (the first ``max_items`` of each kind when given)."""
     es = index.entries
     classes = CLASSES[index.dataset]
     lines = [
         f"{index.dataset}: {len(es)} clips, {len({e.subject for e in es})} subjects, "
-        f"{len(classes)} classes"
+        f"{len(classes)} classes" + (f" (clips from {index.source})" if index.source else "")
     ]
     per_class = Counter(e.label for e in es)
     lines.append("clips per class:")
-    lines += [f"  {i} {name:<10} {per_class[i]:5d}" for i, name in enumerate(classes)]
+    width = max(map(len, classes))
+    lines += [f"  {i:2d} {name:<{width}} {per_class[i]:6d}" for i, name in enumerate(classes)]
     lines.append("folds (clips / subjects):")
-    for fold in sorted({e.fold for e in es}, key=lambda f: (not f.isdigit(), f.zfill(3))):
+    for fold in sorted({e.fold for e in es}, key=_fold_order):
         sel = [e for e in es if e.fold == fold]
-        lines.append(f"  {fold:<5} {len(sel):5d} / {len({e.subject for e in sel})}")
+        lines.append(f"  {fold:<5} {len(sel):6d} / {len({e.subject for e in sel})}")
     if index.dataset == "mmi":
         views = Counter(e.view for e in es)
         lines.append(f"views: {views[0]} frontal, {views[2]} dual (cropped half)")
@@ -455,19 +810,93 @@ def summary(index: Index) -> str:
     lines.append(f"problems: {total}")
     for kind, items in sorted(index.problems.items()):
         lines.append(f"  {kind}: {len(items)}")
-        lines += [f"    {item}" for item in items]
+        lines += [f"    {item}" for item in items[:max_items]]
+        if max_items is not None and len(items) > max_items:
+            lines.append(f"    ... and {len(items) - max_items} more")
     return "\n".join(lines)
 
 
+def _int(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else None
+
+
+def _row_problem(row: dict[str, str]) -> str | None:
+    """What is wrong with one index.csv row on its own (None: nothing)."""
+    if None in row or any(row[c] is None for c in COLUMNS):
+        return "wrong number of fields"
+    dataset = row["dataset"]
+    if dataset not in CLASSES:
+        return f"unknown dataset {dataset!r} (one of {', '.join(DATASETS)})"
+    classes = CLASSES[dataset]
+    label = _int(row["label"])
+    if label is None or not 0 <= label < len(classes):
+        return f"label {row['label']!r} is not an integer in 0..{len(classes) - 1} ({dataset})"
+    if row["label_name"] != classes[label]:
+        return f"label_name {row['label_name']!r} is not class {label}, {classes[label]!r}"
+    n = _int(row["num_frames"])
+    if n is None or n < 2:
+        return f"num_frames {row['num_frames']!r} is not an integer >= 2"
+    apex = _int(row["apex"])
+    if apex is None or not -1 <= apex < n:
+        return f"apex {row['apex']!r} is not an integer in -1..{n - 1}"
+    if row["crop"] not in ("none", "left", "right"):
+        return f"crop {row['crop']!r} is not none, left or right"
+    if _int(row["view"]) is None:
+        return f"view {row['view']!r} is not an integer"
+    folds = sorted({f for s in PROTOCOLS[dataset] for f in s.train + s.test}, key=_fold_order)
+    if row["fold"] not in folds:
+        return f"fold {row['fold']!r} is not a fold of {dataset} ({', '.join(folds)})"
+    if not _inside(row["path"]):
+        return f"path {row['path']!r} is not a relative path inside the root"
+    if not row["subject"].strip():
+        return "empty subject"
+    return None
+
 
 def read_index(path: str | Path) -> list[dict[str, str]]:
-    """Rows of an index.csv as dicts (checks the columns)."""
+    """Rows of an index.csv as dicts, validated: one known dataset; every row's label (and
+    label_name), num_frames, apex, crop, view and fold valid for it; paths relative and inside
+    the root; no clip listed twice; no subject in two folds where the protocol is
+    subject-independent. A bad file raises ``ValueError`` naming it and the line of each bad row
+    (the clips' existence is checked when they are read)."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = set(COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}; re-run datasets.py")
-        return list(reader)
+        rows = [(reader.line_num, row) for row in reader]
+    if not rows:
+        raise ValueError(f"{path}: no clip listed; re-run datasets.py")
+    errors: list[str] = []
+    first_dataset = rows[0][1]["dataset"]
+    clip_line: dict[str, int] = {}
+    subject_fold: dict[str, tuple[str, int]] = {}
+    for line, row in rows:
+        problem = _row_problem(row)
+        if problem is None and row["dataset"] != first_dataset:
+            problem = f"dataset {row['dataset']!r} in an index of {first_dataset!r}"
+        if problem is None:
+            key = PurePosixPath(row["path"].replace("\\", "/")).as_posix()
+            if key in clip_line:
+                problem = f"clip {row['path']} listed twice (first at line {clip_line[key]})"
+            clip_line.setdefault(key, line)
+        if problem is None and row["dataset"] in SUBJECT_INDEPENDENT:
+            fold, at = subject_fold.setdefault(row["subject"], (row["fold"], line))
+            if fold != row["fold"]:
+                problem = (
+                    f"subject {row['subject']} in fold {row['fold']} and in fold {fold} (line "
+                    f"{at}): the {row['dataset']} protocol is subject-independent"
+                )
+        if problem is not None:
+            errors.append(f"line {line}: {problem}")
+    if errors:
+        shown = "\n  ".join(errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise ValueError(
+            f"{path}: {len(errors)} bad row(s); fix them or re-run datasets.py:\n  {shown}{more}"
+        )
+    return [row for _, row in rows]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,6 +922,12 @@ def _parser() -> argparse.ArgumentParser:
         "the loader keeps (default left)",
     )
     p.add_argument("--selection", help="MMI: CSV sid,label,subject pinning a selection")
+    p.add_argument(
+        "--clips",
+        help="DFEW/FERV39k/MAFW: the clip folder under ROOT (default: the first that exists of "
+        + "; ".join(f"{d}: {', '.join(v)}" for d, v in CLIP_DIRS.items())
+        + ")",
+    )
     c = sub.add_parser("crop", help="crop every clip of a tree to its face (MTCNN)")
     c.add_argument("--in", dest="src", required=True, help="raw tree (videos or frame folders)")
     c.add_argument("--out", dest="dst", required=True, help="output tree (for reencode.sh)")
@@ -539,17 +974,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("\n".join(f"  {item}" for item in items))
         return 0 if res.boxes else 1
     try:
-        index = build_index(args.dataset, args.root, args.dual_view_half, args.selection)
+        index = build_index(
+            args.dataset, args.root, args.dual_view_half, args.selection, args.clips
+        )
     except (RawTreeError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(summary(index))
+    out = Path(args.out) if args.out else Path(args.root) / "index.csv"
+    problems = out.with_name(f"{out.stem}_problems.txt")
+    print(summary(index, MAX_LISTED))
     if not index.entries:
         print("error: no clip indexed", file=sys.stderr)
         return 1
-    out = Path(args.out) if args.out else Path(args.root) / "index.csv"
     write_index(index, out)
     print(f"wrote {out}")
+    if index.problems:
+        problems.write_text("\n".join(problem_lines(index)) + "\n")
+        print(f"wrote {problems} (every problem, kind<TAB>item)")
+    else:
+        problems.unlink(missing_ok=True)
     return 0
 
 

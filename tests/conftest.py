@@ -13,7 +13,16 @@ from PIL import Image
 
 import datasets as ds
 from synthetic import SyntheticConfig, generate
-from tests.trees import CK_SUBJECTS, clip, emotion, garbage, mmi_session
+from tests.trees import (
+    CK_SUBJECTS,
+    clip,
+    dfew_tree,
+    emotion,
+    ferv39k_tree,
+    garbage,
+    mafw_tree,
+    mmi_session,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--backbone", "resnet6", "--hidden", "8", "--size", "32",
@@ -115,4 +124,28 @@ def afew(tmp_path_factory: pytest.TempPathFactory) -> Path:
         clip(root / split / cls / f"{k:09d}.mp4", width=48, height=48, seed=k)
     (root / "Train_AFEW" / ".DS_Store").write_bytes(b"x")
     assert ds.main(["--dataset", "afew", "--root", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def dfew(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Re-encoded DFEW tree with every split-file quirk (tests.trees.DFEW_SPEC), indexed."""
+    root = dfew_tree(tmp_path_factory.mktemp("dfew"))
+    assert ds.main(["--dataset", "dfew", "--root", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def ferv39k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Re-encoded FERV39k tree with every split-file quirk (tests.trees.FERV39K_SPEC), indexed."""
+    root = ferv39k_tree(tmp_path_factory.mktemp("ferv39k"))
+    assert ds.main(["--dataset", "ferv39k", "--root", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def mafw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Re-encoded MAFW tree with every split-file quirk (tests.trees.MAFW_SPEC), indexed."""
+    root = mafw_tree(tmp_path_factory.mktemp("mafw"))
+    assert ds.main(["--dataset", "mafw", "--root", str(root)]) == 0
     return root
