@@ -157,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.baseline == "rgb":
         args.no_mi = args.no_rec = True
     if args.identity_weights is None:
-        args.identity_weights = "pretrain" if args.dataset == "synthetic" else DEFAULT_IDENTITY[1]
+        args.identity_weights = DEFAULT_IDENTITY[1]
     if args.identity_size is None:  # our own pretraining on 128-px synthetic faces: 80 px
         args.identity_size = 80 if args.identity_weights == "pretrain" else 160
     for key, value in DEFAULTS[args.dataset].items():

@@ -170,9 +170,10 @@ def play(toy: Toy, name: str, t_steps: int, memory: int, split: float,
             critic = mi.critic_clips(ids, split) if split else torch.zeros_like(ids, dtype=bool)
             mi.train_critic(est, opt_t, z, y, ids, t_steps, pairs, g, critic=critic)
             scored = ~critic  # the MI term: T_θ fixed, on the current batch's other clips
-            value = mi.mi_penalty(est, z[scored], y[scored])
-            estimates.append(value.item())
-            loss = loss + args.alpha * value
+            if int(scored.sum()) >= 2:
+                value = mi.mi_penalty(est, z[scored], y[scored])
+                estimates.append(value.item())
+                loss = loss + args.alpha * value
         opt_e.zero_grad()
         loss.backward()
         opt_e.step()
@@ -229,16 +230,6 @@ def main(argv: list[str] | None = None) -> None:
     toy = make_toy(args)
     names = args.estimators.split(",")
     start = time.time()
-    runs = {("none", 0, 0, 0.0): play(toy, "none", 0, 0, 0.0, args)}
-    for name in names:
-        for memory in args.memory:
-            for split in args.critic_split if memory else [0.0]:
-                for t_steps in args.t_steps:
-                    t = time.time()
-                    runs[(name, t_steps, memory, split)] = play(toy, name, t_steps, memory,
-                                                                split, args)
-                    print(f"{name} t_steps={t_steps} memory={memory} split={split}: "
-                          f"{time.time() - t:.0f} s", file=sys.stderr, flush=True)
     title = (f"preset {args.preset}: {args.steps} encoder steps, batch {args.batch_size}, pool "
              f"{args.pool or 'fresh'}, alpha {args.alpha}, lr encoder {args.lr_encoder} / T "
              f"{args.lr_T}, T width {args.hidden}; d_x {args.dx}, d_z {args.dz}, k {args.k}, "
@@ -247,11 +238,19 @@ def main(argv: list[str] | None = None) -> None:
           "MSE averaged over the last 10% of steps; held out: a fresh MINE on new samples\n")
     print("| estimator | t_steps | memory (batches) | critic split | true MI start | true MI end "
           "| MI term (training) | held-out estimate | task MSE end |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (name, t_steps, memory, split), r in runs.items():
-        t, m, f = ("–",) * 3 if name == "none" else (str(t_steps), str(memory), str(split))
-        print(f"| {name} | {t} | {m} | {f} | {r['mi_start']:.3f} | {r['mi_end']:.3f} | "
-              f"{r['estimate']:.3f} | {r['heldout']:.3f} | {r['task']:.3f} |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    games = [("none", 0, 0, 0.0)] + [(name, t, m, f) for name in names for m in args.memory
+                                     for f in (args.critic_split if m else [0.0])
+                                     for t in args.t_steps]
+    runs = {}
+    for name, t_steps, memory, split in games:  # each row as soon as its game ends
+        t = time.time()
+        r = runs[(name, t_steps, memory, split)] = play(toy, name, t_steps, memory, split, args)
+        cols = ("–",) * 3 if name == "none" else (t_steps, memory, split)
+        print(f"| {name} | {' | '.join(map(str, cols))} | {r['mi_start']:.3f} | "
+              f"{r['mi_end']:.3f} | {r['estimate']:.3f} | {r['heldout']:.3f} | "
+              f"{r['task']:.3f} |", flush=True)
+        print(f"  ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
     plot(runs, names, args.out, title)
     print(f"\nplot: {args.out}; wall time {time.time() - start:.0f} s")
 

@@ -3,6 +3,7 @@ datasets.py) and a tiny evaluated run of train.py on it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,13 @@ TINY = ["--dataset", "synthetic", "--backbone", "resnet6", "--hidden", "8", "--s
 def _one_thread():
     """2 shared cores: torch's second thread mostly waits; one thread is faster and steadier."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_weight_cache(tmp_path_factory):
+    """The converted FaceNet (identity_weights.py) goes to a cache of the test session, not the
+    user's (train.py runs in subprocesses inherit it)."""
+    os.environ["MIC_CACHE_DIR"] = str(tmp_path_factory.mktemp("mic-cache"))
 
 
 def train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
