@@ -142,6 +142,7 @@ class Identity:
     tic_period: float  # frames
     tic_side: int
     gaze: tuple[float, float]
+    part: int  # side of the hair parting (appearance; equals tic_side when uncoupled)
     protos: np.ndarray = field(repr=False)  # (7, n_aus) this person's version of each emotion
 
 
@@ -194,7 +195,7 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
         for au, val in _PROTOTYPES[name].items():
             protos[k, _A[au]] = val * np.exp(rng.normal(0, v))
         protos[k] += np.abs(rng.normal(0, 0.18 * v, len(AUS))) * (rng.random(len(AUS)) < 0.3)
-    return Identity(
+    ident = Identity(
         geo=geo, colors=colors, hair=int(rng.integers(6)),
         beard=int(rng.choice(5, p=[0.6, 0.1, 0.12, 0.09, 0.09])),
         glasses=int(rng.choice(3, p=[0.7, 0.15, 0.15])), moles=moles, freckles=freckles,
@@ -204,8 +205,10 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
         reach=1 - u(0, 0.2 * s), signature=signature, side=int(rng.integers(2)),
         blink_period=u(15, 80), nod_amp=u(0.000125, 0.0005) * s, nod_period=u(10, 30),
         tic=str(rng.choice(_TICS)), tic_amp=u(0.125, 0.25) * s, tic_period=u(6, 14),
-        tic_side=int(rng.integers(2)), gaze=(u(-0.5, 0.5), u(-0.3, 0.3)), protos=protos,
+        tic_side=int(rng.integers(2)), gaze=(u(-0.5, 0.5), u(-0.3, 0.3)), part=0, protos=protos,
     )
+    ident.part = ident.tic_side
+    return ident
 
 
 @dataclass
@@ -295,17 +298,16 @@ def _background(ident: Identity, n: int) -> np.ndarray:
     return np.broadcast_to(top + ramp * (bottom - top), (n, n, 3)).round().astype(np.uint8)
 
 
-def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image:
-    """Draw one noise-free frame at ``size``×``size`` (``bg`` from ``_background``)."""
-    g, col = ident.geo, ident.colors
-    skin, hair = col["skin"], col["hair"]
-    a = np.clip(fr.aus, 0, 3)
-    am = a.mean(0)
-    pen = _Pen(size, bg, fr.pose)
-    w, h = g["w"], g["h"]
-    jaw = 0.16 * am[_A["26"]] + 0.03 * am[_A["25"]]
+def _jaw_drop(am: np.ndarray) -> float:
+    """How far the jaw drops (AU26 jaw drop, AU25 lips part), in face units."""
+    return 0.16 * am[_A["26"]] + 0.03 * am[_A["25"]]
 
-    # hair behind the head, clothes, neck, ears
+
+def _draw_back(pen: _Pen, ident: Identity) -> None:
+    """Hair behind the head (long, curly), clothes, neck and ears."""
+    g, col = ident.geo, ident.colors
+    w, h = g["w"], g["h"]
+    skin, hair = col["skin"], col["hair"]
     if ident.hair == 2:
         top = _ellipse(0, -0.1, w * 1.18, h * 1.12, 40)
         top = top[top[:, 1] < -0.1]
@@ -324,28 +326,30 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         pen.poly(_ellipse(sg * w * 0.96, g["eye_y"] + 0.1, 0.11, 0.21, 20), _shade(skin, 0.93),
                  -0.15)
 
-    # face outline, a soft highlight, static marks
+
+def _draw_face(pen: _Pen, ident: Identity, a: np.ndarray) -> np.ndarray:
+    """Face outline (the jaw follows AU25/26), highlight, moles, freckles, forehead wrinkles
+    (AU1/AU2, age), raised cheeks (AU6) and crow's feet; returns the outline polygon."""
+    g = ident.geo
+    am = a.mean(0)
+    jaw = _jaw_drop(am)
     t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     lower = np.clip(np.sin(t), 0, None)
-    face = np.column_stack([w * np.cos(t) * (1 - g["jaw"] * lower ** 2),
-                            h * np.sin(t) + 0.8 * jaw * lower ** 2])
-    pen.poly(face, skin, 0)
+    face = np.column_stack([g["w"] * np.cos(t) * (1 - g["jaw"] * lower ** 2),
+                            g["h"] * np.sin(t) + 0.8 * jaw * lower ** 2])
+    pen.poly(face, ident.colors["skin"], 0)
     pen.poly(face * [0.8, 0.82] + [0, -0.08], (255, 255, 255, 14), 0.1)
     pen.poly(face * [0.55, 0.6] + [0, -0.12], (255, 255, 255, 12), 0.15)
     for x, y, r in ident.moles:
         pen.poly(_ellipse(x, y, r, r, 10), (70, 40, 30, 200))
     for x, y in ident.freckles:
         pen.poly(_ellipse(x, y, 0.012, 0.012, 8), (140, 80, 50, 70))
-
-    # forehead wrinkles (AU1/AU2, age)
     by = g["eye_y"] - g["brow_gap"]
     d = 0.15 * ident.age + 0.6 * (am[_A["1"]] + am[_A["2"]]) / 2
     if d > 0.05:
         for k in range(3):
             y = by - 0.16 - 0.08 * k
             pen.line(np.array([[-0.35, y + 0.02], [0, y], [0.35, y + 0.02]]), _dark(d), 0.012)
-
-    # cheeks raised (AU6), crow's feet
     for s, sg in ((0, -1), (1, 1)):
         a6 = a[s, _A["6"]]
         cx = sg * (g["eye_x"] + 0.02)
@@ -357,8 +361,13 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
             for dy in (-0.03, 0.02):
                 pen.line(np.array([[ox, g["eye_y"] + dy / 2], [ox + sg * 0.06,
                                    g["eye_y"] + dy]]), _dark(d), 0.01)
+    return face
 
-    # beard (under the mouth and nose)
+
+def _draw_beard(pen: _Pen, ident: Identity, a: np.ndarray, face: np.ndarray) -> None:
+    """Stubble, full beard or goatee (under the mouth and nose; the moustache is drawn with
+    the mouth)."""
+    g, hair = ident.geo, ident.colors["hair"]
     if ident.beard in (1, 2):
         side = face[(face[:, 1] > g["nose_y"] - 0.05)]
         side = side[np.argsort(np.arctan2(side[:, 1], side[:, 0]))]
@@ -367,6 +376,7 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         color = (*hair, 90) if ident.beard == 1 else hair
         pen.poly(np.vstack([side, top]), color, 0.05)
     elif ident.beard == 3:  # goatee
+        jaw = _jaw_drop(a.mean(0))
         k = g["mouth_w"] * 0.65
         chin = face[(np.abs(face[:, 0]) < k) & (face[:, 1] > 0)]
         chin = chin[np.argsort(-chin[:, 0])]
@@ -374,8 +384,13 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
                         [0.7 * k, g["mouth_y"] + 0.04 + jaw]])
         pen.poly(np.vstack([chin, top]), hair, 0.05)
 
-    # eyes
-    u = np.linspace(-1, 1, 15)
+
+_U = np.linspace(-1, 1, 15)  # parameter along the eyes and the mouth, corner to corner
+
+
+def _draw_eyes(pen: _Pen, ident: Identity, fr: Frame, a: np.ndarray) -> None:
+    """Lids (AU5 widen, AU6/AU7 narrow, AU4), blink, iris and pupil at the gaze, crease."""
+    g, u = ident.geo, _U
     for s, sg in ((0, -1), (1, 1)):
         au = a[s]
         cx, cy = sg * g["eye_x"], g["eye_y"]
@@ -392,7 +407,7 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         ix = cx + (fr.gaze[0] + ident.gaze[0]) * ew * 0.35
         iy = cy + (fr.gaze[1] + ident.gaze[1]) * eh * 0.4 - 0.01
         r = g["iris"]
-        pen.eye(sclera, [(_ellipse(ix, iy, r, r, 20), col["iris"]),
+        pen.eye(sclera, [(_ellipse(ix, iy, r, r, 20), ident.colors["iris"]),
                          (_ellipse(ix, iy, 0.42 * r, 0.42 * r, 12), (15, 10, 10)),
                          (_ellipse(ix + 0.3 * r, iy - 0.35 * r, 0.18 * r, 0.18 * r, 8),
                           (255, 255, 255, 200))])
@@ -401,7 +416,12 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         crease = upper - 0.035 - 0.02 * o_up
         pen.line(np.column_stack([x[2:-2], crease[2:-2]]), _dark(0.3), 0.01)
 
-    # nose: bridge shade, wings, tip, nostrils, wrinkles (AU9)
+
+def _draw_nose(pen: _Pen, ident: Identity, a: np.ndarray) -> tuple[float, float]:
+    """Bridge shade, wings, tip, nostrils, wrinkles (AU9 nose wrinkle, AU10 upper lip raise);
+    returns the tip height and the nose width (the nasolabial folds start there)."""
+    g, skin = ident.geo, ident.colors["skin"]
+    am = a.mean(0)
     a9, a10 = am[_A["9"]], am[_A["10"]]
     tip = g["nose_y"] - 0.035 * a9 - 0.015 * a10
     nw = g["nose_w"] * (1 + 0.25 * a9 + 0.12 * a10)
@@ -416,8 +436,16 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
             y = g["eye_y"] + 0.06 + 0.045 * k
             pen.line(np.array([[-0.07, y + 0.01], [0, y], [0.07, y + 0.01]]), _dark(a9),
                      0.011, 0.3)
+    return tip, nw
 
-    # mouth
+
+def _draw_mouth(pen: _Pen, ident: Identity, a: np.ndarray, tip: float, nw: float) -> None:
+    """Lips and corners (AU12/14/15/20/24/17), open mouth and teeth (AU25/26, AU10),
+    nasolabial folds, contempt dimple (AU14), moustache, chin crease."""
+    g, col, u = ident.geo, ident.colors, _U
+    am = a.mean(0)
+    jaw = _jaw_drop(am)
+    a9, a10 = am[_A["9"]], am[_A["10"]]
     mw = g["mouth_w"] * (1 - 0.12 * am[_A["24"]] - 0.2 * am[_A["26"]])
     cxs, cys = [], []
     for s, sg in ((0, -1), (1, 1)):
@@ -438,8 +466,7 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
     bow = 1 - 0.3 * np.exp(-(u / 0.15) ** 2)
     out_up = in_up - tu * (0.2 + 0.8 * (1 - u ** 2) ** 0.5) * bow
     out_lo = in_lo + tl * (0.2 + 0.8 * (1 - u ** 2) ** 0.6)
-    # nasolabial folds and dimple (contempt)
-    for s, sg in ((0, -1), (1, 1)):
+    for s, sg in ((0, -1), (1, 1)):  # nasolabial folds and dimple (contempt)
         au = a[s]
         d = 0.12 * ident.age + 0.7 * au[_A["12"]] + 0.6 * a10 + 0.4 * a9 + 0.3 * au[_A["6"]]
         ctrl = np.array([[sg * (nw * 0.6 + 0.04), tip - 0.02],
@@ -449,9 +476,9 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         if au[_A["14"]] > 0.05:
             pen.line(np.array([[cxs[s] + sg * 0.035, cys[s] - 0.03],
                                [cxs[s] + sg * 0.045, cys[s] + 0.02]]), _dark(au[_A["14"]]), 0.012)
-    if ident.beard in (3, 4):
+    if ident.beard in (3, 4):  # moustache
         pen.poly(np.vstack([np.column_stack([xs * 1.1, out_up - 0.005]),
-                            np.column_stack([xs * 0.9, out_up - 0.07])[::-1]]), hair)
+                            np.column_stack([xs * 0.9, out_up - 0.07])[::-1]]), col["hair"])
     pen.poly(np.vstack([np.column_stack([xs, out_up]), np.column_stack([xs, out_lo])[::-1]]),
              col["lips"])
     gap = in_lo - in_up
@@ -467,7 +494,14 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
     pen.line(np.array([[-0.09, out_lo[7] + 0.05], [0, out_lo[7] + 0.04],
                        [0.09, out_lo[7] + 0.05]]), _dark(d), 0.012)
 
-    # brows (AU1 inner raise, AU2 outer raise, AU4 lower and knit), frown lines
+
+def _draw_brows(pen: _Pen, ident: Identity, a: np.ndarray) -> None:
+    """Brows (AU1 inner raise, AU2 outer raise, AU4 lower and knit, AU9 pulls them down),
+    frown lines."""
+    g = ident.geo
+    am = a.mean(0)
+    a9 = am[_A["9"]]
+    by = g["eye_y"] - g["brow_gap"]
     for s, sg in ((0, -1), (1, 1)):
         au = a[s]
         ex, ew = g["eye_x"], g["eye_w"]
@@ -481,50 +515,74 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         thick = g["brow_t"] * np.array([1.1, 1.0, 0.4])
         up = lo - np.column_stack([np.zeros(3), thick])
         mid = np.array([[(lo[0, 0] + lo[1, 0]) / 2, (lo[0, 1] + lo[1, 1]) / 2 - 0.01]])
-        pen.poly(np.vstack([lo[:1], mid, lo[1:], up[::-1]]), col["brow"])
+        pen.poly(np.vstack([lo[:1], mid, lo[1:], up[::-1]]), ident.colors["brow"])
     d = 0.9 * am[_A["4"]] + 0.3 * a9
     if d > 0.05:
         for sg in (-1, 1):
             pen.line(np.array([[sg * 0.05, by - 0.01], [sg * 0.045, by + 0.09]]), _dark(d), 0.012)
 
-    # glasses
-    if ident.glasses:
-        gc = col["glasses"]
-        n = 4 if ident.glasses == 2 else 2
-        tt = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-        for sg in (-1, 1):
-            rx, ry = g["eye_w"] * 1.45, g["eye_h"] * 2.0 + 0.05
-            c, s_ = np.cos(tt), np.sin(tt)
-            ring = np.column_stack([sg * g["eye_x"] + rx * np.sign(c) * np.abs(c) ** (2 / n),
-                                    g["eye_y"] + 0.01 + ry * np.sign(s_) * np.abs(s_) ** (2 / n)])
-            pen.poly(ring, (200, 220, 230, 30))
-            pen.line(np.vstack([ring, ring[:1]]), gc, 0.022)
-            pen.line(np.array([[sg * (g["eye_x"] + rx), g["eye_y"]], [sg * w * 0.97,
-                               g["eye_y"] - 0.02]]), gc, 0.02, 0.1)
-        ix = g["eye_x"] - g["eye_w"] * 1.45
-        pen.line(np.array([[-ix, g["eye_y"] - 0.01], [0, g["eye_y"] - 0.04],
-                           [ix, g["eye_y"] - 0.01]]), gc, 0.02, 0.3)
 
-    # hair on top of the head
-    if ident.hair in (1, 2, 3, 4, 5):
-        hl = {1: -0.78, 2: -0.72, 3: -0.5, 4: -0.75, 5: -0.82}[ident.hair]
-        t = np.linspace(np.pi, 2 * np.pi, 30)
-        cap = np.column_stack([w * 1.09 * np.cos(t), h * 1.12 * np.sin(t) - 0.03])
-        cap = cap[cap[:, 1] < -0.05]
-        xh = np.linspace(w, -w, 17)
-        part = 0.3 * w * (1 - 2 * ident.tic_side)
-        yh = hl + 0.3 * (np.abs(xh) / w) ** 3 + 0.06 * np.exp(-(((xh - part) / 0.12) ** 2))
-        if ident.hair == 3:
-            yh = yh + 0.05 * (np.arange(17) % 2)
-        edge = np.column_stack([xh, yh])
-        color = (*hair, 110) if ident.hair == 5 else hair
-        pen.poly(np.vstack([cap, [[w * 1.03, -0.1]], edge, [[-w * 1.03, -0.1]]]), color, 0)
-        if ident.hair != 5:  # a few strands
-            sheen = (255, 255, 255, 28)
-            for x0 in np.linspace(-0.7, 0.7, 6) * w:
-                pen.line(np.array([[part + 0.15 * (x0 - part), -h * 1.05], [x0, yh[8] - 0.1],
-                                   [x0 * 1.15, hl + 0.3 * (abs(x0) / w) ** 3]]), sheen, 0.012, 0)
+def _draw_glasses(pen: _Pen, ident: Identity) -> None:
+    """Round (1) or rectangular (2) frames with tinted lenses, temples and bridge."""
+    if not ident.glasses:
+        return
+    g, gc = ident.geo, ident.colors["glasses"]
+    n = 4 if ident.glasses == 2 else 2
+    tt = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    for sg in (-1, 1):
+        rx, ry = g["eye_w"] * 1.45, g["eye_h"] * 2.0 + 0.05
+        c, s_ = np.cos(tt), np.sin(tt)
+        ring = np.column_stack([sg * g["eye_x"] + rx * np.sign(c) * np.abs(c) ** (2 / n),
+                                g["eye_y"] + 0.01 + ry * np.sign(s_) * np.abs(s_) ** (2 / n)])
+        pen.poly(ring, (200, 220, 230, 30))
+        pen.line(np.vstack([ring, ring[:1]]), gc, 0.022)
+        pen.line(np.array([[sg * (g["eye_x"] + rx), g["eye_y"]], [sg * g["w"] * 0.97,
+                           g["eye_y"] - 0.02]]), gc, 0.02, 0.1)
+    ix = g["eye_x"] - g["eye_w"] * 1.45
+    pen.line(np.array([[-ix, g["eye_y"] - 0.01], [0, g["eye_y"] - 0.04],
+                       [ix, g["eye_y"] - 0.01]]), gc, 0.02, 0.3)
 
+
+def _draw_hair(pen: _Pen, ident: Identity) -> None:
+    """Hair on top of the head (none when bald), parted on the side ``ident.part``."""
+    if ident.hair not in (1, 2, 3, 4, 5):
+        return
+    g, hair = ident.geo, ident.colors["hair"]
+    w, h = g["w"], g["h"]
+    hl = {1: -0.78, 2: -0.72, 3: -0.5, 4: -0.75, 5: -0.82}[ident.hair]
+    t = np.linspace(np.pi, 2 * np.pi, 30)
+    cap = np.column_stack([w * 1.09 * np.cos(t), h * 1.12 * np.sin(t) - 0.03])
+    cap = cap[cap[:, 1] < -0.05]
+    xh = np.linspace(w, -w, 17)
+    part = 0.3 * w * (1 - 2 * ident.part)
+    yh = hl + 0.3 * (np.abs(xh) / w) ** 3 + 0.06 * np.exp(-(((xh - part) / 0.12) ** 2))
+    if ident.hair == 3:
+        yh = yh + 0.05 * (np.arange(17) % 2)
+    edge = np.column_stack([xh, yh])
+    color = (*hair, 110) if ident.hair == 5 else hair
+    pen.poly(np.vstack([cap, [[w * 1.03, -0.1]], edge, [[-w * 1.03, -0.1]]]), color, 0)
+    if ident.hair != 5:  # a few strands
+        sheen = (255, 255, 255, 28)
+        for x0 in np.linspace(-0.7, 0.7, 6) * w:
+            pen.line(np.array([[part + 0.15 * (x0 - part), -h * 1.05], [x0, yh[8] - 0.1],
+                               [x0 * 1.15, hl + 0.3 * (abs(x0) / w) ** 3]]), sheen, 0.012, 0)
+
+
+def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image:
+    """Draw one noise-free frame at ``size``×``size`` (``bg`` from ``_background``), back to
+    front: head and clothes, face, beard, eyes, nose, mouth, brows, glasses, hair; then
+    downsample the supersampled canvas (the antialiasing). ``_finish`` adds light and noise."""
+    a = np.clip(fr.aus, 0, 3)
+    pen = _Pen(size, bg, fr.pose)
+    _draw_back(pen, ident)
+    face = _draw_face(pen, ident, a)
+    _draw_beard(pen, ident, a, face)
+    _draw_eyes(pen, ident, fr, a)
+    tip, nw = _draw_nose(pen, ident, a)
+    _draw_mouth(pen, ident, a, tip, nw)
+    _draw_brows(pen, ident, a)
+    _draw_glasses(pen, ident)
+    _draw_hair(pen, ident)
     return pen.img.reduce(_Pen.SS)
 
 
