@@ -30,12 +30,14 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy.special import ndtr, ndtri
 from tqdm import tqdm
 
 EMOTIONS = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
@@ -66,22 +68,30 @@ _SKIN = np.array([[255, 226, 200], [236, 196, 164], [205, 152, 118], [150, 100, 
 _HAIR = np.array([[25, 22, 22], [60, 40, 30], [110, 75, 45], [200, 165, 100], [150, 60, 30],
                   [170, 170, 170]], dtype=float)
 _STREAM_SUBJECTS, _STREAM_IDENTITIES, _STREAM_PLAN = 0, 1, 2
+CKPLUS_EXPRESSIONS = 327 / 118
+"""Labelled sequences per subject in CK+ (327 over 118 subjects)."""
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """What to generate and how hard it is.
 
-    Difficulty knobs (0 switches an effect off; the defaults were tuned so that a plain
-    model lands well above chance and well below perfect, subject-independent: the README
-    gives the accuracy measured by `make demo`):
-    ``intensity`` scales every apex; ``intensity_jitter`` is the log-sd of a per-sequence
-    apex factor (some sequences come out subtle); ``variability`` is how differently
-    subjects perform the same emotion (log-sd of per-subject action-unit weights plus
-    cross-talk into other units); ``style`` scales the identity style (gain, asymmetry,
+    Difficulty knobs (0 switches an effect off; the README gives the accuracy measured by
+    `make demo`): ``intensity`` scales every apex; ``intensity_jitter`` is the log-sd of a
+    per-sequence apex factor (some sequences come out subtle); ``variability`` is how
+    differently subjects perform the same emotion (log-sd of per-subject action-unit weights
+    plus cross-talk into other units); ``style`` scales the identity style (gain, asymmetry,
     onset curve, signature units, nod and tic; 0 also stops blinks); ``head_motion`` and
     ``lighting`` scale pose offset/drift/jitter and illumination offset/drift/flicker;
     ``noise`` is the sd of the Gaussian pixel noise in grey levels.
+
+    Identity knobs: ``coupling`` (c, 0..1) is how much each person's style and version of
+    each emotion follow from their appearance (`coupled_style`; 0: drawn independently of
+    it, 1: a fixed function of it plus a little noise); ``expressions`` is the mean number of
+    labelled sequences per subject drawn as in CK+ (`label_plan`: 1 + Poisson, class totals
+    in CK+'s proportions, truncated to ``min_expressions..max_expressions``); 0 draws
+    ``min_expressions..max_expressions`` emotions per subject, uniformly many, weighted by
+    CK+'s class counts, independently per subject (the set before the skew knob).
     """
 
     subjects: int = 40
@@ -91,8 +101,10 @@ class SyntheticConfig:
     size: int = 128
     min_frames: int = 10
     max_frames: int = 30
-    min_expressions: int = 3
-    max_expressions: int = 6
+    min_expressions: int = 1
+    max_expressions: int = 7
+    expressions: float = CKPLUS_EXPRESSIONS
+    coupling: float = 1.0
     unlabelled: int = 2
     intensity: float = 1.0
     intensity_jitter: float = 0.2
@@ -109,6 +121,12 @@ class SyntheticConfig:
             raise ValueError("need 2 <= min_frames <= max_frames")
         if not 1 <= self.min_expressions <= self.max_expressions <= len(EMOTIONS):
             raise ValueError("need 1 <= min_expressions <= max_expressions <= 7")
+        if self.expressions and not (
+                self.min_expressions <= self.expressions <= self.max_expressions):
+            raise ValueError("expressions (the mean per subject) must be 0 or lie in "
+                             f"min_expressions..max_expressions, got {self.expressions}")
+        if not 0 <= self.coupling <= 1:
+            raise ValueError(f"coupling must lie in [0, 1], got {self.coupling}")
         if self.subjects < 1 or self.id_subjects < 0 or self.id_images < 1:
             raise ValueError("need subjects >= 1, id_subjects >= 0, id_images >= 1")
         if not 0 <= self.unlabelled <= self.subjects:
@@ -209,6 +227,123 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
     )
     ident.part = ident.tic_side
     return ident
+
+
+# ----------------------------------------------------------------------------- coupling
+# How a person's style follows from their appearance. Every style quantity (and every entry
+# of the person's version of each emotion) is driven by one standard-normal latent z_k,
+#     z_k = ρ·g_k(a) + sqrt(1 − ρ²)·ε_k,   ρ = c·sqrt(1 − η²),
+# where a is the appearance vector (`appearance`), g_k(a) = Φ⁻¹(F_k(w_k·ā)) a fixed random
+# linear read-out w_k of the standardised appearance ā, made standard normal through its
+# distribution F_k over a fixed reference population, ε_k independent noise and η the noise
+# left at c = 1. z_k is standard normal for every c, and the style quantity is z_k pushed
+# through the inverse of its uncoupled distribution (`_style_from_latents`): every style
+# quantity keeps the same marginal distribution at every c; only its dependence on
+# appearance changes. At c = 0 the uncoupled draws of `sample_identity` are kept as they
+# are (the set is byte-identical to the one generated before the coupling knob).
+
+APPEARANCE = ("skin_tone", "hair_lightness", "hair_redness", "bald", "short_hair",
+              "long_hair", "fringe", "curly_hair", "buzz_cut", "no_beard", "stubble",
+              "full_beard", "goatee", "moustache", "no_glasses", "round_glasses",
+              "rect_glasses", "age", "parting", "face_width", "face_height", "jaw",
+              "eye_width", "eye_height", "mouth_width", "nose_width", "brow_thickness")
+"""What a face network sees on a neutral frame, as numbers (`appearance`)."""
+
+_STYLE_SCALARS = ("gain", "asym", "gamma", "lead", "reach", "signature_pair",
+                  "signature_amp1", "signature_amp2", "side", "blink_period", "nod_amp",
+                  "nod_period", "tic", "tic_amp", "tic_period", "tic_side")
+_N_PROTO = len(EMOTIONS) * len(AUS)
+_N_LATENT = len(_STYLE_SCALARS) + 3 * _N_PROTO  # + per entry: factor, cross-talk size, presence
+_PAIRS = [(i, j) for i in range(len(AUS)) for j in range(i + 1, len(AUS))]
+_PROTO = np.array([[_PROTOTYPES[e].get(au, 0.0) for au in AUS] for e in EMOTIONS])
+_COUPLING_NOISE = 0.1  # η: sd of the noise left at c = 1, on the latent's standard scale
+_COUPLING_SEED = 20250317  # the fixed map (read-outs, reference population); not cfg.seed
+_REFERENCE_PEOPLE = 2000
+
+
+def appearance(ident: Identity) -> np.ndarray:
+    """The person's appearance features (named in `APPEARANCE`): skin tone, hair colour and
+    style, beard, glasses, age (static wrinkles), hair parting and face geometry."""
+    skin = np.asarray(ident.colors["skin"], float)
+    hair = np.asarray(ident.colors["hair"], float)
+    g = ident.geo
+    return np.array([
+        skin.mean() / 255, hair.mean() / 255, (hair[0] - hair[2]) / 255,
+        *(np.arange(6) == ident.hair), *(np.arange(5) == ident.beard),
+        *(np.arange(3) == ident.glasses), ident.age, ident.part,
+        g["w"], g["h"], g["jaw"], g["eye_w"], g["eye_h"], g["mouth_w"], g["nose_w"],
+        g["brow_t"]], dtype=float)
+
+
+@cache
+def _coupling_map() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed map appearance → g(a): (mean, sd, read-outs W (n_latent, n_appearance),
+    sorted read-outs of the reference population (n_people, n_latent))."""
+    root = np.random.SeedSequence(_COUPLING_SEED)
+    people, readout = root.spawn(2)
+    ref = np.stack([appearance(sample_identity(np.random.default_rng(s), SyntheticConfig()))
+                    for s in people.spawn(_REFERENCE_PEOPLE)])
+    mean, sd = ref.mean(0), ref.std(0) + 1e-9
+    w = np.random.default_rng(readout).normal(0, 1, (_N_LATENT, len(APPEARANCE)))
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    return mean, sd, w, np.sort(((ref - mean) / sd) @ w.T, axis=0)
+
+
+def appearance_latents(a: np.ndarray) -> np.ndarray:
+    """g(a): the standard-normal style latents that appearance ``a`` dictates at c = 1."""
+    mean, sd, w, ref = _coupling_map()
+    r = ((a - mean) / sd) @ w.T
+    n, cols = len(ref), np.arange(len(r))
+    # the empirical distribution of each read-out, linearly interpolated (one search for all)
+    i = np.clip([np.searchsorted(ref[:, k], r[k]) for k in cols], 1, n - 1)
+    lo, hi = ref[i - 1, cols], ref[i, cols]
+    t = np.clip((r - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+    return ndtri((i - 0.5 + t) / n)
+
+
+def _style_from_latents(z: np.ndarray, cfg: SyntheticConfig) -> dict:
+    """Style fields of `Identity` from standard-normal latents, each pushed through the inverse
+    of the distribution `sample_identity` draws it from (same marginals)."""
+    zs = dict(zip(_STYLE_SCALARS, z[:len(_STYLE_SCALARS)], strict=False))
+    p = {k: float(ndtr(v)) for k, v in zs.items()}  # uniform on (0, 1)
+    s, v = cfg.style, cfg.variability
+    signature = np.zeros(len(AUS))
+    pair = _PAIRS[min(int(p["signature_pair"] * len(_PAIRS)), len(_PAIRS) - 1)]
+    signature[list(pair)] = (0.225 + 0.225 * np.array([p["signature_amp1"],
+                                                       p["signature_amp2"]])) * s
+    factor, size, presence = z[len(_STYLE_SCALARS):].reshape(3, len(EMOTIONS), len(AUS))
+    protos = (_PROTO * np.exp(v * factor)
+              + np.abs(0.18 * v * size) * (ndtr(presence) < 0.3))
+    return dict(
+        gain=float(np.exp(0.125 * s * zs["gain"])),
+        asym=float(np.clip(0.125 * s * zs["asym"], -0.6, 0.6)),
+        gamma=float(np.exp(0.225 * s * zs["gamma"])), lead=0.175 * s * p["lead"],
+        reach=1 - 0.2 * s * p["reach"], signature=signature, side=int(p["side"] >= 0.5),
+        blink_period=15 + 65 * p["blink_period"],
+        nod_amp=(0.000125 + 0.000375 * p["nod_amp"]) * s, nod_period=10 + 20 * p["nod_period"],
+        tic=_TICS[min(int(p["tic"] * len(_TICS)), len(_TICS) - 1)],
+        tic_amp=(0.125 + 0.125 * p["tic_amp"]) * s, tic_period=6 + 8 * p["tic_period"],
+        tic_side=int(p["tic_side"] >= 0.5), protos=protos)
+
+
+def coupled_style(ident: Identity, cfg: SyntheticConfig,
+                  rng: np.random.Generator) -> Identity:
+    """``ident`` with its style re-drawn at coupling ``cfg.coupling`` from its appearance and
+    independent noise from ``rng`` (the appearance is kept)."""
+    rho = cfg.coupling * np.sqrt(1 - _COUPLING_NOISE ** 2)
+    z = (rho * appearance_latents(appearance(ident))
+         + np.sqrt(1 - rho ** 2) * rng.standard_normal(_N_LATENT))
+    return replace(ident, **_style_from_latents(z, cfg))
+
+
+def style_params(ident: Identity) -> dict[str, np.ndarray]:
+    """Every style quantity of a person as a vector (categories one-hot): what
+    `benchmarks/coupling.py` predicts from z_I."""
+    one = {k: np.atleast_1d(float(getattr(ident, k)))
+           for k in ("gain", "asym", "gamma", "lead", "reach", "side", "blink_period",
+                     "nod_amp", "nod_period", "tic_amp", "tic_period", "tic_side")}
+    return {**one, "signature": ident.signature,
+            "tic": (np.array(_TICS) == ident.tic).astype(float), "protos": ident.protos.ravel()}
 
 
 @dataclass
@@ -666,13 +801,19 @@ def sequence_frames(ident: Identity, emotion: int, n: int, cfg: SyntheticConfig,
 
 
 def _seeds(cfg: SyntheticConfig, stream: int, index: int) -> list[np.random.SeedSequence]:
-    """Independent seeds for (identity, style) and (sequences) of one person."""
-    return np.random.SeedSequence([cfg.seed, stream, index]).spawn(2)
+    """Independent seeds for (identity, sequences, coupled style) of one person."""
+    return np.random.SeedSequence([cfg.seed, stream, index]).spawn(3)
 
 
 def make_identity(cfg: SyntheticConfig, stream: int, index: int) -> Identity:
-    """Person ``index`` of a stream (0 = expression subjects, 1 = identity set)."""
-    return sample_identity(np.random.default_rng(_seeds(cfg, stream, index)[0]), cfg)
+    """Person ``index`` of a stream (0 = expression subjects, 1 = identity set): appearance
+    and uncoupled style from `sample_identity`, the style re-drawn by `coupled_style` when
+    ``cfg.coupling`` > 0 (same appearance, same sequences, whatever the coupling)."""
+    seeds = _seeds(cfg, stream, index)
+    ident = sample_identity(np.random.default_rng(seeds[0]), cfg)
+    if cfg.coupling > 0:
+        ident = coupled_style(ident, cfg, np.random.default_rng(seeds[2]))
+    return ident
 
 
 def _save(img: Image.Image, path: Path) -> int:
@@ -680,16 +821,67 @@ def _save(img: Image.Image, path: Path) -> int:
     return path.stat().st_size
 
 
-def subject_sequences(cfg: SyntheticConfig, index: int,
-                      extra: int = 0) -> Iterator[tuple[int | None, list[Image.Image]]]:
+def _count_pmf(cfg: SyntheticConfig) -> np.ndarray:
+    """P(a subject shows k emotions), k = min_expressions..max_expressions: 1 + Poisson(λ)
+    truncated to that range, with λ set so that the mean is ``cfg.expressions``."""
+    ks = np.arange(cfg.min_expressions, cfg.max_expressions + 1)
+
+    def pmf(lam: float) -> np.ndarray:
+        logp = (ks - 1) * np.log(lam) - np.cumsum(np.r_[0, np.log(np.arange(1, 8))])[ks - 1]
+        p = np.exp(logp - logp.max())
+        return p / p.sum()
+
+    lo, hi = 1e-6, 50.0
+    for _ in range(60):  # the truncated mean rises with λ: bisection
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if pmf(mid) @ ks < cfg.expressions else (lo, mid)
+    return pmf((lo + hi) / 2)
+
+
+def label_plan(cfg: SyntheticConfig) -> list[list[int]] | None:
+    """The emotions (indices into `EMOTIONS`) each expression subject shows, CK+-like: how
+    many from `_count_pmf` (mean ``cfg.expressions``; CK+: most subjects show 1-3), which ones
+    so that the class totals keep CK+'s proportions (the totals are split by largest
+    remainder, subjects showing most emotions pick first, each pick weighted by what is left
+    of its class's total). None when ``cfg.expressions`` is 0 (drawn per subject instead)."""
+    if not cfg.expressions:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _STREAM_PLAN, 2]))
+    ks = np.arange(cfg.min_expressions, cfg.max_expressions + 1)
+    counts = rng.choice(ks, cfg.subjects, p=_count_pmf(cfg))
+    share = counts.sum() * _EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()
+    quota = np.floor(share).astype(int)
+    quota[np.argsort(quota - share, kind="stable")[:counts.sum() - quota.sum()]] += 1
+    plan: list[list[int]] = [[] for _ in counts]
+    for i in np.lexsort((rng.permutation(cfg.subjects), -counts)):
+        for _ in range(counts[i]):
+            free = np.ones(len(EMOTIONS), bool)
+            free[plan[i]] = False
+            weight = np.maximum(quota, 0) * free
+            if not weight.any():  # every class left is one this subject already shows
+                weight = _EMOTION_WEIGHTS * free
+            e = int(rng.choice(len(EMOTIONS), p=weight / weight.sum()))
+            plan[i].append(e)
+            quota[e] -= 1
+    return plan
+
+
+def subject_sequences(cfg: SyntheticConfig, index: int, extra: int = 0,
+                      emotions: list[int] | None = None
+                      ) -> Iterator[tuple[int | None, list[Image.Image]]]:
     """The sequences of expression subject ``index``: (CK+ code or None, frames), in order.
 
+    ``emotions``: the subject's entry of `label_plan` (computed here when not given);
     ``extra`` unlabelled sequences (a random emotion at 40 % intensity) are mixed in.
     """
     ident = make_identity(cfg, _STREAM_SUBJECTS, index)
     rng = np.random.default_rng(_seeds(cfg, _STREAM_SUBJECTS, index)[1])
-    k = int(rng.integers(cfg.min_expressions, cfg.max_expressions + 1))
-    emotions = list(rng.choice(7, k, replace=False, p=_EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()))
+    if cfg.expressions and emotions is None:
+        emotions = label_plan(cfg)[index]  # type: ignore[index]
+    if not cfg.expressions:
+        k = int(rng.integers(cfg.min_expressions, cfg.max_expressions + 1))
+        emotions = list(rng.choice(7, k, replace=False,
+                                   p=_EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()))
     labels: list[int | None] = [int(e) + 1 for e in rng.permutation(emotions)]
     for _ in range(extra):
         labels.insert(int(rng.integers(len(labels) + 1)), None)
@@ -702,11 +894,12 @@ def subject_sequences(cfg: SyntheticConfig, index: int,
                      for fr in frames]
 
 
-def _write_subject(cfg: SyntheticConfig, root: Path, index: int, sid: int,
-                   extra: int) -> list[tuple]:
+def _write_subject(cfg: SyntheticConfig, root: Path, index: int, sid: int, extra: int,
+                   emotions: list[int] | None) -> list[tuple]:
     """Write all sequences of one expression subject; returns (code|None, frames, bytes)."""
     out = []
-    for q, (code, frames) in enumerate(subject_sequences(cfg, index, extra), start=1):
+    for q, (code, frames) in enumerate(subject_sequences(cfg, index, extra, emotions),
+                                       start=1):
         img_dir = root / "cohn-kanade-images" / f"S{sid:03d}" / f"{q:03d}"
         img_dir.mkdir(parents=True, exist_ok=True)
         size = sum(_save(img, img_dir / f"S{sid:03d}_{q:03d}_{i:08d}.png")
@@ -733,8 +926,7 @@ def _identity_frame(ident: Identity, cfg: SyntheticConfig, rng: np.random.Genera
                  gaze=tuple(rng.normal(0, 0.4, 2)), pose=pose, light=light)
 
 
-def _write_identity(cfg: SyntheticConfig, root: Path, index: int, pid: int,
-                    extra: int) -> list[tuple]:
+def _write_identity(cfg: SyntheticConfig, root: Path, index: int, pid: int) -> list[tuple]:
     """Write the images of one person of the identity (pretraining) set."""
     ident = make_identity(cfg, _STREAM_IDENTITIES, index)
     rng = np.random.default_rng(_seeds(cfg, _STREAM_IDENTITIES, index)[1])
@@ -779,23 +971,27 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     ids = subject_ids(config)
-    plan = np.random.default_rng(np.random.SeedSequence([config.seed, _STREAM_PLAN, 1]))
+    draw = np.random.default_rng(np.random.SeedSequence([config.seed, _STREAM_PLAN, 1]))
     extra = np.zeros(config.subjects, dtype=int)
-    extra[plan.choice(config.subjects, config.unlabelled, replace=False)] = 1
-    tasks = [("S", config, out, i, sid, int(extra[i])) for i, sid in enumerate(ids)]
-    tasks += [("P", config, out, i, i + 1, 0) for i in range(config.id_subjects)]
-    results: list[tuple] = []
+    extra[draw.choice(config.subjects, config.unlabelled, replace=False)] = 1
+    plan = label_plan(config) or [None] * config.subjects
+    if config.coupling > 0:
+        _coupling_map()  # once, before the workers fork
+    tasks = [("S", config, out, i, sid, int(extra[i]), plan[i]) for i, sid in enumerate(ids)]
+    tasks += [("P", config, out, i, i + 1) for i in range(config.id_subjects)]
+    per_person: list[list[tuple]] = []
     bar = tqdm(total=len(tasks), desc="synthetic", unit="person")
     if jobs > 1:
         with get_context("fork").Pool(jobs) as pool:
             for res in pool.imap_unordered(_run_job, tasks):
-                results += res
+                per_person.append(res)
                 bar.update()
     else:
         for job in tasks:
-            results += _run_job(job)
+            per_person.append(_run_job(job))
             bar.update()
     bar.close()
+    results = [r for res in per_person for r in res]
     if config.unlabelled:  # CK+ quirks: an empty label folder, a stray Finder file
         first = sorted(i for i, e in zip(ids, extra, strict=True) if e)[0]
         seqs = sorted(p.name for p in (out / "cohn-kanade-images" / f"S{first:03d}").iterdir())
@@ -804,6 +1000,8 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
     (out / "cohn-kanade-images" / f"S{ids[0]:03d}" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     seqs = [r for r in results if r[0] != "id"]
     per_class = {name: sum(1 for r in seqs if r[0] == k + 1) for k, name in enumerate(EMOTIONS)}
+    shown = [sum(r[0] is not None for r in res) for res in per_person if res[0][0] != "id"]
+    labels_per_subject = {str(k): shown.count(k) for k in range(min(shown), max(shown) + 1)}
     summary = {
         "root": str(out),
         "subjects": config.subjects,
@@ -811,6 +1009,7 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
         "labelled": sum(per_class.values()),
         "unlabelled": sum(1 for r in seqs if r[0] is None),
         "per_class": per_class,
+        "labels_per_subject": labels_per_subject,
         "frames": sum(r[1] for r in seqs),
         "id_subjects": config.id_subjects,
         "id_images": sum(r[1] for r in results if r[0] == "id"),
@@ -860,6 +1059,10 @@ _HELP = {
     "min_frames": "shortest sequence", "max_frames": "longest sequence",
     "min_expressions": "fewest expressions per subject",
     "max_expressions": "most expressions per subject",
+    "expressions": "mean labelled sequences per subject, CK+-like skew and class totals "
+                   "(CK+: 327/118); 0: min..max per subject, uniformly many",
+    "coupling": "how much style and each person's version of an emotion follow from the "
+                "face's appearance (0: independent, 1: a function of it plus a little noise)",
     "unlabelled": "extra sequences without an emotion file (CK+ quirk)",
     "intensity": "scale of every apex",
     "intensity_jitter": "log-sd of a per-sequence apex factor",
@@ -896,6 +1099,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"{s['subjects']} subjects, {s['sequences']} sequences ({s['labelled']} labelled, "
           f"{s['unlabelled']} unlabelled), {s['frames']} frames of {s['size']}x{s['size']}")
     print("per class: " + ", ".join(f"{k} {v}" for k, v in s["per_class"].items()))
+    print("subjects showing k labelled sequences: "
+          + ", ".join(f"{k}: {v}" for k, v in s["labels_per_subject"].items()))
     print(f"identity set: {s['id_subjects']} identities, {s['id_images']} images")
     print(f"{s['bytes'] / 2**20:.1f} MiB in {s['seconds']} s -> {s['root']}")
     return s
