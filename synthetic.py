@@ -866,14 +866,11 @@ def label_plan(cfg: SyntheticConfig) -> list[list[int]] | None:
     return plan
 
 
-def subject_sequences(cfg: SyntheticConfig, index: int, extra: int = 0,
-                      emotions: list[int] | None = None
-                      ) -> Iterator[tuple[int | None, list[Image.Image]]]:
-    """The sequences of expression subject ``index``: (CK+ code or None, frames), in order.
-
-    ``emotions``: the subject's entry of `label_plan` (computed here when not given);
-    ``extra`` unlabelled sequences (a random emotion at 40 % intensity) are mixed in.
-    """
+def _subject_start(cfg: SyntheticConfig, index: int, extra: int,
+                   emotions: list[int] | None) -> tuple[Identity, np.random.Generator,
+                                                        list[int | None], np.ndarray]:
+    """Expression subject ``index``: the person, its sequence stream (after the label draws),
+    its sequence labels in order (CK+ codes, None for unlabelled) and its background."""
     ident = make_identity(cfg, _STREAM_SUBJECTS, index)
     rng = np.random.default_rng(_seeds(cfg, _STREAM_SUBJECTS, index)[1])
     if cfg.expressions and emotions is None:
@@ -885,13 +882,39 @@ def subject_sequences(cfg: SyntheticConfig, index: int, extra: int = 0,
     labels: list[int | None] = [int(e) + 1 for e in rng.permutation(emotions)]
     for _ in range(extra):
         labels.insert(int(rng.integers(len(labels) + 1)), None)
-    bg = _background(ident, cfg.size * _Pen.SS)
+    return ident, rng, labels, _background(ident, cfg.size * _Pen.SS)
+
+
+def _sequence(ident: Identity, code: int | None, cfg: SyntheticConfig,
+              rng: np.random.Generator) -> list[Frame]:
+    """The frame parameters of the subject's next sequence (CK+ code or None: unlabelled)."""
+    n = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
+    emo = int(rng.integers(7)) if code is None else code - 1
+    return sequence_frames(ident, emo, n, cfg, rng, 0.4 if code is None else 1.0)
+
+
+def subject_sequences(cfg: SyntheticConfig, index: int, extra: int = 0,
+                      emotions: list[int] | None = None
+                      ) -> Iterator[tuple[int | None, list[Image.Image]]]:
+    """The sequences of expression subject ``index``: (CK+ code or None, frames), in order.
+
+    ``emotions``: the subject's entry of `label_plan` (computed here when not given);
+    ``extra`` unlabelled sequences (a random emotion at 40 % intensity) are mixed in.
+    """
+    ident, rng, labels, bg = _subject_start(cfg, index, extra, emotions)
     for code in labels:
-        n = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
-        emo = int(rng.integers(7)) if code is None else code - 1
-        frames = sequence_frames(ident, emo, n, cfg, rng, 0.4 if code is None else 1.0)
+        frames = _sequence(ident, code, cfg, rng)
         yield code, [_finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng)
                      for fr in frames]
+
+
+def neutral_frame(cfg: SyntheticConfig, index: int, extra: int = 0,
+                  emotions: list[int] | None = None) -> tuple[Identity, Image.Image]:
+    """Expression subject ``index`` and the first frame of its first sequence (the neutral
+    I-frame f_I sees), the same image `generate` writes, rendering only that frame."""
+    ident, rng, labels, bg = _subject_start(cfg, index, extra, emotions)
+    fr = _sequence(ident, labels[0], cfg, rng)[0]
+    return ident, _finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng)
 
 
 def _write_subject(cfg: SyntheticConfig, root: Path, index: int, sid: int, extra: int,
