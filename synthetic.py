@@ -234,11 +234,14 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
 # of the person's version of each emotion) is driven by one standard-normal latent z_k,
 #     z_k = ρ·g_k(a) + sqrt(1 − ρ²)·ε_k,   ρ = c·sqrt(1 − η²),
 # where a is the appearance vector (`appearance`), g_k(a) = Φ⁻¹(F_k(w_k·ā)) a fixed random
-# linear read-out w_k of the standardised appearance ā, made standard normal through its
+# linear read-out w_k (Gaussian entries scaled by `_APPEARANCE_WEIGHT`) of the standardised
+# appearance ā, made standard normal through its
 # distribution F_k over a fixed reference population, ε_k independent noise and η the noise
 # left at c = 1. z_k is standard normal for every c, and the style quantity is z_k pushed
 # through the inverse of its uncoupled distribution (`_style_from_latents`): every style
-# quantity keeps the same marginal distribution at every c; only its dependence on
+# quantity keeps the same marginal distribution at every c (the categories, the signature's
+# two units and the tic's kind, are the largest of one latent per unit or kind: uniform at
+# c = 0, close to it at c > 0); only its dependence on
 # appearance changes. At c = 0 the uncoupled draws of `sample_identity` are kept as they
 # are (the set is byte-identical to the one generated before the coupling knob).
 
@@ -248,13 +251,18 @@ APPEARANCE = ("skin_tone", "hair_lightness", "hair_redness", "bald", "short_hair
               "rect_glasses", "age", "parting", "face_width", "face_height", "jaw",
               "eye_width", "eye_height", "mouth_width", "nose_width", "brow_thickness")
 """What a face network sees on a neutral frame, as numbers (`appearance`)."""
+_APPEARANCE_WEIGHT = np.array([1.0] * 3 + [0.35] * 14 + [0.3, 0.2] + [0.15] * 8)
+"""How much each appearance feature (standardised) drives the style: the colours most (what a
+face network sees first), hair style, beard and glasses next, age, parting and face geometry
+least; few effective dimensions, so that people who look alike move alike."""
 
-_STYLE_SCALARS = ("gain", "asym", "gamma", "lead", "reach", "signature_pair",
-                  "signature_amp1", "signature_amp2", "side", "blink_period", "nod_amp",
-                  "nod_period", "tic", "tic_amp", "tic_period", "tic_side")
+_STYLE_SCALARS = ("gain", "asym", "gamma", "lead", "reach", "signature_amp1",
+                  "signature_amp2", "side", "blink_period", "nod_amp", "nod_period", "tic_amp",
+                  "tic_period", "tic_side")
 _N_PROTO = len(EMOTIONS) * len(AUS)
-_N_LATENT = len(_STYLE_SCALARS) + 3 * _N_PROTO  # + per entry: factor, cross-talk size, presence
-_PAIRS = [(i, j) for i in range(len(AUS)) for j in range(i + 1, len(AUS))]
+# + one per unit (the signature: the two largest), one per tic kind (the largest), and per
+# entry of protos: factor, cross-talk size, cross-talk presence
+_N_LATENT = len(_STYLE_SCALARS) + len(AUS) + len(_TICS) + 3 * _N_PROTO
 _PROTO = np.array([[_PROTOTYPES[e].get(au, 0.0) for au in AUS] for e in EMOTIONS])
 _COUPLING_NOISE = 0.1  # η: sd of the noise left at c = 1, on the latent's standard scale
 _COUPLING_SEED = 20250317  # the fixed map (read-outs, reference population); not cfg.seed
@@ -285,7 +293,7 @@ def _coupling_map() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
                     for s in people.spawn(_REFERENCE_PEOPLE)])
     mean, sd = ref.mean(0), ref.std(0) + 1e-9
     w = np.random.default_rng(readout).normal(0, 1, (_N_LATENT, len(APPEARANCE)))
-    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    w *= _APPEARANCE_WEIGHT
     return mean, sd, w, np.sort(((ref - mean) / sd) @ w.T, axis=0)
 
 
@@ -304,14 +312,15 @@ def appearance_latents(a: np.ndarray) -> np.ndarray:
 def _style_from_latents(z: np.ndarray, cfg: SyntheticConfig) -> dict:
     """Style fields of `Identity` from standard-normal latents, each pushed through the inverse
     of the distribution `sample_identity` draws it from (same marginals)."""
-    zs = dict(zip(_STYLE_SCALARS, z[:len(_STYLE_SCALARS)], strict=False))
+    n = len(_STYLE_SCALARS)
+    zs = dict(zip(_STYLE_SCALARS, z[:n], strict=True))
     p = {k: float(ndtr(v)) for k, v in zs.items()}  # uniform on (0, 1)
+    units, tics = z[n:n + len(AUS)], z[n + len(AUS):n + len(AUS) + len(_TICS)]
     s, v = cfg.style, cfg.variability
     signature = np.zeros(len(AUS))
-    pair = _PAIRS[min(int(p["signature_pair"] * len(_PAIRS)), len(_PAIRS) - 1)]
-    signature[list(pair)] = (0.225 + 0.225 * np.array([p["signature_amp1"],
-                                                       p["signature_amp2"]])) * s
-    factor, size, presence = z[len(_STYLE_SCALARS):].reshape(3, len(EMOTIONS), len(AUS))
+    signature[np.argsort(-units)[:2]] = (0.225 + 0.225 * np.array([p["signature_amp1"],
+                                                                   p["signature_amp2"]])) * s
+    factor, size, presence = z[n + len(AUS) + len(_TICS):].reshape(3, len(EMOTIONS), len(AUS))
     protos = (_PROTO * np.exp(v * factor)
               + np.abs(0.18 * v * size) * (ndtr(presence) < 0.3))
     return dict(
@@ -321,7 +330,7 @@ def _style_from_latents(z: np.ndarray, cfg: SyntheticConfig) -> dict:
         reach=1 - 0.2 * s * p["reach"], signature=signature, side=int(p["side"] >= 0.5),
         blink_period=15 + 65 * p["blink_period"],
         nod_amp=(0.000125 + 0.000375 * p["nod_amp"]) * s, nod_period=10 + 20 * p["nod_period"],
-        tic=_TICS[min(int(p["tic"] * len(_TICS)), len(_TICS) - 1)],
+        tic=_TICS[int(np.argmax(tics))],
         tic_amp=(0.125 + 0.125 * p["tic_amp"]) * s, tic_period=6 + 8 * p["tic_period"],
         tic_side=int(p["tic_side"] >= 0.5), protos=protos)
 
