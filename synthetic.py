@@ -30,12 +30,14 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy.special import ndtr, ndtri
 from tqdm import tqdm
 
 EMOTIONS = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
@@ -66,22 +68,30 @@ _SKIN = np.array([[255, 226, 200], [236, 196, 164], [205, 152, 118], [150, 100, 
 _HAIR = np.array([[25, 22, 22], [60, 40, 30], [110, 75, 45], [200, 165, 100], [150, 60, 30],
                   [170, 170, 170]], dtype=float)
 _STREAM_SUBJECTS, _STREAM_IDENTITIES, _STREAM_PLAN = 0, 1, 2
+CKPLUS_EXPRESSIONS = 327 / 118
+"""Labelled sequences per subject in CK+ (327 over 118 subjects)."""
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """What to generate and how hard it is.
 
-    Difficulty knobs (0 switches an effect off; the defaults were tuned so that a plain
-    model lands well above chance and well below perfect, subject-independent: the README
-    gives the accuracy measured by `make demo`):
-    ``intensity`` scales every apex; ``intensity_jitter`` is the log-sd of a per-sequence
-    apex factor (some sequences come out subtle); ``variability`` is how differently
-    subjects perform the same emotion (log-sd of per-subject action-unit weights plus
-    cross-talk into other units); ``style`` scales the identity style (gain, asymmetry,
+    Difficulty knobs (0 switches an effect off; the README gives the accuracy measured by
+    `make demo`): ``intensity`` scales every apex; ``intensity_jitter`` is the log-sd of a
+    per-sequence apex factor (some sequences come out subtle); ``variability`` is how
+    differently subjects perform the same emotion (log-sd of per-subject action-unit weights
+    plus cross-talk into other units); ``style`` scales the identity style (gain, asymmetry,
     onset curve, signature units, nod and tic; 0 also stops blinks); ``head_motion`` and
     ``lighting`` scale pose offset/drift/jitter and illumination offset/drift/flicker;
     ``noise`` is the sd of the Gaussian pixel noise in grey levels.
+
+    Identity knobs: ``coupling`` (c, 0..1) is how much each person's style and version of
+    each emotion follow from their appearance (`coupled_style`; 0: drawn independently of
+    it, 1: a fixed function of it plus a little noise); ``expressions`` is the mean number of
+    labelled sequences per subject drawn as in CK+ (`label_plan`: 1 + Poisson, class totals
+    in CK+'s proportions, truncated to ``min_expressions..max_expressions``); 0 draws
+    ``min_expressions..max_expressions`` emotions per subject, uniformly many, weighted by
+    CK+'s class counts, independently per subject (the set before the skew knob).
     """
 
     subjects: int = 40
@@ -91,8 +101,10 @@ class SyntheticConfig:
     size: int = 128
     min_frames: int = 10
     max_frames: int = 30
-    min_expressions: int = 3
-    max_expressions: int = 6
+    min_expressions: int = 1
+    max_expressions: int = 7
+    expressions: float = CKPLUS_EXPRESSIONS
+    coupling: float = 1.0
     unlabelled: int = 2
     intensity: float = 1.0
     intensity_jitter: float = 0.2
@@ -109,6 +121,12 @@ class SyntheticConfig:
             raise ValueError("need 2 <= min_frames <= max_frames")
         if not 1 <= self.min_expressions <= self.max_expressions <= len(EMOTIONS):
             raise ValueError("need 1 <= min_expressions <= max_expressions <= 7")
+        if self.expressions and not (
+                self.min_expressions <= self.expressions <= self.max_expressions):
+            raise ValueError("expressions (the mean per subject) must be 0 or lie in "
+                             f"min_expressions..max_expressions, got {self.expressions}")
+        if not 0 <= self.coupling <= 1:
+            raise ValueError(f"coupling must lie in [0, 1], got {self.coupling}")
         if self.subjects < 1 or self.id_subjects < 0 or self.id_images < 1:
             raise ValueError("need subjects >= 1, id_subjects >= 0, id_images >= 1")
         if not 0 <= self.unlabelled <= self.subjects:
@@ -142,6 +160,7 @@ class Identity:
     tic_period: float  # frames
     tic_side: int
     gaze: tuple[float, float]
+    part: int  # side of the hair parting (appearance; equals tic_side when uncoupled)
     protos: np.ndarray = field(repr=False)  # (7, n_aus) this person's version of each emotion
 
 
@@ -194,7 +213,7 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
         for au, val in _PROTOTYPES[name].items():
             protos[k, _A[au]] = val * np.exp(rng.normal(0, v))
         protos[k] += np.abs(rng.normal(0, 0.18 * v, len(AUS))) * (rng.random(len(AUS)) < 0.3)
-    return Identity(
+    ident = Identity(
         geo=geo, colors=colors, hair=int(rng.integers(6)),
         beard=int(rng.choice(5, p=[0.6, 0.1, 0.12, 0.09, 0.09])),
         glasses=int(rng.choice(3, p=[0.7, 0.15, 0.15])), moles=moles, freckles=freckles,
@@ -204,8 +223,136 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
         reach=1 - u(0, 0.2 * s), signature=signature, side=int(rng.integers(2)),
         blink_period=u(15, 80), nod_amp=u(0.000125, 0.0005) * s, nod_period=u(10, 30),
         tic=str(rng.choice(_TICS)), tic_amp=u(0.125, 0.25) * s, tic_period=u(6, 14),
-        tic_side=int(rng.integers(2)), gaze=(u(-0.5, 0.5), u(-0.3, 0.3)), protos=protos,
+        tic_side=int(rng.integers(2)), gaze=(u(-0.5, 0.5), u(-0.3, 0.3)), part=0, protos=protos,
     )
+    ident.part = ident.tic_side
+    return ident
+
+
+# ----------------------------------------------------------------------------- coupling
+# How a person's style follows from their appearance. Every style quantity (and every entry
+# of the person's version of each emotion) is driven by one standard-normal latent z_k,
+#     z_k = ρ·g_k(a) + sqrt(1 − ρ²)·ε_k,   ρ = c·sqrt(1 − η²),
+# where a is the appearance vector (`appearance`), g_k(a) = Φ⁻¹(F_k(w_k·ā)) a fixed random
+# linear read-out w_k (Gaussian entries scaled by `_APPEARANCE_WEIGHT`) of the standardised
+# appearance ā, made standard normal through its
+# distribution F_k over a fixed reference population, ε_k independent noise and η the noise
+# left at c = 1. z_k is standard normal for every c, and the style quantity is z_k pushed
+# through the inverse of its uncoupled distribution (`_style_from_latents`): every style
+# quantity keeps the same marginal distribution at every c (the categories, the signature's
+# two units and the tic's kind, are the largest of one latent per unit or kind: uniform at
+# c = 0, close to it at c > 0); only its dependence on
+# appearance changes. At c = 0 the uncoupled draws of `sample_identity` are kept as they
+# are (the set is byte-identical to the one generated before the coupling knob).
+
+APPEARANCE = ("skin_tone", "hair_lightness", "hair_redness", "bald", "short_hair",
+              "long_hair", "fringe", "curly_hair", "buzz_cut", "no_beard", "stubble",
+              "full_beard", "goatee", "moustache", "no_glasses", "round_glasses",
+              "rect_glasses", "age", "parting", "face_width", "face_height", "jaw",
+              "eye_width", "eye_height", "mouth_width", "nose_width", "brow_thickness")
+"""What a face network sees on a neutral frame, as numbers (`appearance`)."""
+_APPEARANCE_WEIGHT = np.array([1.0] * 3 + [0.35] * 14 + [0.3, 0.2] + [0.15] * 8)
+"""How much each appearance feature (standardised) drives the style: the colours most (what a
+face network sees first), hair style, beard and glasses next, age, parting and face geometry
+least; few effective dimensions, so that people who look alike move alike."""
+
+_STYLE_SCALARS = ("gain", "asym", "gamma", "lead", "reach", "signature_amp1",
+                  "signature_amp2", "side", "blink_period", "nod_amp", "nod_period", "tic_amp",
+                  "tic_period", "tic_side")
+_N_PROTO = len(EMOTIONS) * len(AUS)
+# + one per unit (the signature: the two largest), one per tic kind (the largest), and per
+# entry of protos: factor, cross-talk size, cross-talk presence
+_N_LATENT = len(_STYLE_SCALARS) + len(AUS) + len(_TICS) + 3 * _N_PROTO
+_PROTO = np.array([[_PROTOTYPES[e].get(au, 0.0) for au in AUS] for e in EMOTIONS])
+_COUPLING_NOISE = 0.1  # η: sd of the noise left at c = 1, on the latent's standard scale
+_COUPLING_SEED = 20250317  # the fixed map (read-outs, reference population); not cfg.seed
+_REFERENCE_PEOPLE = 2000
+
+
+def appearance(ident: Identity) -> np.ndarray:
+    """The person's appearance features (named in `APPEARANCE`): skin tone, hair colour and
+    style, beard, glasses, age (static wrinkles), hair parting and face geometry."""
+    skin = np.asarray(ident.colors["skin"], float)
+    hair = np.asarray(ident.colors["hair"], float)
+    g = ident.geo
+    return np.array([
+        skin.mean() / 255, hair.mean() / 255, (hair[0] - hair[2]) / 255,
+        *(np.arange(6) == ident.hair), *(np.arange(5) == ident.beard),
+        *(np.arange(3) == ident.glasses), ident.age, ident.part,
+        g["w"], g["h"], g["jaw"], g["eye_w"], g["eye_h"], g["mouth_w"], g["nose_w"],
+        g["brow_t"]], dtype=float)
+
+
+@cache
+def _coupling_map() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed map appearance → g(a): (mean, sd, read-outs W (n_latent, n_appearance),
+    sorted read-outs of the reference population (n_people, n_latent))."""
+    root = np.random.SeedSequence(_COUPLING_SEED)
+    people, readout = root.spawn(2)
+    ref = np.stack([appearance(sample_identity(np.random.default_rng(s), SyntheticConfig()))
+                    for s in people.spawn(_REFERENCE_PEOPLE)])
+    mean, sd = ref.mean(0), ref.std(0) + 1e-9
+    w = np.random.default_rng(readout).normal(0, 1, (_N_LATENT, len(APPEARANCE)))
+    w *= _APPEARANCE_WEIGHT
+    return mean, sd, w, np.sort(((ref - mean) / sd) @ w.T, axis=0)
+
+
+def appearance_latents(a: np.ndarray) -> np.ndarray:
+    """g(a): the standard-normal style latents that appearance ``a`` dictates at c = 1."""
+    mean, sd, w, ref = _coupling_map()
+    r = ((a - mean) / sd) @ w.T
+    n, cols = len(ref), np.arange(len(r))
+    # the empirical distribution of each read-out, linearly interpolated (one search for all)
+    i = np.clip([np.searchsorted(ref[:, k], r[k]) for k in cols], 1, n - 1)
+    lo, hi = ref[i - 1, cols], ref[i, cols]
+    t = np.clip((r - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+    return ndtri((i - 0.5 + t) / n)
+
+
+def _style_from_latents(z: np.ndarray, cfg: SyntheticConfig) -> dict:
+    """Style fields of `Identity` from standard-normal latents, each pushed through the inverse
+    of the distribution `sample_identity` draws it from (same marginals)."""
+    n = len(_STYLE_SCALARS)
+    zs = dict(zip(_STYLE_SCALARS, z[:n], strict=True))
+    p = {k: float(ndtr(v)) for k, v in zs.items()}  # uniform on (0, 1)
+    units, tics = z[n:n + len(AUS)], z[n + len(AUS):n + len(AUS) + len(_TICS)]
+    s, v = cfg.style, cfg.variability
+    signature = np.zeros(len(AUS))
+    signature[np.argsort(-units)[:2]] = (0.225 + 0.225 * np.array([p["signature_amp1"],
+                                                                   p["signature_amp2"]])) * s
+    factor, size, presence = z[n + len(AUS) + len(_TICS):].reshape(3, len(EMOTIONS), len(AUS))
+    protos = (_PROTO * np.exp(v * factor)
+              + np.abs(0.18 * v * size) * (ndtr(presence) < 0.3))
+    return dict(
+        gain=float(np.exp(0.125 * s * zs["gain"])),
+        asym=float(np.clip(0.125 * s * zs["asym"], -0.6, 0.6)),
+        gamma=float(np.exp(0.225 * s * zs["gamma"])), lead=0.175 * s * p["lead"],
+        reach=1 - 0.2 * s * p["reach"], signature=signature, side=int(p["side"] >= 0.5),
+        blink_period=15 + 65 * p["blink_period"],
+        nod_amp=(0.000125 + 0.000375 * p["nod_amp"]) * s, nod_period=10 + 20 * p["nod_period"],
+        tic=_TICS[int(np.argmax(tics))],
+        tic_amp=(0.125 + 0.125 * p["tic_amp"]) * s, tic_period=6 + 8 * p["tic_period"],
+        tic_side=int(p["tic_side"] >= 0.5), protos=protos)
+
+
+def coupled_style(ident: Identity, cfg: SyntheticConfig,
+                  rng: np.random.Generator) -> Identity:
+    """``ident`` with its style re-drawn at coupling ``cfg.coupling`` from its appearance and
+    independent noise from ``rng`` (the appearance is kept)."""
+    rho = cfg.coupling * np.sqrt(1 - _COUPLING_NOISE ** 2)
+    z = (rho * appearance_latents(appearance(ident))
+         + np.sqrt(1 - rho ** 2) * rng.standard_normal(_N_LATENT))
+    return replace(ident, **_style_from_latents(z, cfg))
+
+
+def style_params(ident: Identity) -> dict[str, np.ndarray]:
+    """Every style quantity of a person as a vector (categories one-hot): what
+    `benchmarks/coupling.py` predicts from z_I."""
+    one = {k: np.atleast_1d(float(getattr(ident, k)))
+           for k in ("gain", "asym", "gamma", "lead", "reach", "side", "blink_period",
+                     "nod_amp", "nod_period", "tic_amp", "tic_period", "tic_side")}
+    return {**one, "signature": ident.signature,
+            "tic": (np.array(_TICS) == ident.tic).astype(float), "protos": ident.protos.ravel()}
 
 
 @dataclass
@@ -295,17 +442,16 @@ def _background(ident: Identity, n: int) -> np.ndarray:
     return np.broadcast_to(top + ramp * (bottom - top), (n, n, 3)).round().astype(np.uint8)
 
 
-def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image:
-    """Draw one noise-free frame at ``size``×``size`` (``bg`` from ``_background``)."""
-    g, col = ident.geo, ident.colors
-    skin, hair = col["skin"], col["hair"]
-    a = np.clip(fr.aus, 0, 3)
-    am = a.mean(0)
-    pen = _Pen(size, bg, fr.pose)
-    w, h = g["w"], g["h"]
-    jaw = 0.16 * am[_A["26"]] + 0.03 * am[_A["25"]]
+def _jaw_drop(am: np.ndarray) -> float:
+    """How far the jaw drops (AU26 jaw drop, AU25 lips part), in face units."""
+    return 0.16 * am[_A["26"]] + 0.03 * am[_A["25"]]
 
-    # hair behind the head, clothes, neck, ears
+
+def _draw_back(pen: _Pen, ident: Identity) -> None:
+    """Hair behind the head (long, curly), clothes, neck and ears."""
+    g, col = ident.geo, ident.colors
+    w, h = g["w"], g["h"]
+    skin, hair = col["skin"], col["hair"]
     if ident.hair == 2:
         top = _ellipse(0, -0.1, w * 1.18, h * 1.12, 40)
         top = top[top[:, 1] < -0.1]
@@ -324,28 +470,30 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         pen.poly(_ellipse(sg * w * 0.96, g["eye_y"] + 0.1, 0.11, 0.21, 20), _shade(skin, 0.93),
                  -0.15)
 
-    # face outline, a soft highlight, static marks
+
+def _draw_face(pen: _Pen, ident: Identity, a: np.ndarray) -> np.ndarray:
+    """Face outline (the jaw follows AU25/26), highlight, moles, freckles, forehead wrinkles
+    (AU1/AU2, age), raised cheeks (AU6) and crow's feet; returns the outline polygon."""
+    g = ident.geo
+    am = a.mean(0)
+    jaw = _jaw_drop(am)
     t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     lower = np.clip(np.sin(t), 0, None)
-    face = np.column_stack([w * np.cos(t) * (1 - g["jaw"] * lower ** 2),
-                            h * np.sin(t) + 0.8 * jaw * lower ** 2])
-    pen.poly(face, skin, 0)
+    face = np.column_stack([g["w"] * np.cos(t) * (1 - g["jaw"] * lower ** 2),
+                            g["h"] * np.sin(t) + 0.8 * jaw * lower ** 2])
+    pen.poly(face, ident.colors["skin"], 0)
     pen.poly(face * [0.8, 0.82] + [0, -0.08], (255, 255, 255, 14), 0.1)
     pen.poly(face * [0.55, 0.6] + [0, -0.12], (255, 255, 255, 12), 0.15)
     for x, y, r in ident.moles:
         pen.poly(_ellipse(x, y, r, r, 10), (70, 40, 30, 200))
     for x, y in ident.freckles:
         pen.poly(_ellipse(x, y, 0.012, 0.012, 8), (140, 80, 50, 70))
-
-    # forehead wrinkles (AU1/AU2, age)
     by = g["eye_y"] - g["brow_gap"]
     d = 0.15 * ident.age + 0.6 * (am[_A["1"]] + am[_A["2"]]) / 2
     if d > 0.05:
         for k in range(3):
             y = by - 0.16 - 0.08 * k
             pen.line(np.array([[-0.35, y + 0.02], [0, y], [0.35, y + 0.02]]), _dark(d), 0.012)
-
-    # cheeks raised (AU6), crow's feet
     for s, sg in ((0, -1), (1, 1)):
         a6 = a[s, _A["6"]]
         cx = sg * (g["eye_x"] + 0.02)
@@ -357,8 +505,13 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
             for dy in (-0.03, 0.02):
                 pen.line(np.array([[ox, g["eye_y"] + dy / 2], [ox + sg * 0.06,
                                    g["eye_y"] + dy]]), _dark(d), 0.01)
+    return face
 
-    # beard (under the mouth and nose)
+
+def _draw_beard(pen: _Pen, ident: Identity, a: np.ndarray, face: np.ndarray) -> None:
+    """Stubble, full beard or goatee (under the mouth and nose; the moustache is drawn with
+    the mouth)."""
+    g, hair = ident.geo, ident.colors["hair"]
     if ident.beard in (1, 2):
         side = face[(face[:, 1] > g["nose_y"] - 0.05)]
         side = side[np.argsort(np.arctan2(side[:, 1], side[:, 0]))]
@@ -367,6 +520,7 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         color = (*hair, 90) if ident.beard == 1 else hair
         pen.poly(np.vstack([side, top]), color, 0.05)
     elif ident.beard == 3:  # goatee
+        jaw = _jaw_drop(a.mean(0))
         k = g["mouth_w"] * 0.65
         chin = face[(np.abs(face[:, 0]) < k) & (face[:, 1] > 0)]
         chin = chin[np.argsort(-chin[:, 0])]
@@ -374,8 +528,13 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
                         [0.7 * k, g["mouth_y"] + 0.04 + jaw]])
         pen.poly(np.vstack([chin, top]), hair, 0.05)
 
-    # eyes
-    u = np.linspace(-1, 1, 15)
+
+_U = np.linspace(-1, 1, 15)  # parameter along the eyes and the mouth, corner to corner
+
+
+def _draw_eyes(pen: _Pen, ident: Identity, fr: Frame, a: np.ndarray) -> None:
+    """Lids (AU5 widen, AU6/AU7 narrow, AU4), blink, iris and pupil at the gaze, crease."""
+    g, u = ident.geo, _U
     for s, sg in ((0, -1), (1, 1)):
         au = a[s]
         cx, cy = sg * g["eye_x"], g["eye_y"]
@@ -392,7 +551,7 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         ix = cx + (fr.gaze[0] + ident.gaze[0]) * ew * 0.35
         iy = cy + (fr.gaze[1] + ident.gaze[1]) * eh * 0.4 - 0.01
         r = g["iris"]
-        pen.eye(sclera, [(_ellipse(ix, iy, r, r, 20), col["iris"]),
+        pen.eye(sclera, [(_ellipse(ix, iy, r, r, 20), ident.colors["iris"]),
                          (_ellipse(ix, iy, 0.42 * r, 0.42 * r, 12), (15, 10, 10)),
                          (_ellipse(ix + 0.3 * r, iy - 0.35 * r, 0.18 * r, 0.18 * r, 8),
                           (255, 255, 255, 200))])
@@ -401,7 +560,12 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         crease = upper - 0.035 - 0.02 * o_up
         pen.line(np.column_stack([x[2:-2], crease[2:-2]]), _dark(0.3), 0.01)
 
-    # nose: bridge shade, wings, tip, nostrils, wrinkles (AU9)
+
+def _draw_nose(pen: _Pen, ident: Identity, a: np.ndarray) -> tuple[float, float]:
+    """Bridge shade, wings, tip, nostrils, wrinkles (AU9 nose wrinkle, AU10 upper lip raise);
+    returns the tip height and the nose width (the nasolabial folds start there)."""
+    g, skin = ident.geo, ident.colors["skin"]
+    am = a.mean(0)
     a9, a10 = am[_A["9"]], am[_A["10"]]
     tip = g["nose_y"] - 0.035 * a9 - 0.015 * a10
     nw = g["nose_w"] * (1 + 0.25 * a9 + 0.12 * a10)
@@ -416,8 +580,16 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
             y = g["eye_y"] + 0.06 + 0.045 * k
             pen.line(np.array([[-0.07, y + 0.01], [0, y], [0.07, y + 0.01]]), _dark(a9),
                      0.011, 0.3)
+    return tip, nw
 
-    # mouth
+
+def _draw_mouth(pen: _Pen, ident: Identity, a: np.ndarray, tip: float, nw: float) -> None:
+    """Lips and corners (AU12/14/15/20/24/17), open mouth and teeth (AU25/26, AU10),
+    nasolabial folds, contempt dimple (AU14), moustache, chin crease."""
+    g, col, u = ident.geo, ident.colors, _U
+    am = a.mean(0)
+    jaw = _jaw_drop(am)
+    a9, a10 = am[_A["9"]], am[_A["10"]]
     mw = g["mouth_w"] * (1 - 0.12 * am[_A["24"]] - 0.2 * am[_A["26"]])
     cxs, cys = [], []
     for s, sg in ((0, -1), (1, 1)):
@@ -438,8 +610,7 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
     bow = 1 - 0.3 * np.exp(-(u / 0.15) ** 2)
     out_up = in_up - tu * (0.2 + 0.8 * (1 - u ** 2) ** 0.5) * bow
     out_lo = in_lo + tl * (0.2 + 0.8 * (1 - u ** 2) ** 0.6)
-    # nasolabial folds and dimple (contempt)
-    for s, sg in ((0, -1), (1, 1)):
+    for s, sg in ((0, -1), (1, 1)):  # nasolabial folds and dimple (contempt)
         au = a[s]
         d = 0.12 * ident.age + 0.7 * au[_A["12"]] + 0.6 * a10 + 0.4 * a9 + 0.3 * au[_A["6"]]
         ctrl = np.array([[sg * (nw * 0.6 + 0.04), tip - 0.02],
@@ -449,9 +620,9 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         if au[_A["14"]] > 0.05:
             pen.line(np.array([[cxs[s] + sg * 0.035, cys[s] - 0.03],
                                [cxs[s] + sg * 0.045, cys[s] + 0.02]]), _dark(au[_A["14"]]), 0.012)
-    if ident.beard in (3, 4):
+    if ident.beard in (3, 4):  # moustache
         pen.poly(np.vstack([np.column_stack([xs * 1.1, out_up - 0.005]),
-                            np.column_stack([xs * 0.9, out_up - 0.07])[::-1]]), hair)
+                            np.column_stack([xs * 0.9, out_up - 0.07])[::-1]]), col["hair"])
     pen.poly(np.vstack([np.column_stack([xs, out_up]), np.column_stack([xs, out_lo])[::-1]]),
              col["lips"])
     gap = in_lo - in_up
@@ -467,7 +638,14 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
     pen.line(np.array([[-0.09, out_lo[7] + 0.05], [0, out_lo[7] + 0.04],
                        [0.09, out_lo[7] + 0.05]]), _dark(d), 0.012)
 
-    # brows (AU1 inner raise, AU2 outer raise, AU4 lower and knit), frown lines
+
+def _draw_brows(pen: _Pen, ident: Identity, a: np.ndarray) -> None:
+    """Brows (AU1 inner raise, AU2 outer raise, AU4 lower and knit, AU9 pulls them down),
+    frown lines."""
+    g = ident.geo
+    am = a.mean(0)
+    a9 = am[_A["9"]]
+    by = g["eye_y"] - g["brow_gap"]
     for s, sg in ((0, -1), (1, 1)):
         au = a[s]
         ex, ew = g["eye_x"], g["eye_w"]
@@ -481,50 +659,74 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
         thick = g["brow_t"] * np.array([1.1, 1.0, 0.4])
         up = lo - np.column_stack([np.zeros(3), thick])
         mid = np.array([[(lo[0, 0] + lo[1, 0]) / 2, (lo[0, 1] + lo[1, 1]) / 2 - 0.01]])
-        pen.poly(np.vstack([lo[:1], mid, lo[1:], up[::-1]]), col["brow"])
+        pen.poly(np.vstack([lo[:1], mid, lo[1:], up[::-1]]), ident.colors["brow"])
     d = 0.9 * am[_A["4"]] + 0.3 * a9
     if d > 0.05:
         for sg in (-1, 1):
             pen.line(np.array([[sg * 0.05, by - 0.01], [sg * 0.045, by + 0.09]]), _dark(d), 0.012)
 
-    # glasses
-    if ident.glasses:
-        gc = col["glasses"]
-        n = 4 if ident.glasses == 2 else 2
-        tt = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-        for sg in (-1, 1):
-            rx, ry = g["eye_w"] * 1.45, g["eye_h"] * 2.0 + 0.05
-            c, s_ = np.cos(tt), np.sin(tt)
-            ring = np.column_stack([sg * g["eye_x"] + rx * np.sign(c) * np.abs(c) ** (2 / n),
-                                    g["eye_y"] + 0.01 + ry * np.sign(s_) * np.abs(s_) ** (2 / n)])
-            pen.poly(ring, (200, 220, 230, 30))
-            pen.line(np.vstack([ring, ring[:1]]), gc, 0.022)
-            pen.line(np.array([[sg * (g["eye_x"] + rx), g["eye_y"]], [sg * w * 0.97,
-                               g["eye_y"] - 0.02]]), gc, 0.02, 0.1)
-        ix = g["eye_x"] - g["eye_w"] * 1.45
-        pen.line(np.array([[-ix, g["eye_y"] - 0.01], [0, g["eye_y"] - 0.04],
-                           [ix, g["eye_y"] - 0.01]]), gc, 0.02, 0.3)
 
-    # hair on top of the head
-    if ident.hair in (1, 2, 3, 4, 5):
-        hl = {1: -0.78, 2: -0.72, 3: -0.5, 4: -0.75, 5: -0.82}[ident.hair]
-        t = np.linspace(np.pi, 2 * np.pi, 30)
-        cap = np.column_stack([w * 1.09 * np.cos(t), h * 1.12 * np.sin(t) - 0.03])
-        cap = cap[cap[:, 1] < -0.05]
-        xh = np.linspace(w, -w, 17)
-        part = 0.3 * w * (1 - 2 * ident.tic_side)
-        yh = hl + 0.3 * (np.abs(xh) / w) ** 3 + 0.06 * np.exp(-(((xh - part) / 0.12) ** 2))
-        if ident.hair == 3:
-            yh = yh + 0.05 * (np.arange(17) % 2)
-        edge = np.column_stack([xh, yh])
-        color = (*hair, 110) if ident.hair == 5 else hair
-        pen.poly(np.vstack([cap, [[w * 1.03, -0.1]], edge, [[-w * 1.03, -0.1]]]), color, 0)
-        if ident.hair != 5:  # a few strands
-            sheen = (255, 255, 255, 28)
-            for x0 in np.linspace(-0.7, 0.7, 6) * w:
-                pen.line(np.array([[part + 0.15 * (x0 - part), -h * 1.05], [x0, yh[8] - 0.1],
-                                   [x0 * 1.15, hl + 0.3 * (abs(x0) / w) ** 3]]), sheen, 0.012, 0)
+def _draw_glasses(pen: _Pen, ident: Identity) -> None:
+    """Round (1) or rectangular (2) frames with tinted lenses, temples and bridge."""
+    if not ident.glasses:
+        return
+    g, gc = ident.geo, ident.colors["glasses"]
+    n = 4 if ident.glasses == 2 else 2
+    tt = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    for sg in (-1, 1):
+        rx, ry = g["eye_w"] * 1.45, g["eye_h"] * 2.0 + 0.05
+        c, s_ = np.cos(tt), np.sin(tt)
+        ring = np.column_stack([sg * g["eye_x"] + rx * np.sign(c) * np.abs(c) ** (2 / n),
+                                g["eye_y"] + 0.01 + ry * np.sign(s_) * np.abs(s_) ** (2 / n)])
+        pen.poly(ring, (200, 220, 230, 30))
+        pen.line(np.vstack([ring, ring[:1]]), gc, 0.022)
+        pen.line(np.array([[sg * (g["eye_x"] + rx), g["eye_y"]], [sg * g["w"] * 0.97,
+                           g["eye_y"] - 0.02]]), gc, 0.02, 0.1)
+    ix = g["eye_x"] - g["eye_w"] * 1.45
+    pen.line(np.array([[-ix, g["eye_y"] - 0.01], [0, g["eye_y"] - 0.04],
+                       [ix, g["eye_y"] - 0.01]]), gc, 0.02, 0.3)
 
+
+def _draw_hair(pen: _Pen, ident: Identity) -> None:
+    """Hair on top of the head (none when bald), parted on the side ``ident.part``."""
+    if ident.hair not in (1, 2, 3, 4, 5):
+        return
+    g, hair = ident.geo, ident.colors["hair"]
+    w, h = g["w"], g["h"]
+    hl = {1: -0.78, 2: -0.72, 3: -0.5, 4: -0.75, 5: -0.82}[ident.hair]
+    t = np.linspace(np.pi, 2 * np.pi, 30)
+    cap = np.column_stack([w * 1.09 * np.cos(t), h * 1.12 * np.sin(t) - 0.03])
+    cap = cap[cap[:, 1] < -0.05]
+    xh = np.linspace(w, -w, 17)
+    part = 0.3 * w * (1 - 2 * ident.part)
+    yh = hl + 0.3 * (np.abs(xh) / w) ** 3 + 0.06 * np.exp(-(((xh - part) / 0.12) ** 2))
+    if ident.hair == 3:
+        yh = yh + 0.05 * (np.arange(17) % 2)
+    edge = np.column_stack([xh, yh])
+    color = (*hair, 110) if ident.hair == 5 else hair
+    pen.poly(np.vstack([cap, [[w * 1.03, -0.1]], edge, [[-w * 1.03, -0.1]]]), color, 0)
+    if ident.hair != 5:  # a few strands
+        sheen = (255, 255, 255, 28)
+        for x0 in np.linspace(-0.7, 0.7, 6) * w:
+            pen.line(np.array([[part + 0.15 * (x0 - part), -h * 1.05], [x0, yh[8] - 0.1],
+                               [x0 * 1.15, hl + 0.3 * (abs(x0) / w) ** 3]]), sheen, 0.012, 0)
+
+
+def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image:
+    """Draw one noise-free frame at ``size``×``size`` (``bg`` from ``_background``), back to
+    front: head and clothes, face, beard, eyes, nose, mouth, brows, glasses, hair; then
+    downsample the supersampled canvas (the antialiasing). ``_finish`` adds light and noise."""
+    a = np.clip(fr.aus, 0, 3)
+    pen = _Pen(size, bg, fr.pose)
+    _draw_back(pen, ident)
+    face = _draw_face(pen, ident, a)
+    _draw_beard(pen, ident, a, face)
+    _draw_eyes(pen, ident, fr, a)
+    tip, nw = _draw_nose(pen, ident, a)
+    _draw_mouth(pen, ident, a, tip, nw)
+    _draw_brows(pen, ident, a)
+    _draw_glasses(pen, ident)
+    _draw_hair(pen, ident)
     return pen.img.reduce(_Pen.SS)
 
 
@@ -608,13 +810,19 @@ def sequence_frames(ident: Identity, emotion: int, n: int, cfg: SyntheticConfig,
 
 
 def _seeds(cfg: SyntheticConfig, stream: int, index: int) -> list[np.random.SeedSequence]:
-    """Independent seeds for (identity, style) and (sequences) of one person."""
-    return np.random.SeedSequence([cfg.seed, stream, index]).spawn(2)
+    """Independent seeds for (identity, sequences, coupled style) of one person."""
+    return np.random.SeedSequence([cfg.seed, stream, index]).spawn(3)
 
 
 def make_identity(cfg: SyntheticConfig, stream: int, index: int) -> Identity:
-    """Person ``index`` of a stream (0 = expression subjects, 1 = identity set)."""
-    return sample_identity(np.random.default_rng(_seeds(cfg, stream, index)[0]), cfg)
+    """Person ``index`` of a stream (0 = expression subjects, 1 = identity set): appearance
+    and uncoupled style from `sample_identity`, the style re-drawn by `coupled_style` when
+    ``cfg.coupling`` > 0 (same appearance, same sequences, whatever the coupling)."""
+    seeds = _seeds(cfg, stream, index)
+    ident = sample_identity(np.random.default_rng(seeds[0]), cfg)
+    if cfg.coupling > 0:
+        ident = coupled_style(ident, cfg, np.random.default_rng(seeds[2]))
+    return ident
 
 
 def _save(img: Image.Image, path: Path) -> int:
@@ -622,33 +830,108 @@ def _save(img: Image.Image, path: Path) -> int:
     return path.stat().st_size
 
 
-def subject_sequences(cfg: SyntheticConfig, index: int,
-                      extra: int = 0) -> Iterator[tuple[int | None, list[Image.Image]]]:
-    """The sequences of expression subject ``index``: (CK+ code or None, frames), in order.
+def _count_pmf(cfg: SyntheticConfig) -> np.ndarray:
+    """P(a subject shows k emotions), k = min_expressions..max_expressions: 1 + Poisson(λ)
+    truncated to that range, with λ set so that the mean is ``cfg.expressions``."""
+    ks = np.arange(cfg.min_expressions, cfg.max_expressions + 1)
 
-    ``extra`` unlabelled sequences (a random emotion at 40 % intensity) are mixed in.
-    """
+    def pmf(lam: float) -> np.ndarray:
+        logp = (ks - 1) * np.log(lam) - np.cumsum(np.r_[0, np.log(np.arange(1, 8))])[ks - 1]
+        p = np.exp(logp - logp.max())
+        return p / p.sum()
+
+    lo, hi = 1e-6, 50.0
+    for _ in range(60):  # the truncated mean rises with λ: bisection
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if pmf(mid) @ ks < cfg.expressions else (lo, mid)
+    return pmf((lo + hi) / 2)
+
+
+def label_plan(cfg: SyntheticConfig) -> list[list[int]] | None:
+    """The emotions (indices into `EMOTIONS`) each expression subject shows, CK+-like: how
+    many from `_count_pmf` (mean ``cfg.expressions``; CK+: most subjects show 1-3), which ones
+    so that the class totals keep CK+'s proportions (the totals are split by largest
+    remainder, subjects showing most emotions pick first, each pick weighted by what is left
+    of its class's total). None when ``cfg.expressions`` is 0 (drawn per subject instead)."""
+    if not cfg.expressions:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _STREAM_PLAN, 2]))
+    ks = np.arange(cfg.min_expressions, cfg.max_expressions + 1)
+    counts = rng.choice(ks, cfg.subjects, p=_count_pmf(cfg))
+    share = counts.sum() * _EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()
+    quota = np.floor(share).astype(int)
+    quota[np.argsort(quota - share, kind="stable")[:counts.sum() - quota.sum()]] += 1
+    plan: list[list[int]] = [[] for _ in counts]
+    for i in np.lexsort((rng.permutation(cfg.subjects), -counts)):
+        for _ in range(counts[i]):
+            free = np.ones(len(EMOTIONS), bool)
+            free[plan[i]] = False
+            weight = np.maximum(quota, 0) * free
+            if not weight.any():  # every class left is one this subject already shows
+                weight = _EMOTION_WEIGHTS * free
+            e = int(rng.choice(len(EMOTIONS), p=weight / weight.sum()))
+            plan[i].append(e)
+            quota[e] -= 1
+    return plan
+
+
+def _subject_start(cfg: SyntheticConfig, index: int, extra: int,
+                   emotions: list[int] | None) -> tuple[Identity, np.random.Generator,
+                                                        list[int | None], np.ndarray]:
+    """Expression subject ``index``: the person, its sequence stream (after the label draws),
+    its sequence labels in order (CK+ codes, None for unlabelled) and its background."""
     ident = make_identity(cfg, _STREAM_SUBJECTS, index)
     rng = np.random.default_rng(_seeds(cfg, _STREAM_SUBJECTS, index)[1])
-    k = int(rng.integers(cfg.min_expressions, cfg.max_expressions + 1))
-    emotions = list(rng.choice(7, k, replace=False, p=_EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()))
+    if cfg.expressions and emotions is None:
+        emotions = label_plan(cfg)[index]  # type: ignore[index]
+    if not cfg.expressions:
+        k = int(rng.integers(cfg.min_expressions, cfg.max_expressions + 1))
+        emotions = list(rng.choice(7, k, replace=False,
+                                   p=_EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()))
     labels: list[int | None] = [int(e) + 1 for e in rng.permutation(emotions)]
     for _ in range(extra):
         labels.insert(int(rng.integers(len(labels) + 1)), None)
-    bg = _background(ident, cfg.size * _Pen.SS)
+    return ident, rng, labels, _background(ident, cfg.size * _Pen.SS)
+
+
+def _sequence(ident: Identity, code: int | None, cfg: SyntheticConfig,
+              rng: np.random.Generator) -> list[Frame]:
+    """The frame parameters of the subject's next sequence (CK+ code or None: unlabelled)."""
+    n = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
+    emo = int(rng.integers(7)) if code is None else code - 1
+    return sequence_frames(ident, emo, n, cfg, rng, 0.4 if code is None else 1.0)
+
+
+def subject_sequences(cfg: SyntheticConfig, index: int, extra: int = 0,
+                      emotions: list[int] | None = None
+                      ) -> Iterator[tuple[int | None, list[Image.Image]]]:
+    """The sequences of expression subject ``index``: (CK+ code or None, frames), in order.
+
+    ``emotions``: the subject's entry of `label_plan` (computed here when not given);
+    ``extra`` unlabelled sequences (a random emotion at 40 % intensity) are mixed in.
+    """
+    ident, rng, labels, bg = _subject_start(cfg, index, extra, emotions)
     for code in labels:
-        n = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
-        emo = int(rng.integers(7)) if code is None else code - 1
-        frames = sequence_frames(ident, emo, n, cfg, rng, 0.4 if code is None else 1.0)
+        frames = _sequence(ident, code, cfg, rng)
         yield code, [_finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng)
                      for fr in frames]
 
 
-def _write_subject(cfg: SyntheticConfig, root: Path, index: int, sid: int,
-                   extra: int) -> list[tuple]:
+def neutral_frame(cfg: SyntheticConfig, index: int, extra: int = 0,
+                  emotions: list[int] | None = None) -> tuple[Identity, Image.Image]:
+    """Expression subject ``index`` and the first frame of its first sequence (the neutral
+    I-frame f_I sees), the same image `generate` writes, rendering only that frame."""
+    ident, rng, labels, bg = _subject_start(cfg, index, extra, emotions)
+    fr = _sequence(ident, labels[0], cfg, rng)[0]
+    return ident, _finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng)
+
+
+def _write_subject(cfg: SyntheticConfig, root: Path, index: int, sid: int, extra: int,
+                   emotions: list[int] | None) -> list[tuple]:
     """Write all sequences of one expression subject; returns (code|None, frames, bytes)."""
     out = []
-    for q, (code, frames) in enumerate(subject_sequences(cfg, index, extra), start=1):
+    for q, (code, frames) in enumerate(subject_sequences(cfg, index, extra, emotions),
+                                       start=1):
         img_dir = root / "cohn-kanade-images" / f"S{sid:03d}" / f"{q:03d}"
         img_dir.mkdir(parents=True, exist_ok=True)
         size = sum(_save(img, img_dir / f"S{sid:03d}_{q:03d}_{i:08d}.png")
@@ -675,8 +958,7 @@ def _identity_frame(ident: Identity, cfg: SyntheticConfig, rng: np.random.Genera
                  gaze=tuple(rng.normal(0, 0.4, 2)), pose=pose, light=light)
 
 
-def _write_identity(cfg: SyntheticConfig, root: Path, index: int, pid: int,
-                    extra: int) -> list[tuple]:
+def _write_identity(cfg: SyntheticConfig, root: Path, index: int, pid: int) -> list[tuple]:
     """Write the images of one person of the identity (pretraining) set."""
     ident = make_identity(cfg, _STREAM_IDENTITIES, index)
     rng = np.random.default_rng(_seeds(cfg, _STREAM_IDENTITIES, index)[1])
@@ -721,23 +1003,27 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     ids = subject_ids(config)
-    plan = np.random.default_rng(np.random.SeedSequence([config.seed, _STREAM_PLAN, 1]))
+    draw = np.random.default_rng(np.random.SeedSequence([config.seed, _STREAM_PLAN, 1]))
     extra = np.zeros(config.subjects, dtype=int)
-    extra[plan.choice(config.subjects, config.unlabelled, replace=False)] = 1
-    tasks = [("S", config, out, i, sid, int(extra[i])) for i, sid in enumerate(ids)]
-    tasks += [("P", config, out, i, i + 1, 0) for i in range(config.id_subjects)]
-    results: list[tuple] = []
+    extra[draw.choice(config.subjects, config.unlabelled, replace=False)] = 1
+    plan = label_plan(config) or [None] * config.subjects
+    if config.coupling > 0:
+        _coupling_map()  # once, before the workers fork
+    tasks = [("S", config, out, i, sid, int(extra[i]), plan[i]) for i, sid in enumerate(ids)]
+    tasks += [("P", config, out, i, i + 1) for i in range(config.id_subjects)]
+    per_person: list[list[tuple]] = []
     bar = tqdm(total=len(tasks), desc="synthetic", unit="person")
     if jobs > 1:
         with get_context("fork").Pool(jobs) as pool:
             for res in pool.imap_unordered(_run_job, tasks):
-                results += res
+                per_person.append(res)
                 bar.update()
     else:
         for job in tasks:
-            results += _run_job(job)
+            per_person.append(_run_job(job))
             bar.update()
     bar.close()
+    results = [r for res in per_person for r in res]
     if config.unlabelled:  # CK+ quirks: an empty label folder, a stray Finder file
         first = sorted(i for i, e in zip(ids, extra, strict=True) if e)[0]
         seqs = sorted(p.name for p in (out / "cohn-kanade-images" / f"S{first:03d}").iterdir())
@@ -746,6 +1032,8 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
     (out / "cohn-kanade-images" / f"S{ids[0]:03d}" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     seqs = [r for r in results if r[0] != "id"]
     per_class = {name: sum(1 for r in seqs if r[0] == k + 1) for k, name in enumerate(EMOTIONS)}
+    shown = [sum(r[0] is not None for r in res) for res in per_person if res[0][0] != "id"]
+    labels_per_subject = {str(k): shown.count(k) for k in range(min(shown), max(shown) + 1)}
     summary = {
         "root": str(out),
         "subjects": config.subjects,
@@ -753,6 +1041,7 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
         "labelled": sum(per_class.values()),
         "unlabelled": sum(1 for r in seqs if r[0] is None),
         "per_class": per_class,
+        "labels_per_subject": labels_per_subject,
         "frames": sum(r[1] for r in seqs),
         "id_subjects": config.id_subjects,
         "id_images": sum(r[1] for r in results if r[0] == "id"),
@@ -802,6 +1091,10 @@ _HELP = {
     "min_frames": "shortest sequence", "max_frames": "longest sequence",
     "min_expressions": "fewest expressions per subject",
     "max_expressions": "most expressions per subject",
+    "expressions": "mean labelled sequences per subject, CK+-like skew and class totals "
+                   "(CK+: 327/118); 0: min..max per subject, uniformly many",
+    "coupling": "how much style and each person's version of an emotion follow from the "
+                "face's appearance (0: independent, 1: a function of it plus a little noise)",
     "unlabelled": "extra sequences without an emotion file (CK+ quirk)",
     "intensity": "scale of every apex",
     "intensity_jitter": "log-sd of a per-sequence apex factor",
@@ -838,6 +1131,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"{s['subjects']} subjects, {s['sequences']} sequences ({s['labelled']} labelled, "
           f"{s['unlabelled']} unlabelled), {s['frames']} frames of {s['size']}x{s['size']}")
     print("per class: " + ", ".join(f"{k} {v}" for k, v in s["per_class"].items()))
+    print("subjects showing k labelled sequences: "
+          + ", ".join(f"{k}: {v}" for k, v in s["labels_per_subject"].items()))
     print(f"identity set: {s['id_subjects']} identities, {s['id_images']} images")
     print(f"{s['bytes'] / 2**20:.1f} MiB in {s['seconds']} s -> {s['root']}")
     return s

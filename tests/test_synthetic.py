@@ -1,4 +1,4 @@
-"""Tests for synthetic.py: CK+ layout, labels, determinism, identity set."""
+"""Tests for synthetic.py: CK+ layout, labels, determinism, identity set, coupling, skew."""
 
 import re
 from pathlib import Path
@@ -107,3 +107,112 @@ def test_cli_preview(tmp_path: Path) -> None:
     out = tmp_path / "prev.png"
     assert synthetic.main(["--preview", str(out), "--size", "64"]) is None
     assert Image.open(out).size[0] == 8 * 96
+
+
+def _held_out_r2(x: np.ndarray, y: np.ndarray, n_fit: int, lam: float) -> float:
+    """R² of ridge x → y (standardised columns) fit on the first n_fit rows, scored on the rest."""
+    mu, sd = x[:n_fit].mean(0), x[:n_fit].std(0) + 1e-6
+    x = (x - mu) / sd
+    y = (y - y[:n_fit].mean(0)) / y[:n_fit].std(0)
+    b = np.linalg.solve(x[:n_fit].T @ x[:n_fit] + lam * np.eye(x.shape[1]), x[:n_fit].T @ y[:n_fit])
+    rest = y[n_fit:]
+    return float(1 - ((rest - x[n_fit:] @ b) ** 2).sum() / ((rest - rest.mean(0)) ** 2).sum())
+
+
+_SCALARS = ("gain", "asym", "gamma", "lead", "reach", "blink_period", "nod_amp", "nod_period",
+            "tic_amp", "tic_period")
+
+
+def _styles(people: list) -> np.ndarray:
+    """The scalar style quantities, then the person's weight of each emotion's own units."""
+    own = synthetic._PROTO > 0
+    return np.stack([np.r_[[getattr(p, k) for k in _SCALARS], p.protos[own]] for p in people])
+
+
+def test_coupling_ties_style_to_appearance() -> None:
+    """Held-out R² from the appearance attributes to the style rises with c (about c²)."""
+    r2 = {}
+    for c in (0.0, 0.5, 1.0):
+        cfg = SyntheticConfig(coupling=c)
+        people = [synthetic.make_identity(cfg, 0, i) for i in range(400)]
+        a = np.stack([synthetic.appearance(p) for p in people])
+        y = _styles(people)
+        r2[c] = _held_out_r2(a, y[:, :len(_SCALARS)], 300, 10.0)
+        r2[f"protos {c}"] = _held_out_r2(a, y[:, len(_SCALARS):], 300, 10.0)
+    assert max(r2[0.0], r2["protos 0.0"]) < 0.05, r2
+    assert 0.1 < min(r2[0.5], r2["protos 0.5"]) and max(r2[0.5], r2["protos 0.5"]) < 0.4, r2
+    assert min(r2[1.0], r2["protos 1.0"]) > 0.8, r2
+
+
+def test_coupling_visible_in_the_neutral_frame() -> None:
+    """Downsampled pixels of the neutral frame predict the style at c = 1, not at c = 0."""
+    r2 = {}
+    for c in (0.0, 1.0):
+        cfg = SyntheticConfig(coupling=c, size=32, expressions=0)
+        frames = [synthetic.neutral_frame(cfg, i) for i in range(150)]
+        x = np.stack([np.asarray(img.reduce(2), float).ravel() for _, img in frames])
+        r2[c] = _held_out_r2(x, _styles([p for p, _ in frames])[:, :len(_SCALARS)], 110, 300.0)
+    assert r2[0.0] < 0.02 and r2[1.0] > r2[0.0] + 0.1, r2
+
+
+def test_coupling_keeps_appearance_and_marginals() -> None:
+    """Coupling changes the style only, and each style quantity keeps its distribution."""
+    stats = {}
+    for c in (0.0, 1.0):
+        cfg = SyntheticConfig(coupling=c, expressions=0)
+        people = [synthetic.make_identity(cfg, 0, i) for i in range(400)]
+        stats[c] = np.array([[np.log(p.gain), np.log(p.gamma), p.asym, p.lead, p.blink_period,
+                              np.log(p.protos[4, synthetic._A["12"]])] for p in people])
+        if c == 0.0:
+            base = people
+    for p, q in zip(base, people, strict=True):
+        assert p.geo == q.geo and p.colors == q.colors and p.age == q.age and p.part == q.part
+        assert (p.hair, p.beard, p.glasses) == (q.hair, q.beard, q.glasses)
+        assert p.gain != q.gain
+    mean0, mean1 = stats[0.0].mean(0), stats[1.0].mean(0)
+    sd0, sd1 = stats[0.0].std(0), stats[1.0].std(0)
+    assert np.all(np.abs(mean1 - mean0) < 0.2 * sd0), (mean0, mean1)
+    assert np.all(np.abs(sd1 / sd0 - 1) < 0.15), (sd0, sd1)
+    with pytest.raises(ValueError, match="coupling"):
+        SyntheticConfig(coupling=1.5)
+
+
+def test_label_skew_like_ckplus() -> None:
+    cfg = SyntheticConfig(subjects=118)
+    plan = synthetic.label_plan(cfg)
+    counts = np.array([len(e) for e in plan])
+    assert all(len(set(e)) == len(e) for e in plan)  # each emotion at most once per subject
+    assert abs(counts.mean() - 327 / 118) < 0.3
+    assert np.mean((counts >= 1) & (counts <= 3)) > 0.6 and counts.min() >= 1
+    totals = np.bincount([e for es in plan for e in es], minlength=7)
+    ckplus = np.array([45, 18, 59, 25, 69, 28, 83])
+    assert np.abs(totals - counts.sum() * ckplus / ckplus.sum()).max() <= 1
+    # more skew: one emotion per subject on average shows in the plan
+    few = synthetic.label_plan(SyntheticConfig(subjects=118, expressions=1.3))
+    assert np.mean([len(e) for e in few]) < 1.5
+    assert synthetic.label_plan(SyntheticConfig(expressions=0)) is None
+    with pytest.raises(ValueError, match="expressions"):
+        SyntheticConfig(expressions=0.5)
+
+
+def test_summary_counts_labels_per_subject(tiny: tuple[Path, dict]) -> None:
+    root, summary = tiny
+    shown = [len(list((root / "Emotion" / s.name).glob("*/*.txt")))
+             for s in sorted((root / "cohn-kanade-images").iterdir()) if s.is_dir()]
+    hist = summary["labels_per_subject"]
+    assert sum(hist.values()) == TINY.subjects
+    assert {int(k): v for k, v in hist.items() if v} == {k: shown.count(k) for k in set(shown)}
+    plan = synthetic.label_plan(TINY)
+    assert sorted(len(e) for e in plan) == sorted(shown)
+
+
+def test_neutral_frame_is_the_written_first_frame(tiny: tuple[Path, dict]) -> None:
+    root, _ = tiny
+    ids = synthetic.subject_ids(TINY)
+    plan = synthetic.label_plan(TINY)
+    for i in range(TINY.subjects):
+        sid = ids[i]
+        path = root / "cohn-kanade-images" / f"S{sid:03d}" / "001" / f"S{sid:03d}_001_00000001.png"
+        extra = len(list((root / "cohn-kanade-images" / f"S{sid:03d}").glob("0*"))) - len(plan[i])
+        _, img = synthetic.neutral_frame(TINY, i, extra, plan[i])
+        assert np.array_equal(np.asarray(img), np.asarray(Image.open(path)))
