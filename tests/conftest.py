@@ -42,6 +42,7 @@ def _own_weight_cache(tmp_path_factory):
     """The converted FaceNet (identity_weights.py) goes to a cache of the test session, not the
     user's (train.py runs in subprocesses inherit it)."""
     os.environ["MIC_CACHE_DIR"] = str(tmp_path_factory.mktemp("mic-cache"))
+    os.environ["OMP_NUM_THREADS"] = "1"  # subprocesses too: threads spin on 2 shared cores
 
 
 def train_cmd(data: Path, out: Path, *extra: str) -> list[str]:

@@ -244,3 +244,60 @@ def test_flipped_sign_fails(monkeypatch):
     monkeypatch.setitem(mi.ESTIMATORS, "mine", FlippedMINE)
     with pytest.raises(AssertionError):
         check_two_nats(run("mine", 2.0))
+
+
+# --- MI inside training and held out, at the demo's dimensions ---------------------------------
+
+DEMO = dict(pool=176, batch=16, d_e=256, d_i=512)  # a CK+-like fold, the demo's z_E, FaceNet z_I
+
+
+def training_mi_term(memory: int, split: float, t_steps: int, lr_t: float, hidden: int,
+                     steps: int = 200) -> float:
+    """The MI term of train.py's loop (mi.train_critic, mi.mi_penalty) over recurring clips whose
+    z_E is independent of z_I; mean over the last 50 steps."""
+    g = torch.Generator().manual_seed(0)
+    z_e = torch.randn(DEMO["pool"], DEMO["d_e"], generator=g)
+    z_i = torch.randn(DEMO["pool"], DEMO["d_i"], generator=g)
+    torch.manual_seed(0)
+    est = mi.build_estimator("mine", DEMO["d_e"], DEMO["d_i"], hidden=hidden)
+    opt = torch.optim.Adam(est.parameters(), lr=lr_t)
+    pairs = mi.PairMemory(memory * DEMO["batch"]) if memory else None
+    values: list[float] = []
+    while len(values) < steps:  # epochs over the same clips, as training does
+        for ids in torch.randperm(DEMO["pool"], generator=g).split(DEMO["batch"]):
+            own = (mi.critic_clips(ids, split) if pairs is not None
+                   else torch.zeros(len(ids), dtype=torch.bool))
+            mi.train_critic(est, opt, z_e[ids], z_i[ids], ids, t_steps, pairs, g, critic=own)
+            if int((~own).sum()) >= 2:
+                with torch.no_grad():
+                    values.append(mi.mi_penalty(est, z_e[ids][~own], z_i[ids][~own]).item())
+    return sum(values[-50:]) / 50
+
+
+def test_training_mi_term_is_zero_under_independence():
+    import train
+
+    a = train.parse_args(["--dataset", "synthetic"])
+    value = training_mi_term(a.mi_memory, a.mi_split, a.t_steps, a.lr_t, a.mi_hidden)
+    assert abs(value) <= 0.15, value
+    # The paper's procedure (T_θ trained on the batch it scores) reads MI where there is none:
+    # the check above can fail.
+    assert training_mi_term(0, 0.0, a.t_steps, a.lr_t, a.mi_hidden) >= 0.3
+
+
+def test_heldout_mi_of_evaluate_is_zero_under_independence():
+    import evaluate
+
+    g = torch.Generator().manual_seed(1)
+    z_e = torch.randn(DEMO["pool"] + 20, DEMO["d_e"], generator=g)
+    z_i = torch.randn(DEMO["pool"] + 20, DEMO["d_i"], generator=g)
+    n = DEMO["pool"]
+    value = mi.heldout_mi(z_e[:n], z_i[:n], z_e[n:], z_i[n:], **evaluate.MI_KW)
+    assert abs(value) <= 0.15, value
+
+
+def test_heldout_mi_of_known_mi():
+    """z_E = ρ z_I + noise, 2 nats: trained on one sample, scored on another."""
+    x, y = mi.correlated_gaussians(N, D, 2.0, torch.Generator().manual_seed(0))
+    value = mi.heldout_mi(x[:8000], y[:8000], x[8000:], y[8000:], "mine", **TRAIN)
+    check_two_nats(value)
