@@ -84,6 +84,22 @@ re-encode and index:
     python datasets.py crop --in {raw} --out {raw}-faces
     ./reencode.sh {raw}-faces {root}
     python datasets.py --dataset afew --root {root}""",
+    "dfew": """DFEW is licensed: request it at https://dfew-dataset.github.io/ , unpack the split
+files and the face-aligned frame folders so that {raw}/EmoLabel_DataSplit/train(single-labeled)/
+set_1.csv and {raw}/Clip/clip_224x224/00001/*.jpg exist, then:
+    ./reencode.sh {raw} {root}
+    python datasets.py --dataset dfew --root {root}""",
+    "ferv39k": """FERV39k is licensed: request it from its authors (CVPR 2022), unpack it so that
+{raw}/4_setups/All_scenes/train_All.csv and {raw}/2_ClipsforFaceCrop/<scene>/<emotion>/<clip>/
+exist, then:
+    ./reencode.sh {raw} {root}
+    python datasets.py --dataset ferv39k --root {root}""",
+    "mafw": """MAFW is licensed: request it at https://mafw-database.github.io/MAFW/ , unpack the
+split files (single/no_caption/set_K/train.txt, test.txt) and data/clips/ under {raw}, then crop
+the faces, re-encode and index:
+    python datasets.py crop --in {raw} --out {raw}-faces
+    ./reencode.sh {raw}-faces {root}
+    python datasets.py --dataset mafw --root {root}""",
 }
 
 
