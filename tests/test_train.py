@@ -260,3 +260,21 @@ def test_identity_probe_finds_identity():
     acc, _, _ = evaluate.identity_probe(torch.randn(60, 32, generator=g).numpy(),
                                         subjects.numpy())
     assert acc < 0.4
+
+
+def test_identity_weights_that_cannot_be_had_stop_the_run(data, monkeypatch, tmp_path):
+    """No silent random identity network: a named download that cannot be had (offline) stops
+    train.py with one line naming the file and where to put it, before any training."""
+    import dataclasses
+
+    import identity_weights
+
+    named = identity_weights.NAMED["facenet-mobilenet"]
+    monkeypatch.setitem(identity_weights.NAMED, "facenet-mobilenet",
+                        dataclasses.replace(named, url="http://127.0.0.1:9/facenet_mobilenet.pth"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(SystemExit, match="facenet_mobilenet.pth") as stop:
+        train.main([*TINY, "--root", str(data), "--out", str(tmp_path / "r"),
+                    "--identity-weights", "facenet-mobilenet"])
+    assert str(tmp_path / "hub") in str(stop.value) and "\n" not in str(stop.value)
+    assert not (tmp_path / "r").exists()
