@@ -181,7 +181,7 @@ def play(toy: Toy, name: str, t_steps: int, memory: int, split: float,
         opt_e.zero_grad()
         loss.backward()
         opt_e.step()
-        if step % 10 == 0 or step == args.steps - 1:
+        if step % 25 == 0 or step == args.steps - 1:
             curve.append((step, toy.true_mi(encoder.weight.detach().double().numpy())))
     tail = max(1, args.steps // 10)
     curve = np.array(curve)
