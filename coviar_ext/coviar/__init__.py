@@ -4,13 +4,15 @@ A drop-in for pytorch-coviar's loader (Wu et al., CVPR 2018) with the same seman
 (MISSION.md section 3): decoding is PyAV's bundled FFmpeg, the per-pixel work is done by the C
 kernels in `coviar._kernels`. Differences from the original: containers (.mp4 .avi .mkv) are read
 as well as raw streams, `get_num_frames` is the true count (the original is one short), every
-failure raises a Python exception, and `load_many` decodes a GOP once for many frames.
+failure raises a Python exception, `load_many` decodes a GOP once for many frames, and
+`load_clip` returns several representations (optionally cropped) from that one decode.
 """
 
 from __future__ import annotations
 
+import operator
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import av
@@ -19,16 +21,21 @@ from av.video.reformatter import VideoReformatter
 
 from coviar import _kernels
 
-__all__ = ["PICTURE", "MV", "RESIDUAL", "get_num_frames", "get_num_gops", "load", "load_many"]
+__all__ = [
+    "PICTURE", "MV", "RESIDUAL", "MAX_RESULT_BYTES", "get_num_frames", "get_num_gops", "load",
+    "load_clip", "load_many",
+]
 
 PICTURE, MV, RESIDUAL = 0, 1, 2
 _CHANNELS = {PICTURE: 3, MV: 2, RESIDUAL: 3}
 _HINT = "re-encode it with reencode.sh (MPEG-4 Part 2, no B-frames)"
 
 
-def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.VideoStream]:
+def _open(
+    path: str | bytes | os.PathLike,
+) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open `path` and return its container and first video stream, or raise a clear error."""
-    p = Path(path)
+    p = Path(_path(path))
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such video file")
     if p.stat().st_size == 0:
@@ -50,7 +57,7 @@ def _open(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.Vide
     return container, stream
 
 
-def _packets(path: str | os.PathLike) -> Iterator[av.Packet]:
+def _packets(path: str | bytes | os.PathLike) -> Iterator[av.Packet]:
     """The video packets of `path` that hold data (demuxing only, no decoding)."""
     container, stream = _open(path)
     with container:
@@ -62,12 +69,12 @@ def _packets(path: str | os.PathLike) -> Iterator[av.Packet]:
             raise ValueError(f"{path}: damaged stream ({e}); {_HINT}") from e
 
 
-def get_num_frames(path: str | os.PathLike) -> int:
+def get_num_frames(path: str | bytes | os.PathLike) -> int:
     """Number of frames of the video (all GOPs), counted from its packets without decoding."""
     return sum(1 for _ in _packets(path))
 
 
-def get_num_gops(path: str | os.PathLike) -> int:
+def get_num_gops(path: str | bytes | os.PathLike) -> int:
     """Number of GOPs, i.e. of key frames."""
     return sum(1 for p in _packets(path) if p.is_keyframe)
 
@@ -136,14 +143,197 @@ def _bgr(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
     return np.ascontiguousarray(out.to_ndarray())
 
 
-def _identity_map(height: int, width: int) -> np.ndarray:
-    """Map of every pixel to itself, int32 (H, W, 2) as (x, y)."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.int32)
+def _identity_map(height: int, width: int, top: int = 0, left: int = 0) -> np.ndarray:
+    """Map of every pixel of the box (top, left, height, width) to itself, int32 (h, w, 2) as
+    (x, y)."""
+    ys, xs = np.mgrid[top : top + height, left : left + width].astype(np.int32)
     return np.ascontiguousarray(np.stack([xs, ys], axis=-1))
 
 
+def _path(path: str | bytes | os.PathLike) -> str:
+    """`path` as a str (a bytes path is decoded as the file system does), else TypeError."""
+    if not isinstance(path, str | bytes | os.PathLike):
+        raise TypeError(f"path must be str, bytes or os.PathLike, not {type(path).__name__}")
+    return os.fsdecode(os.fspath(path))
+
+
+def _flag(accumulate: object) -> bool:
+    """`accumulate` as a bool: True/False or 0/1 only (a string such as "no" is a TypeError)."""
+    if isinstance(accumulate, bool | np.bool_):
+        return bool(accumulate)
+    if isinstance(accumulate, int | np.integer):
+        if accumulate in (0, 1):
+            return bool(accumulate)
+        raise ValueError(f"accumulate must be True/False (or 0/1), not {accumulate}")
+    raise TypeError(f"accumulate must be a bool, not {type(accumulate).__name__}")
+
+
+def _indices(path: str, frame_indices: Sequence[int]) -> np.ndarray:
+    """The frame indices as a 1-d int64 array, checked (non-empty, integers, not negative)."""
+    idx = np.asarray(frame_indices)
+    if idx.ndim != 1:
+        raise ValueError(f"frame indices must be a flat sequence, not of shape {idx.shape}")
+    if idx.size == 0:
+        raise ValueError("frame_indices is empty")
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"frame indices must be integers, not {idx.dtype}")
+    if idx.min() < 0:
+        raise IndexError(f"{path}: negative frame index {idx.min()}")
+    return idx.astype(np.int64, copy=False)
+
+
+def _memory_bytes() -> int:
+    """Physical memory of the machine (bytes); 16 GiB where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 16 << 30
+
+
+#: A call whose result would take more than this (half the machine's memory) is refused before
+#: anything is allocated: it is a mistake (e.g. 10**7 frame indices), not a request to honour.
+MAX_RESULT_BYTES = _memory_bytes() // 2
+
+Box = tuple[int, int, int, int]  # (top, left, height, width)
+Crop = Mapping[int, Box] | Callable[[int, int], Mapping[int, Box]]
+
+
+def load_clip(
+    path: str | bytes | os.PathLike,
+    gop_index: int,
+    frames: Mapping[int, Sequence[int]],
+    accumulate: bool,
+    crop: Crop | None = None,
+) -> dict[int, np.ndarray]:
+    """Several representations of frames of one GOP from a single decode of it.
+
+    `frames` maps a representation (PICTURE, MV, RESIDUAL) to its frame indices (in any order,
+    repeats allowed); the result maps each to an array (k, H, W, C) exactly as `load_many` of
+    that representation alone. `crop` maps representations to a box (top, left, height, width)
+    of the frame, or is a function of the frame's (height, width) that returns such a mapping
+    (called once, at the first frame): those representations are computed on the box only, with
+    the values of the whole-frame result cropped (the motion-vector field and the residual are
+    never computed outside the box; the accumulated map is, since it composes whole frames).
+
+    Errors: FileNotFoundError, ValueError (unreadable file, not MPEG-4 Part 2, B-frames, a box
+    outside the frame, or a result larger than MAX_RESULT_BYTES), IndexError (GOP or frame out
+    of range), TypeError (an argument of the wrong type, e.g. accumulate="no").
+    """
+    path = _path(path)
+    accumulate = _flag(accumulate)
+    gop_index = operator.index(gop_index)
+    want: dict[int, np.ndarray] = {}
+    for rep, indices in frames.items():
+        if rep not in _CHANNELS or isinstance(rep, bool):
+            raise ValueError(f"representation must be 0, 1 or 2, not {rep!r}")
+        want[rep] = _indices(path, indices)
+    if not want:
+        raise ValueError("no representation asked for")
+    last = max(int(idx.max()) for idx in want.values())
+    motion = [rep for rep in (MV, RESIDUAL) if rep in want]
+    out: dict[int, dict[int, np.ndarray]] = {rep: {} for rep in want}
+    bgr: dict[int, np.ndarray] = {}
+    boxes: dict[int, Box] = {}
+    acc = None  # accumulated map into the I-frame (accumulate only)
+    reformatter = VideoReformatter()
+    count = 0
+    for pos, frame in enumerate(_gop_frames(path, gop_index)):
+        count = pos + 1
+        height, width = frame.height, frame.width
+        if pos == 0:  # sizes known: check the boxes and the result's size before any work
+            boxes = _boxes(path, crop, height, width, want)
+            wanted = {rep: set(np.unique(idx).tolist()) for rep, idx in want.items()}
+            # Frames whose BGR picture is needed: the pictures asked for, the residuals' frames
+            # and their references (the I-frame when accumulated, else the previous frame).
+            need_bgr = set(wanted.get(PICTURE, ()))
+            if RESIDUAL in want:
+                res = wanted[RESIDUAL]
+                need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
+            need_rec = set().union(*(wanted[rep] for rep in motion))
+        if pos in need_bgr:
+            try:
+                bgr[pos] = _bgr(frame, reformatter)
+            except av.error.FFmpegError as e:  # swscale refuses the colour tags of a bad header
+                msg = f"frame {pos} of GOP {gop_index} cannot be converted to BGR ({e})"
+                raise ValueError(f"{path}: {msg}; {_HINT}") from e
+        if pos in wanted.get(PICTURE, ()):
+            top, left, h, w = boxes[PICTURE]
+            out[PICTURE][pos] = np.ascontiguousarray(bgr[pos][top : top + h, left : left + w])
+        if motion:
+            rec = _records(frame) if pos > 0 and (accumulate or pos in need_rec) else None
+            if accumulate:
+                acc = _identity_map(height, width) if pos == 0 else acc
+                if rec is not None:
+                    acc = _kernels.accumulate(rec, acc)
+            for rep in motion:
+                if pos in wanted[rep]:
+                    out[rep][pos] = _motion(rep, accumulate, pos, rec, acc, bgr, boxes[rep],
+                                            height, width)
+        for k in [k for k in bgr if k < pos and not (accumulate and k == 0)]:
+            del bgr[k]  # no later frame refers to it
+        if pos == last:
+            break
+    else:
+        raise IndexError(f"{path}: frame {last} out of range (GOP {gop_index} has {count} frames)")
+    result = {}
+    for rep, idx in want.items():
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        result[rep] = np.stack([out[rep][i] for i in uniq.tolist()])[inverse]
+    return result
+
+
+def _boxes(
+    path: str, crop: Crop | None, height: int, width: int, want: Mapping[int, np.ndarray]
+) -> dict[int, Box]:
+    """The box of each representation asked for (the whole frame where `crop` names none),
+    checked; and the size of the result checked against MAX_RESULT_BYTES."""
+    given = crop(height, width) if callable(crop) else (crop or {})
+    boxes: dict[int, Box] = {}
+    total = 0
+    for rep, idx in want.items():
+        box = tuple(operator.index(v) for v in given.get(rep, (0, 0, height, width)))
+        top, left, h, w = box
+        if not (0 <= top and 0 <= left and 0 < h <= height - top and 0 < w <= width - left):
+            raise ValueError(f"{path}: crop box {box} is not inside the {width}x{height} frame")
+        boxes[rep] = box
+        total += len(idx) * h * w * _CHANNELS[rep] * (1 if rep == PICTURE else 4)
+    if total > MAX_RESULT_BYTES:
+        raise ValueError(
+            f"{path}: the result would take {total / 2**30:.1f} GiB (more than "
+            f"{MAX_RESULT_BYTES / 2**30:.1f} GiB, half the memory); ask for fewer frames"
+        )
+    return boxes
+
+
+def _motion(
+    rep: int,
+    accumulate: bool,
+    pos: int,
+    rec: np.ndarray | None,
+    acc: np.ndarray | None,
+    bgr: dict[int, np.ndarray],
+    box: Box,
+    height: int,
+    width: int,
+) -> np.ndarray:
+    """Motion vectors or residual of frame `pos` on `box`, from its records and the decoded
+    pictures."""
+    top, left, h, w = box
+    if pos == 0 or rec is None:
+        return np.zeros((h, w, _CHANNELS[rep]), np.int32)
+    if accumulate:
+        part = np.ascontiguousarray(acc[top : top + h, left : left + w])
+        if rep == MV:
+            return _identity_map(h, w, top, left) - part
+        return _kernels.residual(bgr[pos], bgr[0], part, False, top, left)
+    field = _kernels.mv_field(rec, height, width, top, left, h, w)
+    if rep == MV:
+        return field
+    return _kernels.residual(bgr[pos], bgr[pos - 1], field, True, top, left)
+
+
 def load_many(
-    path: str | os.PathLike,
+    path: str | bytes | os.PathLike,
     gop_index: int,
     frame_indices: Sequence[int],
     representation: int,
@@ -154,85 +344,14 @@ def load_many(
     representation 0: BGR uint8 pictures; 1: motion vectors int32 (dst - src, per pixel);
     2: residuals int32 BGR (current frame minus the reference sampled at the source pixel).
     With `accumulate`, vectors and residuals refer to the GOP's I-frame instead of the previous
-    frame. Frame 0 and frames without motion-vector side data give zeros for 1 and 2.
+    frame. Frame 0 and frames without motion-vector side data give zeros for 1 and 2. One
+    representation of `load_clip`.
     """
-    if representation not in _CHANNELS:
-        raise ValueError(f"representation must be 0, 1 or 2, not {representation!r}")
-    idx = [int(i) for i in frame_indices]
-    if not idx:
-        raise ValueError("frame_indices is empty")
-    if min(idx) < 0:
-        raise IndexError(f"{path}: negative frame index {min(idx)}")
-    wanted, last = set(idx), max(idx)
-    # Frames whose BGR picture is needed: the targets, and their references for residuals.
-    if representation == PICTURE:
-        need_bgr = wanted
-    elif representation == RESIDUAL:
-        need_bgr = wanted | ({0} if accumulate else {i - 1 for i in wanted if i > 0})
-    else:
-        need_bgr = set()
-
-    out: dict[int, np.ndarray] = {}
-    bgr: dict[int, np.ndarray] = {}
-    acc = None  # accumulated map into the I-frame (accumulate only)
-    reformatter = VideoReformatter()
-    count = 0
-    for pos, frame in enumerate(_gop_frames(path, gop_index)):
-        count = pos + 1
-        height, width = frame.height, frame.width
-        if pos in need_bgr:
-            try:
-                bgr[pos] = _bgr(frame, reformatter)
-            except av.error.FFmpegError as e:  # swscale refuses the colour tags of a bad header
-                msg = f"frame {pos} of GOP {gop_index} cannot be converted to BGR ({e})"
-                raise ValueError(f"{path}: {msg}; {_HINT}") from e
-        if representation == PICTURE:
-            if pos in wanted:
-                out[pos] = bgr[pos]
-        else:
-            rec = _records(frame) if pos > 0 and (accumulate or pos in wanted) else None
-            if accumulate:
-                acc = _identity_map(height, width) if pos == 0 else acc
-                if rec is not None:
-                    acc = _kernels.accumulate(rec, acc)
-            if pos in wanted:
-                out[pos] = _representation(
-                    representation, accumulate, pos, rec, acc, bgr, height, width
-                )
-        for k in [k for k in bgr if k < pos and not (accumulate and k == 0)]:
-            del bgr[k]  # no later frame refers to it
-        if pos == last:
-            break
-    else:
-        raise IndexError(f"{path}: frame {last} out of range (GOP {gop_index} has {count} frames)")
-    return np.stack([out[i] for i in idx])
-
-
-def _representation(
-    representation: int,
-    accumulate: bool,
-    pos: int,
-    rec: np.ndarray | None,
-    acc: np.ndarray | None,
-    bgr: dict[int, np.ndarray],
-    height: int,
-    width: int,
-) -> np.ndarray:
-    """Motion vectors or residual of frame `pos` from its records and the decoded pictures."""
-    if pos == 0 or rec is None:
-        return np.zeros((height, width, _CHANNELS[representation]), np.int32)
-    if accumulate:
-        if representation == MV:
-            return _identity_map(height, width) - acc
-        return _kernels.residual(bgr[pos], bgr[0], acc, False)
-    field = _kernels.mv_field(rec, height, width)
-    if representation == MV:
-        return field
-    return _kernels.residual(bgr[pos], bgr[pos - 1], field, True)
+    return load_clip(path, gop_index, {representation: frame_indices}, accumulate)[representation]
 
 
 def load(
-    path: str | os.PathLike,
+    path: str | bytes | os.PathLike,
     gop_index: int,
     frame_index: int,
     representation: int,
