@@ -216,6 +216,22 @@ def test_load_clip_equals_load_many(clip, accumulate):
         np.testing.assert_array_equal(got[1], alone[1][picks[1], t : t + bh, le : le + bw])
         np.testing.assert_array_equal(got[2], alone[2][picks[2], :, 1:])
     assert calls == [(h, w)]
+    # Lookup tables: pytorch-coviar's residual bytes, and a table per channel for the vectors
+    # (short, so that large values take its end entries).
+    res_table = np.tile(np.clip(np.arange(-255, 256) + 128, 0, 255).astype(np.uint8), (3, 1))
+    mv_table = np.stack([np.arange(-5, 6) * 20 + 100, np.arange(5, -6, -1) * 3 + 50]).astype(
+        np.uint8)
+    got = coviar.load_clip(path, g, picks, accumulate, crop={1: box},
+                           lut={2: res_table, 1: mv_table})
+    assert got[1].dtype == got[2].dtype == np.uint8
+    np.testing.assert_array_equal(got[2], np.clip(alone[2][picks[2]] + 128, 0, 255))
+    v = alone[1][picks[1], t : t + bh, le : le + bw]
+    want = np.stack([mv_table[c][np.clip(v[..., c] + 5, 0, 10)] for c in (0, 1)], axis=-1)
+    np.testing.assert_array_equal(got[1], want)
+    scrambled = (np.arange(3 * 41).reshape(3, 41) * 37 % 256).astype(np.uint8)  # no clipped shift
+    got = coviar.load_clip(path, g, {2: picks[2]}, accumulate, lut={2: scrambled})[2]
+    v = np.clip(alone[2][picks[2]] + 20, 0, 40)
+    np.testing.assert_array_equal(got, np.stack([scrambled[c][v[..., c]] for c in range(3)], -1))
 
 
 def test_load_clip_refuses_bad_boxes(good):
@@ -227,6 +243,10 @@ def test_load_clip_refuses_bad_boxes(good):
         coviar.load_clip(good, 0, {3: [1]}, False)
     with pytest.raises(ValueError, match="no representation"):
         coviar.load_clip(good, 0, {}, False)
+    with pytest.raises(ValueError, match="lookup table"):
+        coviar.load_clip(good, 0, {2: [1]}, False, lut={2: np.zeros((3, 4), np.uint8)})
+    with pytest.raises(ValueError, match="lookup table"):
+        coviar.load_clip(good, 0, {0: [1]}, False, lut={0: np.zeros((3, 5), np.uint8)})
 
 
 def test_arguments_are_checked(good):

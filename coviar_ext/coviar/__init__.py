@@ -40,9 +40,14 @@ def _open(
         raise FileNotFoundError(f"{p}: no such video file")
     if p.stat().st_size == 0:
         raise ValueError(f"{p}: empty file; {_HINT}")
+    with open(p, "rb") as f:
+        # A raw MPEG-4 Part 2 stream (what reencode.sh writes) starts with the visual object
+        # sequence start code; naming its format skips FFmpeg's format probing, which decodes
+        # much of the stream (as long as decoding a short clip). Same demuxer, same packets.
+        raw = f.read(4) == b"\x00\x00\x01\xb0"
     try:
         # metadata_errors: coviar reads no tags, so a damaged one must not make the video unreadable
-        container = av.open(str(p), metadata_errors="replace")
+        container = av.open(str(p), format="m4v" if raw else None, metadata_errors="replace")
     except av.error.FFmpegError as e:  # not a media file at all
         raise ValueError(f"{p}: not a readable video ({e}); {_HINT}") from e
     if not container.streams.video:
@@ -204,20 +209,28 @@ def load_clip(
     frames: Mapping[int, Sequence[int]],
     accumulate: bool,
     crop: Crop | None = None,
+    lut: Mapping[int, np.ndarray] | None = None,
 ) -> dict[int, np.ndarray]:
     """Several representations of frames of one GOP from a single decode of it.
 
     `frames` maps a representation (PICTURE, MV, RESIDUAL) to its frame indices (in any order,
     repeats allowed); the result maps each to an array (k, H, W, C) exactly as `load_many` of
-    that representation alone. `crop` maps representations to a box (top, left, height, width)
-    of the frame, or is a function of the frame's (height, width) that returns such a mapping
-    (called once, at the first frame): those representations are computed on the box only, with
-    the values of the whole-frame result cropped (the motion-vector field and the residual are
-    never computed outside the box; the accumulated map is, since it composes whole frames).
+    that representation alone.
+
+    `crop` maps representations to a box (top, left, height, width) of the frame, or is a
+    function of the frame's (height, width) that returns such a mapping (called once, at the
+    first frame): those representations are computed on the box only, with the values of the
+    whole-frame result cropped (the motion-vector field and the residual are never computed
+    outside the box; the accumulated map is, since it composes whole frames).
+
+    `lut` maps MV and/or RESIDUAL to a uint8 lookup table (C, L), L odd: each value v of
+    channel c becomes ``table[c, clip(v + L // 2, 0, L - 1)]``, frame by frame, so the result is
+    uint8 and no int32 array of the clip is built (e.g. pytorch-coviar's residual bytes
+    ``clip(v + 128, 0, 255)``: ``table[c, i] = clip(i - L // 2 + 128, 0, 255)``).
 
     Errors: FileNotFoundError, ValueError (unreadable file, not MPEG-4 Part 2, B-frames, a box
-    outside the frame, or a result larger than MAX_RESULT_BYTES), IndexError (GOP or frame out
-    of range), TypeError (an argument of the wrong type, e.g. accumulate="no").
+    outside the frame, a bad table, a result larger than MAX_RESULT_BYTES), IndexError (GOP or
+    frame out of range), TypeError (an argument of the wrong type, e.g. accumulate="no").
     """
     path = _path(path)
     accumulate = _flag(accumulate)
@@ -229,46 +242,57 @@ def load_clip(
         want[rep] = _indices(path, indices)
     if not want:
         raise ValueError("no representation asked for")
+    tables = _tables(lut or {})
     last = max(int(idx.max()) for idx in want.values())
     motion = [rep for rep in (MV, RESIDUAL) if rep in want]
-    out: dict[int, dict[int, np.ndarray]] = {rep: {} for rep in want}
+    store: dict[int, np.ndarray] = {}  # rep -> (distinct frames, h, w, C), frames ascending
+    slot: dict[int, dict[int, int]] = {}  # rep -> {frame: its index in store[rep]}
     bgr: dict[int, np.ndarray] = {}
     boxes: dict[int, Box] = {}
-    acc = None  # accumulated map into the I-frame (accumulate only)
+    buffers: dict[int, np.ndarray] = {}  # rep -> int32 (h, w, 2) of its box, reused per frame
+    acc = spare = None  # accumulated map into the I-frame, and the next one's buffer
     reformatter = VideoReformatter()
     count = 0
     for pos, frame in enumerate(_gop_frames(path, gop_index)):
         count = pos + 1
         height, width = frame.height, frame.width
         if pos == 0:  # sizes known: check the boxes and the result's size before any work
-            boxes = _boxes(path, crop, height, width, want)
-            wanted = {rep: set(np.unique(idx).tolist()) for rep, idx in want.items()}
+            boxes = _boxes(path, crop, height, width, want, tables)
+            for rep, idx in want.items():
+                frames_of = np.unique(idx).tolist()
+                slot[rep] = {f: j for j, f in enumerate(frames_of)}
+                _, _, h, w = boxes[rep]
+                dtype = np.uint8 if rep == PICTURE or rep in tables else np.int32
+                store[rep] = np.empty((len(frames_of), h, w, _CHANNELS[rep]), dtype)
             # Frames whose BGR picture is needed: the pictures asked for, the residuals' frames
             # and their references (the I-frame when accumulated, else the previous frame).
-            need_bgr = set(wanted.get(PICTURE, ()))
+            need_bgr = set(slot.get(PICTURE, ()))
             if RESIDUAL in want:
-                res = wanted[RESIDUAL]
+                res = set(slot[RESIDUAL])
                 need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
-            need_rec = set().union(*(wanted[rep] for rep in motion))
+            need_rec = set().union(*(slot[rep] for rep in motion))
         if pos in need_bgr:
             try:
                 bgr[pos] = _bgr(frame, reformatter)
             except av.error.FFmpegError as e:  # swscale refuses the colour tags of a bad header
                 msg = f"frame {pos} of GOP {gop_index} cannot be converted to BGR ({e})"
                 raise ValueError(f"{path}: {msg}; {_HINT}") from e
-        if pos in wanted.get(PICTURE, ()):
+        if pos in slot.get(PICTURE, ()):
             top, left, h, w = boxes[PICTURE]
-            out[PICTURE][pos] = np.ascontiguousarray(bgr[pos][top : top + h, left : left + w])
+            store[PICTURE][slot[PICTURE][pos]] = bgr[pos][top : top + h, left : left + w]
         if motion:
             rec = _records(frame) if pos > 0 and (accumulate or pos in need_rec) else None
             if accumulate:
-                acc = _identity_map(height, width) if pos == 0 else acc
-                if rec is not None:
-                    acc = _kernels.accumulate(rec, acc)
+                if pos == 0:
+                    acc = _identity_map(height, width)
+                    spare = np.empty_like(acc)
+                elif rec is not None:  # two buffers in turn: new[dst] = old[src]
+                    acc, spare = _kernels.accumulate(rec, acc, spare), acc
             for rep in motion:
-                if pos in wanted[rep]:
-                    out[rep][pos] = _motion(rep, accumulate, pos, rec, acc, bgr, boxes[rep],
-                                            height, width)
+                if pos in slot[rep]:
+                    work = buffers.setdefault(rep, np.empty((*boxes[rep][2:], 2), np.int32))
+                    _motion(rep, pos, rec, acc if accumulate else None, bgr, boxes[rep],
+                            (height, width), work, tables.get(rep), store[rep][slot[rep][pos]])
         for k in [k for k in bgr if k < pos and not (accumulate and k == 0)]:
             del bgr[k]  # no later frame refers to it
         if pos == last:
@@ -277,13 +301,35 @@ def load_clip(
         raise IndexError(f"{path}: frame {last} out of range (GOP {gop_index} has {count} frames)")
     result = {}
     for rep, idx in want.items():
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        result[rep] = np.stack([out[rep][i] for i in uniq.tolist()])[inverse]
+        ascending = len(idx) == len(slot[rep]) and bool(np.all(idx[1:] > idx[:-1]))
+        result[rep] = store[rep] if ascending else store[rep][np.searchsorted(list(slot[rep]), idx)]
     return result
 
 
+def _tables(lut: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The lookup tables of `load_clip`, checked: uint8 (channels, odd length) for MV/RESIDUAL."""
+    tables = {}
+    for rep, table in lut.items():
+        if rep not in (MV, RESIDUAL):
+            raise ValueError(f"a lookup table applies to MV (1) or RESIDUAL (2), not {rep!r}")
+        t = np.ascontiguousarray(table)
+        shape_ok = t.ndim == 2 and t.shape[0] == _CHANNELS[rep] and t.shape[1] % 2 == 1
+        if t.dtype != np.uint8 or not shape_ok:
+            raise ValueError(
+                f"the lookup table of representation {rep} must be uint8 of shape "
+                f"({_CHANNELS[rep]}, odd length), not {t.dtype} {t.shape}"
+            )
+        tables[rep] = t
+    return tables
+
+
 def _boxes(
-    path: str, crop: Crop | None, height: int, width: int, want: Mapping[int, np.ndarray]
+    path: str,
+    crop: Crop | None,
+    height: int,
+    width: int,
+    want: Mapping[int, np.ndarray],
+    tables: Mapping[int, np.ndarray],
 ) -> dict[int, Box]:
     """The box of each representation asked for (the whole frame where `crop` names none),
     checked; and the size of the result checked against MAX_RESULT_BYTES."""
@@ -296,7 +342,7 @@ def _boxes(
         if not (0 <= top and 0 <= left and 0 < h <= height - top and 0 < w <= width - left):
             raise ValueError(f"{path}: crop box {box} is not inside the {width}x{height} frame")
         boxes[rep] = box
-        total += len(idx) * h * w * _CHANNELS[rep] * (1 if rep == PICTURE else 4)
+        total += len(idx) * h * w * _CHANNELS[rep] * (1 if rep == PICTURE or rep in tables else 4)
     if total > MAX_RESULT_BYTES:
         raise ValueError(
             f"{path}: the result would take {total / 2**30:.1f} GiB (more than "
@@ -307,29 +353,38 @@ def _boxes(
 
 def _motion(
     rep: int,
-    accumulate: bool,
     pos: int,
     rec: np.ndarray | None,
     acc: np.ndarray | None,
     bgr: dict[int, np.ndarray],
     box: Box,
-    height: int,
-    width: int,
-) -> np.ndarray:
-    """Motion vectors or residual of frame `pos` on `box`, from its records and the decoded
-    pictures."""
+    size: tuple[int, int],
+    work: np.ndarray,
+    table: np.ndarray | None,
+    dst: np.ndarray,
+) -> None:
+    """Write into `dst` the motion vectors or residual of frame `pos` on `box` (through `table`
+    when given), from its records, the accumulated map `acc` (None: relative to the previous
+    frame) and the decoded pictures; `work` is an int32 (h, w, 2) buffer for the box's field."""
     top, left, h, w = box
-    if pos == 0 or rec is None:
-        return np.zeros((h, w, _CHANNELS[rep]), np.int32)
-    if accumulate:
-        part = np.ascontiguousarray(acc[top : top + h, left : left + w])
-        if rep == MV:
-            return _identity_map(h, w, top, left) - part
-        return _kernels.residual(bgr[pos], bgr[0], part, False, top, left)
-    field = _kernels.mv_field(rec, height, width, top, left, h, w)
-    if rep == MV:
-        return field
-    return _kernels.residual(bgr[pos], bgr[pos - 1], field, True, top, left)
+    if pos == 0 or rec is None:  # the I-frame, or a frame without vectors: zeros
+        dst[...] = 0 if table is None else table[:, table.shape[1] // 2]
+        return
+    if acc is not None:
+        np.copyto(work, acc[top : top + h, left : left + w])
+        if rep == RESIDUAL:
+            _kernels.residual(bgr[pos], bgr[0], work, False, top, left, dst, table)
+            return
+        field = _identity_map(h, w, top, left) - work
+    else:
+        field = _kernels.mv_field(rec, *size, top, left, h, w, work)
+        if rep == RESIDUAL:
+            _kernels.residual(bgr[pos], bgr[pos - 1], field, True, top, left, dst, table)
+            return
+    if table is None:
+        dst[...] = field
+    else:
+        _kernels.lookup(field, table, dst)
 
 
 def load_many(
