@@ -222,7 +222,7 @@ def test_load_clip_equals_load_many(clip, accumulate):
     mv_table = np.stack([np.arange(-5, 6) * 20 + 100, np.arange(5, -6, -1) * 3 + 50]).astype(
         np.uint8)
     got = coviar.load_clip(path, g, picks, accumulate, crop={1: box},
-                           lut={2: res_table, 1: mv_table})
+                           lut=lambda height, width: {2: res_table, 1: mv_table})
     assert got[1].dtype == got[2].dtype == np.uint8
     np.testing.assert_array_equal(got[2], np.clip(alone[2][picks[2]] + 128, 0, 255))
     v = alone[1][picks[1], t : t + bh, le : le + bw]

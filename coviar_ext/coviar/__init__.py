@@ -201,6 +201,7 @@ MAX_RESULT_BYTES = _memory_bytes() // 2
 
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 Crop = Mapping[int, Box] | Callable[[int, int], Mapping[int, Box]]
+Tables = Mapping[int, np.ndarray] | Callable[[int, int], Mapping[int, np.ndarray]]
 
 
 def load_clip(
@@ -209,7 +210,7 @@ def load_clip(
     frames: Mapping[int, Sequence[int]],
     accumulate: bool,
     crop: Crop | None = None,
-    lut: Mapping[int, np.ndarray] | None = None,
+    lut: Tables | None = None,
 ) -> dict[int, np.ndarray]:
     """Several representations of frames of one GOP from a single decode of it.
 
@@ -217,16 +218,19 @@ def load_clip(
     repeats allowed); the result maps each to an array (k, H, W, C) exactly as `load_many` of
     that representation alone.
 
-    `crop` maps representations to a box (top, left, height, width) of the frame, or is a
-    function of the frame's (height, width) that returns such a mapping (called once, at the
-    first frame): those representations are computed on the box only, with the values of the
-    whole-frame result cropped (the motion-vector field and the residual are never computed
-    outside the box; the accumulated map is, since it composes whole frames).
+    `crop` maps representations to a box (top, left, height, width) of the frame: those
+    representations are computed on the box only, with the values of the whole-frame result
+    cropped (the motion-vector field and the residual are never computed outside the box; the
+    accumulated map is, since it composes whole frames).
 
     `lut` maps MV and/or RESIDUAL to a uint8 lookup table (C, L), L odd: each value v of
     channel c becomes ``table[c, clip(v + L // 2, 0, L - 1)]``, frame by frame, so the result is
     uint8 and no int32 array of the clip is built (e.g. pytorch-coviar's residual bytes
     ``clip(v + 128, 0, 255)``: ``table[c, i] = clip(i - L // 2 + 128, 0, 255)``).
+
+    Either may instead be a function of the frame's (height, width) that returns the mapping,
+    called once at the first frame (`crop` first), for boxes and tables that depend on the frame
+    size (a random crop of it, say) without opening the file twice.
 
     Errors: FileNotFoundError, ValueError (unreadable file, not MPEG-4 Part 2, B-frames, a box
     outside the frame, a bad table, a result larger than MAX_RESULT_BYTES), IndexError (GOP or
@@ -242,7 +246,7 @@ def load_clip(
         want[rep] = _indices(path, indices)
     if not want:
         raise ValueError("no representation asked for")
-    tables = _tables(lut or {})
+    tables: dict[int, np.ndarray] = {}
     last = max(int(idx.max()) for idx in want.values())
     motion = [rep for rep in (MV, RESIDUAL) if rep in want]
     store: dict[int, np.ndarray] = {}  # rep -> (distinct frames, h, w, C), frames ascending
@@ -257,7 +261,9 @@ def load_clip(
         count = pos + 1
         height, width = frame.height, frame.width
         if pos == 0:  # sizes known: check the boxes and the result's size before any work
-            boxes = _boxes(path, crop, height, width, want, tables)
+            given = crop(height, width) if callable(crop) else (crop or {})
+            tables = _tables(lut(height, width) if callable(lut) else (lut or {}))
+            boxes = _boxes(path, given, height, width, want, tables)
             for rep, idx in want.items():
                 frames_of = np.unique(idx).tolist()
                 slot[rep] = {f: j for j, f in enumerate(frames_of)}
@@ -325,15 +331,14 @@ def _tables(lut: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 def _boxes(
     path: str,
-    crop: Crop | None,
+    given: Mapping[int, Box],
     height: int,
     width: int,
     want: Mapping[int, np.ndarray],
     tables: Mapping[int, np.ndarray],
 ) -> dict[int, Box]:
-    """The box of each representation asked for (the whole frame where `crop` names none),
+    """The box of each representation asked for (the whole frame where `given` names none),
     checked; and the size of the result checked against MAX_RESULT_BYTES."""
-    given = crop(height, width) if callable(crop) else (crop or {})
     boxes: dict[int, Box] = {}
     total = 0
     for rep, idx in want.items():
