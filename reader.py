@@ -110,14 +110,15 @@ def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
     """Float model input from uint8-valued pixels, channels on dimension -3: residuals
     (``"residual"``, shifted by +128) ``(x / 255 - 0.5) / 0.226``; motion vectors (``"mv"``,
     ``mv_bytes``) ``x / 255 - 0.5`` as pytorch-coviar (no std); pictures (``"rgb"``)
-    ``(x / 255 - mean) / std`` with ImageNet's mean and std."""
-    x = x.float() / 255
+    ``(x / 255 - mean) / std`` with ImageNet's mean and std. A new tensor (``x`` is left as it
+    is, the new one is contiguous); the operations are done in place on it, in this order."""
+    x = x.to(torch.float32, copy=True, memory_format=torch.contiguous_format).div_(255)
     if kind == "rgb":
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+        return x.sub_(mean.view(3, 1, 1)).div_(std.view(3, 1, 1))
     if kind == "mv":
-        return x - 0.5
-    return (x - 0.5) / RESIDUAL_STD
+        return x.sub_(0.5)
+    return x.sub_(0.5).div_(RESIDUAL_STD)
 
 
 def resize_frames(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -280,18 +281,18 @@ class ClipDataset(Dataset):
         flip = self.train and torch.rand(()).item() < 0.5
 
         def spatial(a: np.ndarray) -> torch.Tensor:
-            """Bytes (k, h, w, C) of the crop box -> resized, flipped; float32 in [0, 255]."""
+            """Bytes (k, h, w, C) of the crop box -> resized, flipped: uint8 (k, C, size, size)."""
             t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
-            t = resize_frames(t, self.size).float()
+            t = resize_frames(t, self.size)
             return t.flip(-1) if flip else t
 
         x = normalise(spatial(arrays["input"])[:, [2, 1, 0]], self.representation)  # BGR -> RGB
-        item: dict[str, Any] = {"input": x.contiguous()}
+        item: dict[str, Any] = {"input": x}
         if self.with_mv:
-            mv = spatial(arrays["mv"])
-            if flip:  # mirrored motion: x displacement u - 128 -> 128 - u (pytorch-coviar)
+            mv = spatial(arrays["mv"]).float()
+            if flip:  # mirrored motion: the x byte u -> 256 - u (pytorch-coviar), i.e. -x
                 mv[:, 0] = 256 - mv[:, 0]
-            item["mv"] = normalise(mv, "mv").contiguous()
+            item["mv"] = normalise(mv, "mv")
         h, left, width = geo["h"], geo["left"], geo["width"]
         if self.iframe:
             frame = crop_frames(arrays["pics"][:1], (0, left, h, width))[:, [2, 1, 0]]

@@ -234,6 +234,21 @@ def test_load_clip_equals_load_many(clip, accumulate):
     np.testing.assert_array_equal(got, np.stack([scrambled[c][v[..., c]] for c in range(3)], -1))
 
 
+def test_no_reference_cycles(good):
+    """Decoded frames are freed when dropped, not left to the garbage collector (PyAV's
+    ``frame.side_data`` makes a frame part of a cycle)."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        for acc in (False, True):
+            coviar.load_clip(good, 0, {0: [1], 1: [2, 3], 2: [4, 5]}, acc)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
 def test_load_clip_refuses_bad_boxes(good):
     with pytest.raises(ValueError, match="not inside the 64x48 frame"):
         coviar.load_clip(good, 0, {2: [1]}, False, crop={2: (40, 0, 10, 10)})

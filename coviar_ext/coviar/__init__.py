@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.sidedata.sidedata import SideDataContainer
 from av.video.reformatter import VideoReformatter
 
 from coviar import _kernels
@@ -127,8 +128,11 @@ def _gop_frames(path: str | os.PathLike, gop_index: int) -> Iterator[av.VideoFra
 def _records(frame: av.VideoFrame) -> np.ndarray | None:
     """The frame's motion-vector records as int32 (n, 6) (w, h, src_x, src_y, dst_x, dst_y).
 
-    None when the frame carries no motion-vector side data (an I-frame)."""
-    sd = frame.side_data.get("MOTION_VECTORS")
+    None when the frame carries no motion-vector side data (an I-frame). Read through a
+    SideDataContainer of our own: ``frame.side_data`` caches one on the frame, a reference
+    cycle that keeps every such frame (and its picture buffers) alive until the garbage
+    collector runs."""
+    sd = SideDataContainer(frame).get("MOTION_VECTORS")
     if sd is None:
         return None
     mv = sd.to_ndarray()
@@ -253,8 +257,8 @@ def load_clip(
     slot: dict[int, dict[int, int]] = {}  # rep -> {frame: its index in store[rep]}
     bgr: dict[int, np.ndarray] = {}
     boxes: dict[int, Box] = {}
-    buffers: dict[int, np.ndarray] = {}  # rep -> int32 (h, w, 2) of its box, reused per frame
-    acc = spare = None  # accumulated map into the I-frame, and the next one's buffer
+    buffers: dict[int, np.ndarray] = {}  # rep -> int32 (h, w, 2): the box of the accumulated map
+    acc = None  # accumulated map into the I-frame (accumulate only)
     reformatter = VideoReformatter()
     count = 0
     for pos, frame in enumerate(_gop_frames(path, gop_index)):
@@ -291,14 +295,15 @@ def load_clip(
             if accumulate:
                 if pos == 0:
                     acc = _identity_map(height, width)
-                    spare = np.empty_like(acc)
-                elif rec is not None:  # two buffers in turn: new[dst] = old[src]
-                    acc, spare = _kernels.accumulate(rec, acc, spare), acc
+                elif rec is not None:
+                    _kernels.accumulate(rec, acc)  # in place: new[dst] = old[src]
             for rep in motion:
                 if pos in slot[rep]:
-                    work = buffers.setdefault(rep, np.empty((*boxes[rep][2:], 2), np.int32))
+                    if accumulate and rep not in buffers:
+                        buffers[rep] = np.empty((*boxes[rep][2:], 2), np.int32)
                     _motion(rep, pos, rec, acc if accumulate else None, bgr, boxes[rep],
-                            (height, width), work, tables.get(rep), store[rep][slot[rep][pos]])
+                            (height, width), buffers.get(rep), tables.get(rep),
+                            store[rep][slot[rep][pos]])
         for k in [k for k in bgr if k < pos and not (accumulate and k == 0)]:
             del bgr[k]  # no later frame refers to it
         if pos == last:
@@ -364,32 +369,30 @@ def _motion(
     bgr: dict[int, np.ndarray],
     box: Box,
     size: tuple[int, int],
-    work: np.ndarray,
+    work: np.ndarray | None,
     table: np.ndarray | None,
     dst: np.ndarray,
 ) -> None:
     """Write into `dst` the motion vectors or residual of frame `pos` on `box` (through `table`
     when given), from its records, the accumulated map `acc` (None: relative to the previous
-    frame) and the decoded pictures; `work` is an int32 (h, w, 2) buffer for the box's field."""
+    frame) and the decoded pictures; `work` is an int32 (h, w, 2) buffer for the box's part of
+    the accumulated map."""
     top, left, h, w = box
     if pos == 0 or rec is None:  # the I-frame, or a frame without vectors: zeros
         dst[...] = 0 if table is None else table[:, table.shape[1] // 2]
-        return
-    if acc is not None:
+    elif acc is None:  # relative to the previous frame: straight from the records
+        if rep == RESIDUAL:  # (without building their field)
+            _kernels.residual_mv(bgr[pos], bgr[pos - 1], rec, top, left, dst, table)
+        else:
+            _kernels.mv_field(rec, *size, top, left, h, w, dst, table)
+    else:
         np.copyto(work, acc[top : top + h, left : left + w])
         if rep == RESIDUAL:
             _kernels.residual(bgr[pos], bgr[0], work, False, top, left, dst, table)
-            return
-        field = _identity_map(h, w, top, left) - work
-    else:
-        field = _kernels.mv_field(rec, *size, top, left, h, w, work)
-        if rep == RESIDUAL:
-            _kernels.residual(bgr[pos], bgr[pos - 1], field, True, top, left, dst, table)
-            return
-    if table is None:
-        dst[...] = field
-    else:
-        _kernels.lookup(field, table, dst)
+        elif table is None:
+            np.subtract(_identity_map(h, w, top, left), work, out=dst)
+        else:
+            _kernels.lookup(_identity_map(h, w, top, left) - work, table, dst)
 
 
 def load_many(

@@ -120,9 +120,11 @@ static inline void clip_range(long half, long dst, long src, long size, long b0,
         (void)val_y;                                                                        \
         for (long oy = y0_; oy < y1_; ++oy) {                                               \
             const long py = dy_ + oy, qy = sy_ + oy;                                        \
+            (void)py;                                                                       \
             (void)qy;                                                                       \
             for (long ox = x0_; ox < x1_; ++ox) {                                           \
                 const long px = dx_ + ox, qx = sx_ + ox;                                    \
+                (void)px;                                                                   \
                 (void)qx;                                                                   \
                 BODY                                                                        \
             }                                                                               \
@@ -145,10 +147,10 @@ static int check_box(Py_ssize_t top, Py_ssize_t left, Py_ssize_t box_h, Py_ssize
 
 static PyObject *mv_field(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *rec_obj, *out_obj = Py_None;
+    PyObject *rec_obj, *out_obj = Py_None, *table_obj = Py_None;
     Py_ssize_t height, width, top = 0, left = 0, box_h = -1, box_w = -1;
-    if (!PyArg_ParseTuple(args, "Onn|nnnnO", &rec_obj, &height, &width, &top, &left, &box_h,
-                          &box_w, &out_obj))
+    if (!PyArg_ParseTuple(args, "Onn|nnnnOO", &rec_obj, &height, &width, &top, &left, &box_h,
+                          &box_w, &out_obj, &table_obj))
         return NULL;
     if (height <= 0 || width <= 0 || height > 16384 || width > 16384) {
         PyErr_SetString(PyExc_ValueError, "frame size out of range");
@@ -157,71 +159,208 @@ static PyObject *mv_field(PyObject *self, PyObject *args) {
     if (box_h < 0) box_h = height - top;
     if (box_w < 0) box_w = width - left;
     if (!check_box(top, left, box_h, box_w, height, width)) return NULL;
-    PyArrayObject *rec = as_array(rec_obj, NPY_INT32, 2, 6, "records");
-    if (!rec) return NULL;
+    PyArrayObject *rec = NULL, *out = NULL, *table = NULL;
+    if (!(rec = as_array(rec_obj, NPY_INT32, 2, 6, "records"))) goto done;
+    if (table_obj != Py_None && !(table = lookup_table(table_obj, 2))) goto done;
     npy_intp dims[3] = {box_h, box_w, 2};
-    PyArrayObject *out = output(out_obj, NPY_INT32, dims);
-    if (!out) {
-        Py_DECREF(rec);
-        return NULL;
-    }
+    if (!(out = output(out_obj, table ? NPY_UINT8 : NPY_INT32, dims))) goto done;
     const int32_t *r = (const int32_t *)PyArray_DATA(rec);
-    int32_t *f = (int32_t *)PyArray_DATA(out);
     const npy_intp n = PyArray_DIM(rec, 0);
     const long bx0 = left, bx1 = left + box_w, by0 = top, by1 = top + box_h;
     Py_BEGIN_ALLOW_THREADS
-    if (out_obj != Py_None) memset(f, 0, (size_t)box_h * box_w * 2 * sizeof(int32_t));
-    FOR_RECORD_PIXELS(r, n, width, height, bx0, bx1, by0, by1, {
-        int32_t *p = f + 2 * ((py - by0) * box_w + (px - bx0));
-        p[0] = val_x;
-        p[1] = val_y;
-    })
+    if (table) { /* bytes: table[c, v + len / 2], zero displacement where no record writes */
+        const uint8_t *t = (const uint8_t *)PyArray_DATA(table);
+        const npy_intp len = PyArray_DIM(table, 1);
+        uint8_t *f = (uint8_t *)PyArray_DATA(out);
+        const uint8_t zx = look(t, len, 0, 0), zy = look(t, len, 1, 0);
+        for (npy_intp k = 0; k < box_h * box_w; ++k) {
+            f[2 * k] = zx;
+            f[2 * k + 1] = zy;
+        }
+        FOR_RECORD_PIXELS(r, n, width, height, bx0, bx1, by0, by1, {
+            uint8_t *p = f + 2 * ((py - by0) * box_w + (px - bx0));
+            p[0] = look(t, len, 0, val_x);
+            p[1] = look(t, len, 1, val_y);
+        })
+    } else {
+        int32_t *f = (int32_t *)PyArray_DATA(out);
+        if (out_obj != Py_None) memset(f, 0, (size_t)box_h * box_w * 2 * sizeof(int32_t));
+        FOR_RECORD_PIXELS(r, n, width, height, bx0, bx1, by0, by1, {
+            int32_t *p = f + 2 * ((py - by0) * box_w + (px - bx0));
+            p[0] = val_x;
+            p[1] = val_y;
+        })
+    }
     Py_END_ALLOW_THREADS
-    Py_DECREF(rec);
+done:
+    Py_XDECREF(rec);
+    Py_XDECREF(table);
+    if (PyErr_Occurred()) Py_CLEAR(out);
     return (PyObject *)out;
 }
 
 static PyObject *accumulate(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *rec_obj, *old_obj, *out_obj = Py_None;
-    if (!PyArg_ParseTuple(args, "OO|O", &rec_obj, &old_obj, &out_obj)) return NULL;
-    PyArrayObject *rec = NULL, *old = NULL, *out = NULL;
-    rec = as_array(rec_obj, NPY_INT32, 2, 6, "records");
-    if (!rec) goto fail;
-    old = as_array(old_obj, NPY_INT32, 3, 2, "map");
-    if (!old) goto fail;
-    if (out_obj == Py_None) {
-        out = (PyArrayObject *)PyArray_NewCopy(old, NPY_CORDER);
-    } else {
-        out = output(out_obj, NPY_INT32, PyArray_DIMS(old));
-        if (out && PyArray_DATA(out) == PyArray_DATA(old)) {
-            PyErr_SetString(PyExc_ValueError, "output must not be the map itself");
-            Py_CLEAR(out);
-        }
-        if (out && PyArray_CopyInto(out, old) < 0) Py_CLEAR(out);
+    PyObject *rec_obj, *map_obj;
+    if (!PyArg_ParseTuple(args, "OO", &rec_obj, &map_obj)) return NULL;
+    PyArrayObject *rec = NULL, *map = NULL;
+    int32_t *moved = NULL;
+    PyObject *ret = NULL;
+    if (!(rec = as_array(rec_obj, NPY_INT32, 2, 6, "records"))) goto done;
+    if (!(map = as_array(map_obj, NPY_INT32, 3, 2, "map"))) goto done;
+    if (!PyArray_ISWRITEABLE(map)) {
+        PyErr_SetString(PyExc_ValueError, "map is read-only");
+        goto done;
     }
-    if (!out) goto fail;
-    const long height = (long)PyArray_DIM(old, 0), width = (long)PyArray_DIM(old, 1);
+    const long height = (long)PyArray_DIM(map, 0), width = (long)PyArray_DIM(map, 1);
     const int32_t *r = (const int32_t *)PyArray_DATA(rec);
-    const int32_t *a_old = (const int32_t *)PyArray_DATA(old);
-    int32_t *a_new = (int32_t *)PyArray_DATA(out);
+    int32_t *a = (int32_t *)PyArray_DATA(map);
     const npy_intp n = PyArray_DIM(rec, 0);
-    /* new[dst] = old[src]: every record of this frame reads the previous frame's map. */
+    npy_intp count = 0;
+    FOR_RECORD_PIXELS(r, n, width, height, 0, width, 0, height, { ++count; })
+    moved = PyMem_RawMalloc((size_t)(count ? count : 1) * 2 * sizeof(int32_t));
+    if (!moved) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* new[dst] = old[src], every record reading the previous frame's map: in place, in two
+     * passes over the moved pixels only (read all sources, then write all destinations in
+     * record order, so a later record's block wins as it would over a copy). */
     Py_BEGIN_ALLOW_THREADS
+    npy_intp k = 0;
     FOR_RECORD_PIXELS(r, n, width, height, 0, width, 0, height, {
-        const int32_t *s = a_old + 2 * (qy * width + qx);
-        int32_t *d = a_new + 2 * (py * width + px);
-        d[0] = s[0];
-        d[1] = s[1];
+        const int32_t *s = a + 2 * (qy * width + qx);
+        moved[2 * k] = s[0];
+        moved[2 * k + 1] = s[1];
+        ++k;
+    })
+    k = 0;
+    FOR_RECORD_PIXELS(r, n, width, height, 0, width, 0, height, {
+        int32_t *d = a + 2 * (py * width + px);
+        d[0] = moved[2 * k];
+        d[1] = moved[2 * k + 1];
+        ++k;
     })
     Py_END_ALLOW_THREADS
-    Py_DECREF(rec);
-    Py_DECREF(old);
-    return (PyObject *)out;
-fail:
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyMem_RawFree(moved);
     Py_XDECREF(rec);
-    Py_XDECREF(old);
-    return NULL;
+    Py_XDECREF(map);
+    return ret;
+}
+
+/* One row segment of a residual: n bytes (whole pixels) of cur minus ref, as int32 or through
+ * the table (arithmetically when it is a clipped shift). */
+typedef struct {
+    int32_t *i32;       /* int32 output, or NULL */
+    uint8_t *u8;        /* uint8 output through the table, or NULL */
+    const uint8_t *table;
+    npy_intp len;
+    int shifted, shift; /* the table is clip(v + shift, 0, 255) in every channel */
+} Sink;
+
+static inline void diff_row(const Sink *o, npy_intp k, const uint8_t *cp, const uint8_t *rp,
+                            npy_intp n) {
+    if (o->shifted) {
+        uint8_t *op = o->u8 + k;
+        const int16_t sh = (int16_t)o->shift;
+        for (npy_intp i = 0; i < n; ++i) { /* int16 lanes: twice as many per vector */
+            const int16_t v = (int16_t)((int16_t)cp[i] - (int16_t)rp[i] + sh);
+            const int16_t lo = v < 0 ? 0 : v;
+            op[i] = (uint8_t)(lo > 255 ? 255 : lo);
+        }
+    } else if (o->u8) {
+        for (npy_intp i = 0; i < n; i += 3)
+            for (int ch = 0; ch < 3; ++ch)
+                o->u8[k + i + ch] = look(o->table, o->len, ch, (int32_t)cp[i + ch] - rp[i + ch]);
+    } else {
+        int32_t *op = o->i32 + k;
+        for (npy_intp i = 0; i < n; ++i) op[i] = (int32_t)cp[i] - (int32_t)rp[i];
+    }
+}
+
+/* The residual output `out_obj` (given, or new when None) of the box (box_h, box_w) and its
+ * sink; NULL with an exception. */
+static PyArrayObject *residual_out(PyObject *out_obj, PyObject *table_obj, npy_intp box_h,
+                                   npy_intp box_w, PyArrayObject **table, Sink *o) {
+    if (table_obj != Py_None && !(*table = lookup_table(table_obj, 3))) return NULL;
+    npy_intp dims[3] = {box_h, box_w, 3};
+    PyArrayObject *out = output(out_obj, *table ? NPY_UINT8 : NPY_INT32, dims);
+    if (!out) return NULL;
+    memset(o, 0, sizeof *o);
+    if (*table) {
+        o->u8 = (uint8_t *)PyArray_DATA(out);
+        o->table = (const uint8_t *)PyArray_DATA(*table);
+        o->len = PyArray_DIM(*table, 1);
+        o->shifted = clipped_shift(o->table, o->len, 3, &o->shift);
+    } else {
+        o->i32 = (int32_t *)PyArray_DATA(out);
+    }
+    return out;
+}
+
+static PyObject *residual_mv(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cur_obj, *ref_obj, *rec_obj, *out_obj, *table_obj = Py_None;
+    Py_ssize_t top, left;
+    if (!PyArg_ParseTuple(args, "OOOnnO|O", &cur_obj, &ref_obj, &rec_obj, &top, &left, &out_obj,
+                          &table_obj))
+        return NULL;
+    PyArrayObject *cur = NULL, *ref = NULL, *rec = NULL, *out = NULL, *table = NULL;
+    if (!(cur = as_array(cur_obj, NPY_UINT8, 3, 3, "current frame"))) goto done;
+    if (!(ref = as_array(ref_obj, NPY_UINT8, 3, 3, "reference frame"))) goto done;
+    if (!(rec = as_array(rec_obj, NPY_INT32, 2, 6, "records"))) goto done;
+    const npy_intp height = PyArray_DIM(cur, 0), width = PyArray_DIM(cur, 1);
+    if (PyArray_DIM(ref, 0) != height || PyArray_DIM(ref, 1) != width) {
+        PyErr_SetString(PyExc_ValueError, "frames must have the same height and width");
+        goto done;
+    }
+    if (!PyArray_Check(out_obj) || PyArray_NDIM((PyArrayObject *)out_obj) != 3) {
+        PyErr_SetString(PyExc_ValueError, "output must be a 3-d array (the box)");
+        goto done;
+    }
+    const npy_intp box_h = PyArray_DIM((PyArrayObject *)out_obj, 0);
+    const npy_intp box_w = PyArray_DIM((PyArrayObject *)out_obj, 1);
+    if (!check_box(top, left, box_h, box_w, height, width)) goto done;
+    Sink o;
+    if (!(out = residual_out(out_obj, table_obj, box_h, box_w, &table, &o))) goto done;
+    const uint8_t *c = (const uint8_t *)PyArray_DATA(cur);
+    const uint8_t *rf = (const uint8_t *)PyArray_DATA(ref);
+    const int32_t *r = (const int32_t *)PyArray_DATA(rec);
+    const npy_intp n = PyArray_DIM(rec, 0);
+    Py_BEGIN_ALLOW_THREADS
+    /* The residual against the previous frame through the field of `records`, without
+     * building the field: every pixel of the box first as if its vector were zero, then each
+     * record's block (clipped as in mv_field) rewritten with its source, records in order, so
+     * that a pixel ends with the last record that covers it, as the field does. Rows are
+     * contiguous in both frames (vectorised). */
+    for (npy_intp y = 0; y < box_h; ++y) {
+        const npy_intp g = 3 * ((top + y) * width + left);
+        diff_row(&o, 3 * y * box_w, c + g, rf + g, 3 * box_w);
+    }
+    for (npy_intp i = 0; i < n; ++i) {
+        const int32_t *q = r + 6 * i;
+        const long w = q[0], h = q[1], sx = q[2], sy = q[3], dx = q[4], dy = q[5];
+        if ((dx == sx && dy == sy) || w < 0 || h < 0 || w > 4096 || h > 4096) continue;
+        long x0, x1, y0, y1;
+        clip_range(w / 2, dx, sx, width, left, left + box_w, &x0, &x1);
+        clip_range(h / 2, dy, sy, height, top, top + box_h, &y0, &y1);
+        if (x1 <= x0) continue;
+        for (long oy = y0; oy < y1; ++oy) {
+            const npy_intp k = 3 * ((dy + oy - top) * box_w + (dx + x0 - left));
+            diff_row(&o, k, c + 3 * ((dy + oy) * width + dx + x0),
+                     rf + 3 * ((sy + oy) * width + sx + x0), 3 * (x1 - x0));
+        }
+    }
+    Py_END_ALLOW_THREADS
+done:
+    Py_XDECREF(cur);
+    Py_XDECREF(ref);
+    Py_XDECREF(rec);
+    Py_XDECREF(table);
+    return (PyObject *)out;
 }
 
 static PyObject *residual(PyObject *self, PyObject *args) {
@@ -239,7 +378,6 @@ static PyObject *residual(PyObject *self, PyObject *args) {
     if (!ref) goto done;
     map = as_array(map_obj, NPY_INT32, 3, 2, "map");
     if (!map) goto done;
-    if (table_obj != Py_None && !(table = lookup_table(table_obj, 3))) goto done;
     const npy_intp height = PyArray_DIM(cur, 0), width = PyArray_DIM(cur, 1);
     const npy_intp box_h = PyArray_DIM(map, 0), box_w = PyArray_DIM(map, 1);
     if (PyArray_DIM(ref, 0) != height || PyArray_DIM(ref, 1) != width) {
@@ -247,18 +385,11 @@ static PyObject *residual(PyObject *self, PyObject *args) {
         goto done;
     }
     if (!check_box(top, left, box_h, box_w, height, width)) goto done;
-    npy_intp dims[3] = {box_h, box_w, 3};
-    out = output(out_obj, table ? NPY_UINT8 : NPY_INT32, dims);
-    if (!out) goto done;
+    Sink o;
+    if (!(out = residual_out(out_obj, table_obj, box_h, box_w, &table, &o))) goto done;
     const uint8_t *c = (const uint8_t *)PyArray_DATA(cur);
     const uint8_t *rf = (const uint8_t *)PyArray_DATA(ref);
     const int32_t *m = (const int32_t *)PyArray_DATA(map);
-    int32_t *o = table ? NULL : (int32_t *)PyArray_DATA(out);
-    uint8_t *o8 = table ? (uint8_t *)PyArray_DATA(out) : NULL;
-    const uint8_t *t = table ? (const uint8_t *)PyArray_DATA(table) : NULL;
-    const npy_intp len = table ? PyArray_DIM(table, 1) : 0;
-    int shift = 0;
-    const int shifted = t && clipped_shift(t, len, 3, &shift);
     npy_intp bad = -1;
     Py_BEGIN_ALLOW_THREADS
     /* Δ[p] = cur[p] − ref[src(p)], src = p − mv (relative) or the map itself (accumulated), for
@@ -289,24 +420,8 @@ static PyObject *residual(PyObject *self, PyObject *args) {
                 bad = gy * width + left + first;
                 break;
             }
-            const npy_intp n = 3 * (e - x), k = 3 * (y * box_w + x);
-            const uint8_t *cp = c + 3 * (gy * width + left + x), *rp = rf + 3 * (sy * width + sx0);
-            if (shifted) {
-                uint8_t *op = o8 + k;
-                const int16_t sh = (int16_t)shift;
-                for (npy_intp i = 0; i < n; ++i) { /* int16 lanes: twice as many per vector */
-                    const int16_t v = (int16_t)((int16_t)cp[i] - (int16_t)rp[i] + sh);
-                    const int16_t lo = v < 0 ? 0 : v;
-                    op[i] = (uint8_t)(lo > 255 ? 255 : lo);
-                }
-            } else if (t) {
-                for (npy_intp i = 0; i < n; i += 3)
-                    for (int ch = 0; ch < 3; ++ch)
-                        o8[k + i + ch] = look(t, len, ch, (int32_t)cp[i + ch] - rp[i + ch]);
-            } else {
-                int32_t *op = o + k;
-                for (npy_intp i = 0; i < n; ++i) op[i] = (int32_t)cp[i] - (int32_t)rp[i];
-            }
+            diff_row(&o, 3 * (y * box_w + x), c + 3 * (gy * width + left + x),
+                     rf + 3 * (sy * width + sx0), 3 * (e - x));
             x = e;
         }
     }
@@ -354,17 +469,21 @@ done:
 
 static PyMethodDef methods[] = {
     {"mv_field", mv_field, METH_VARARGS,
-     "mv_field(records, height, width[, top, left, box_h, box_w, out]) -> int32 (box_h, box_w, "
-     "2): per-pixel (dst - src) of one frame, on the box (default: the whole frame), written "
-     "into `out` when given."},
+     "mv_field(records, height, width[, top, left, box_h, box_w, out, table]) -> int32 (box_h, "
+     "box_w, 2): per-pixel (dst - src) of one frame, on the box (default: the whole frame), "
+     "written into `out` when given; with a uint8 table (2, L), its bytes instead."},
     {"accumulate", accumulate, METH_VARARGS,
-     "accumulate(records, map[, out]) -> new map (into `out` when given, not `map` itself): "
-     "new[dst] = map[src], map = source pixel in the I-frame."},
+     "accumulate(records, map) -> None: the map composed with one frame in place, "
+     "new[dst] = old[src] (map: the source pixel in the I-frame of each pixel)."},
     {"residual", residual, METH_VARARGS,
      "residual(cur, ref, map, relative[, top, left, out, table]) -> int32 (h, w, 3): cur - ref "
      "sampled at the source pixel, on the box of the map's size (h, w) at (top, left) of the "
      "frames; with a uint8 table (3, L), uint8 table[c, clip(v + L // 2, 0, L - 1)] instead; "
      "written into `out` when given."},
+    {"residual_mv", residual_mv, METH_VARARGS,
+     "residual_mv(cur, ref, records, top, left, out[, table]) -> out: the residual against the "
+     "previous frame through the records' field (as residual(cur, ref, mv_field(records), "
+     "True, top, left, out, table)), on the box of out's size at (top, left)."},
     {"lookup", lookup, METH_VARARGS,
      "lookup(values, table, out) -> None: out[..., c] = table[c, clip(v + L // 2, 0, L - 1)] "
      "for int32 values (h, w, C), a uint8 table (C, L) (L odd) and a uint8 out (h, w, C)."},
