@@ -30,7 +30,9 @@ today's reader <= 1.3 x the floor in every row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import statistics
 import subprocess
 import sys
@@ -109,7 +111,8 @@ def make_tree(root: Path, clips: int, width: int, height: int, frames: int) -> d
         out = root / kind
         subprocess.run(["bash", str(ROOT / "reencode.sh"), str(raw), str(out)], check=True,
                        capture_output=True)
-        ds.write_index(ds.build_index("ckplus", out), out / "index.csv")
+        with contextlib.redirect_stderr(io.StringIO()):  # the indexer's progress bar
+            ds.write_index(ds.build_index("ckplus", out), out / "index.csv")
         trees[kind] = out
     return trees
 

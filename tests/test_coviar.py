@@ -182,6 +182,9 @@ def test_kernels_check_their_input():
     # A record far outside the frame writes nothing.
     far = np.array([[16, 16, -30000, -30000, 30000, 30000]], np.int32)
     assert not _kernels.mv_field(far, 8, 8).any()
+    with pytest.raises(ValueError, match="whole number"):
+        _kernels.records(b"\0" * 41)  # side data is a whole number of 40-byte records
+    assert _kernels.records(b"").shape == (0, 6)
 
 
 @pytest.mark.parametrize("accumulate", [False, True])

@@ -133,13 +133,7 @@ def _records(frame: av.VideoFrame) -> np.ndarray | None:
     cycle that keeps every such frame (and its picture buffers) alive until the garbage
     collector runs."""
     sd = SideDataContainer(frame).get("MOTION_VECTORS")
-    if sd is None:
-        return None
-    mv = sd.to_ndarray()
-    rec = np.empty((len(mv), 6), np.int32)
-    for j, col in enumerate(("w", "h", "src_x", "src_y", "dst_x", "dst_y")):
-        rec[:, j] = mv[col]
-    return rec[mv["source"] < 0]  # past references only (there are no B-frames)
+    return None if sd is None else _kernels.records(sd)
 
 
 def _bgr(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
@@ -155,8 +149,10 @@ def _bgr(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
 def _identity_map(height: int, width: int, top: int = 0, left: int = 0) -> np.ndarray:
     """Map of every pixel of the box (top, left, height, width) to itself, int32 (h, w, 2) as
     (x, y)."""
-    ys, xs = np.mgrid[top : top + height, left : left + width].astype(np.int32)
-    return np.ascontiguousarray(np.stack([xs, ys], axis=-1))
+    out = np.empty((height, width, 2), np.int32)
+    out[..., 0] = np.arange(left, left + width, dtype=np.int32)
+    out[..., 1] = np.arange(top, top + height, dtype=np.int32)[:, None]
+    return out
 
 
 def _path(path: str | bytes | os.PathLike) -> str:
@@ -257,7 +253,7 @@ def load_clip(
     slot: dict[int, dict[int, int]] = {}  # rep -> {frame: its index in store[rep]}
     bgr: dict[int, np.ndarray] = {}
     boxes: dict[int, Box] = {}
-    buffers: dict[int, np.ndarray] = {}  # rep -> int32 (h, w, 2): the box of the accumulated map
+    buffers: dict[int, np.ndarray] = {}  # MV -> the identity map of its box (accumulate only)
     acc = None  # accumulated map into the I-frame (accumulate only)
     reformatter = VideoReformatter()
     count = 0
@@ -299,8 +295,9 @@ def load_clip(
                     _kernels.accumulate(rec, acc)  # in place: new[dst] = old[src]
             for rep in motion:
                 if pos in slot[rep]:
-                    if accumulate and rep not in buffers:
-                        buffers[rep] = np.empty((*boxes[rep][2:], 2), np.int32)
+                    if accumulate and rep == MV and MV not in buffers:
+                        top, left, h, w = boxes[MV]
+                        buffers[MV] = _identity_map(h, w, top, left)
                     _motion(rep, pos, rec, acc if accumulate else None, bgr, boxes[rep],
                             (height, width), buffers.get(rep), tables.get(rep),
                             store[rep][slot[rep][pos]])
@@ -375,8 +372,8 @@ def _motion(
 ) -> None:
     """Write into `dst` the motion vectors or residual of frame `pos` on `box` (through `table`
     when given), from its records, the accumulated map `acc` (None: relative to the previous
-    frame) and the decoded pictures; `work` is an int32 (h, w, 2) buffer for the box's part of
-    the accumulated map."""
+    frame) and the decoded pictures; `work` is the identity map of the box (accumulated
+    vectors only)."""
     top, left, h, w = box
     if pos == 0 or rec is None:  # the I-frame, or a frame without vectors: zeros
         dst[...] = 0 if table is None else table[:, table.shape[1] // 2]
@@ -385,14 +382,13 @@ def _motion(
             _kernels.residual_mv(bgr[pos], bgr[pos - 1], rec, top, left, dst, table)
         else:
             _kernels.mv_field(rec, *size, top, left, h, w, dst, table)
-    else:
-        np.copyto(work, acc[top : top + h, left : left + w])
-        if rep == RESIDUAL:
-            _kernels.residual(bgr[pos], bgr[0], work, False, top, left, dst, table)
-        elif table is None:
-            np.subtract(_identity_map(h, w, top, left), work, out=dst)
+    elif rep == RESIDUAL:  # accumulated: the I-frame through the map (read at the box)
+        _kernels.residual(bgr[pos], bgr[0], acc, False, top, left, dst, table)
+    else:  # accumulated vectors: (x, y) - map, `work` holding the box's (x, y)
+        if table is None:
+            np.subtract(work, acc[top : top + h, left : left + w], out=dst)
         else:
-            _kernels.lookup(_identity_map(h, w, top, left) - work, table, dst)
+            _kernels.lookup(work - acc[top : top + h, left : left + w], table, dst)
 
 
 def load_many(

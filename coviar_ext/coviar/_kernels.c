@@ -217,7 +217,15 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     int32_t *a = (int32_t *)PyArray_DATA(map);
     const npy_intp n = PyArray_DIM(rec, 0);
     npy_intp count = 0;
-    FOR_RECORD_PIXELS(r, n, width, height, 0, width, 0, height, { ++count; })
+    for (npy_intp i = 0; i < n; ++i) { /* the pixels FOR_RECORD_PIXELS visits */
+        const int32_t *q = r + 6 * i;
+        if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 || q[1] > 4096)
+            continue;
+        long x0, x1, y0, y1;
+        clip_range(q[0] / 2, q[4], q[2], width, 0, width, &x0, &x1);
+        clip_range(q[1] / 2, q[5], q[3], height, 0, height, &y0, &y1);
+        if (x1 > x0 && y1 > y0) count += (x1 - x0) * (y1 - y0);
+    }
     moved = PyMem_RawMalloc((size_t)(count ? count : 1) * 2 * sizeof(int32_t));
     if (!moved) {
         PyErr_NoMemory();
@@ -379,17 +387,28 @@ static PyObject *residual(PyObject *self, PyObject *args) {
     map = as_array(map_obj, NPY_INT32, 3, 2, "map");
     if (!map) goto done;
     const npy_intp height = PyArray_DIM(cur, 0), width = PyArray_DIM(cur, 1);
-    const npy_intp box_h = PyArray_DIM(map, 0), box_w = PyArray_DIM(map, 1);
     if (PyArray_DIM(ref, 0) != height || PyArray_DIM(ref, 1) != width) {
         PyErr_SetString(PyExc_ValueError, "frames must have the same height and width");
         goto done;
     }
+    /* The box: the output's size when given, else the map's. The map covers the box, or the
+     * whole frame (then read at the box's place). */
+    const int given = out_obj != Py_None && PyArray_Check(out_obj) &&
+                      PyArray_NDIM((PyArrayObject *)out_obj) == 3;
+    const npy_intp box_h = given ? PyArray_DIM((PyArrayObject *)out_obj, 0) : PyArray_DIM(map, 0);
+    const npy_intp box_w = given ? PyArray_DIM((PyArrayObject *)out_obj, 1) : PyArray_DIM(map, 1);
     if (!check_box(top, left, box_h, box_w, height, width)) goto done;
+    const int whole = PyArray_DIM(map, 0) == height && PyArray_DIM(map, 1) == width;
+    if (!whole && (PyArray_DIM(map, 0) != box_h || PyArray_DIM(map, 1) != box_w)) {
+        PyErr_SetString(PyExc_ValueError, "map must cover the box or the whole frame");
+        goto done;
+    }
     Sink o;
     if (!(out = residual_out(out_obj, table_obj, box_h, box_w, &table, &o))) goto done;
     const uint8_t *c = (const uint8_t *)PyArray_DATA(cur);
     const uint8_t *rf = (const uint8_t *)PyArray_DATA(ref);
-    const int32_t *m = (const int32_t *)PyArray_DATA(map);
+    const npy_intp map_w = whole ? width : box_w;
+    const int32_t *m = (const int32_t *)PyArray_DATA(map) + (whole ? 2 * (top * width + left) : 0);
     npy_intp bad = -1;
     Py_BEGIN_ALLOW_THREADS
     /* Δ[p] = cur[p] − ref[src(p)], src = p − mv (relative) or the map itself (accumulated), for
@@ -399,7 +418,7 @@ static PyObject *residual(PyObject *self, PyObject *args) {
      * contiguously (vectorised). */
     for (npy_intp y = 0; y < box_h && bad < 0; ++y) {
         const npy_intp gy = top + y;
-        const int32_t *row = m + 2 * y * box_w;
+        const int32_t *row = m + 2 * y * map_w;
         npy_intp x = 0;
         while (x < box_w) {
             const npy_intp dx = relative ? row[2 * x] : left + x - row[2 * x];
@@ -467,6 +486,50 @@ done:
     return ret;
 }
 
+/* FFmpeg's AVMotionVector (libavutil/motion_vector.h), as exported by `flags2 +export_mvs`. */
+typedef struct {
+    int32_t source;
+    uint8_t w, h;
+    int16_t src_x, src_y, dst_x, dst_y;
+    uint64_t flags;
+    int32_t motion_x, motion_y;
+    uint16_t motion_scale;
+} MotionVector;
+
+static PyObject *records(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *ret = NULL;
+    if (view.len % (Py_ssize_t)sizeof(MotionVector)) {
+        PyErr_Format(PyExc_ValueError, "motion-vector side data of %zd bytes is not a whole "
+                     "number of %zu-byte records", view.len, sizeof(MotionVector));
+        goto done;
+    }
+    const npy_intp n = view.len / (Py_ssize_t)sizeof(MotionVector);
+    npy_intp kept = 0;
+    MotionVector mv;
+    for (npy_intp i = 0; i < n; ++i) {
+        memcpy(&mv, (const char *)view.buf + i * sizeof mv, sizeof mv);
+        kept += mv.source < 0;
+    }
+    npy_intp dims[2] = {kept, 6};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_INT32, 0);
+    if (!out) goto done;
+    int32_t *o = (int32_t *)PyArray_DATA(out);
+    for (npy_intp i = 0; i < n; ++i) { /* past references only (there are no B-frames) */
+        memcpy(&mv, (const char *)view.buf + i * sizeof mv, sizeof mv);
+        if (mv.source >= 0) continue;
+        o[0] = mv.w, o[1] = mv.h, o[2] = mv.src_x, o[3] = mv.src_y, o[4] = mv.dst_x;
+        o[5] = mv.dst_y;
+        o += 6;
+    }
+    ret = (PyObject *)out;
+done:
+    PyBuffer_Release(&view);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"mv_field", mv_field, METH_VARARGS,
      "mv_field(records, height, width[, top, left, box_h, box_w, out, table]) -> int32 (box_h, "
@@ -477,13 +540,16 @@ static PyMethodDef methods[] = {
      "new[dst] = old[src] (map: the source pixel in the I-frame of each pixel)."},
     {"residual", residual, METH_VARARGS,
      "residual(cur, ref, map, relative[, top, left, out, table]) -> int32 (h, w, 3): cur - ref "
-     "sampled at the source pixel, on the box of the map's size (h, w) at (top, left) of the "
-     "frames; with a uint8 table (3, L), uint8 table[c, clip(v + L // 2, 0, L - 1)] instead; "
-     "written into `out` when given."},
+     "sampled at the source pixel, on the box of out's size (or the map's) at (top, left) of "
+     "the frames, the map covering the box or the whole frame; with a uint8 table (3, L), "
+     "uint8 table[c, clip(v + L // 2, 0, L - 1)] instead; written into `out` when given."},
     {"residual_mv", residual_mv, METH_VARARGS,
      "residual_mv(cur, ref, records, top, left, out[, table]) -> out: the residual against the "
      "previous frame through the records' field (as residual(cur, ref, mv_field(records), "
      "True, top, left, out, table)), on the box of out's size at (top, left)."},
+    {"records", records, METH_O,
+     "records(side_data) -> int32 (n, 6): (w, h, src_x, src_y, dst_x, dst_y) of the "
+     "AVMotionVector records of a frame's motion-vector side data whose source is a past frame."},
     {"lookup", lookup, METH_VARARGS,
      "lookup(values, table, out) -> None: out[..., c] = table[c, clip(v + L // 2, 0, L - 1)] "
      "for int32 values (h, w, C), a uint8 table (C, L) (L odd) and a uint8 out (h, w, C)."},
