@@ -126,6 +126,11 @@ def resize_frames(t: torch.Tensor, size: int) -> torch.Tensor:
     image transforms of pytorch-coviar, and fast)."""
     if t.shape[-2:] == (size, size):
         return t
+    if t.dtype == torch.uint8 and t.shape[1] == 2:  # motion vectors: torch's fast uint8 path
+        k, _, h, w = t.shape  # takes 3 or 4 channels; padded, the values are the same (tested)
+        padded = torch.zeros(k, h, w, 4, dtype=torch.uint8)
+        padded[..., :2] = t.permute(0, 2, 3, 1)
+        return resize_frames(padded.permute(0, 3, 1, 2), size)[:, :2]
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 

@@ -239,6 +239,18 @@ def test_mv_normalisation_exact(tmp_path: Path, accumulate: bool) -> None:
     assert seen == {True, False}
 
 
+@pytest.mark.parametrize("shape, size", [((3, 2, 49, 67), 24), ((2, 2, 30, 17), 56),
+                                         ((1, 2, 112, 90), 112), ((4, 2, 301, 255), 112)])
+def test_two_channel_resize_is_torchs(shape: tuple, size: int) -> None:
+    """resize_frames pads motion-vector bytes to 4 channels for torch's fast path: the values
+    are those of interpolating the 2 channels."""
+    t = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, np.uint8))
+    want = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=True)
+    for x in (t, t.contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(reader.resize_frames(x, size), want)
+
+
 def test_load_error_names_file(ckplus: Path, tmp_path: Path) -> None:
     rows = read_csv(ckplus / "index.csv")
     bad = dict(rows[0], path="cohn-kanade-images/S011/002.mp4")
