@@ -10,6 +10,7 @@ failure raises a Python exception, `load_many` decodes a GOP once for many frame
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -148,10 +149,16 @@ def _bgr(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
 
 def _identity_map(height: int, width: int, top: int = 0, left: int = 0) -> np.ndarray:
     """Map of every pixel of the box (top, left, height, width) to itself, int32 (h, w, 2) as
-    (x, y)."""
+    (x, y): a new array (copied from a cached one: clips of a dataset share their size)."""
+    return _identity(height, width, top, left).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(height: int, width: int, top: int, left: int) -> np.ndarray:
     out = np.empty((height, width, 2), np.int32)
     out[..., 0] = np.arange(left, left + width, dtype=np.int32)
     out[..., 1] = np.arange(top, top + height, dtype=np.int32)[:, None]
+    out.flags.writeable = False
     return out
 
 

@@ -204,7 +204,7 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     PyObject *rec_obj, *map_obj;
     if (!PyArg_ParseTuple(args, "OO", &rec_obj, &map_obj)) return NULL;
     PyArrayObject *rec = NULL, *map = NULL;
-    int32_t *moved = NULL;
+    void *moved = NULL;
     PyObject *ret = NULL;
     if (!(rec = as_array(rec_obj, NPY_INT32, 2, 6, "records"))) goto done;
     if (!(map = as_array(map_obj, NPY_INT32, 3, 2, "map"))) goto done;
@@ -216,17 +216,30 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     const int32_t *r = (const int32_t *)PyArray_DATA(rec);
     int32_t *a = (int32_t *)PyArray_DATA(map);
     const npy_intp n = PyArray_DIM(rec, 0);
-    npy_intp count = 0;
-    for (npy_intp i = 0; i < n; ++i) { /* the pixels FOR_RECORD_PIXELS visits */
-        const int32_t *q = r + 6 * i;
-        if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 || q[1] > 4096)
-            continue;
-        long x0, x1, y0, y1;
-        clip_range(q[0] / 2, q[4], q[2], width, 0, width, &x0, &x1);
-        clip_range(q[1] / 2, q[5], q[3], height, 0, height, &y0, &y1);
-        if (x1 > x0 && y1 > y0) count += (x1 - x0) * (y1 - y0);
+    /* The block of each record as FOR_RECORD_PIXELS visits it, row by row: 2 int32 a pixel,
+     * contiguous along a row in both the source and the destination. */
+#define FOR_RECORD_ROWS(BODY)                                                                \
+    for (npy_intp i = 0; i < n; ++i) {                                                      \
+        const int32_t *q = r + 6 * i;                                                       \
+        if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 ||        \
+            q[1] > 4096)                                                                    \
+            continue;                                                                       \
+        long x0, x1, y0, y1;                                                                \
+        clip_range(q[0] / 2, q[4], q[2], width, 0, width, &x0, &x1);                        \
+        clip_range(q[1] / 2, q[5], q[3], height, 0, height, &y0, &y1);                      \
+        if (x1 <= x0) continue;                                                             \
+        const size_t bytes = (size_t)(x1 - x0) * 2 * sizeof(int32_t);                       \
+        for (long oy = y0; oy < y1; ++oy) {                                                 \
+            int32_t *src = a + 2 * ((q[3] + oy) * width + q[2] + x0);                       \
+            int32_t *dst = a + 2 * ((q[5] + oy) * width + q[4] + x0);                       \
+            (void)src;                                                                      \
+            (void)dst;                                                                      \
+            BODY                                                                            \
+        }                                                                                   \
     }
-    moved = PyMem_RawMalloc((size_t)(count ? count : 1) * 2 * sizeof(int32_t));
+    size_t total = 0;
+    FOR_RECORD_ROWS({ total += bytes; })
+    moved = PyMem_RawMalloc(total ? total : 1);
     if (!moved) {
         PyErr_NoMemory();
         goto done;
@@ -235,21 +248,18 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
      * passes over the moved pixels only (read all sources, then write all destinations in
      * record order, so a later record's block wins as it would over a copy). */
     Py_BEGIN_ALLOW_THREADS
-    npy_intp k = 0;
-    FOR_RECORD_PIXELS(r, n, width, height, 0, width, 0, height, {
-        const int32_t *s = a + 2 * (qy * width + qx);
-        moved[2 * k] = s[0];
-        moved[2 * k + 1] = s[1];
-        ++k;
+    char *k = (char *)moved;
+    FOR_RECORD_ROWS({
+        memcpy(k, src, bytes);
+        k += bytes;
     })
-    k = 0;
-    FOR_RECORD_PIXELS(r, n, width, height, 0, width, 0, height, {
-        int32_t *d = a + 2 * (py * width + px);
-        d[0] = moved[2 * k];
-        d[1] = moved[2 * k + 1];
-        ++k;
+    k = (char *)moved;
+    FOR_RECORD_ROWS({
+        memcpy(dst, k, bytes);
+        k += bytes;
     })
     Py_END_ALLOW_THREADS
+#undef FOR_RECORD_ROWS
     Py_INCREF(Py_None);
     ret = Py_None;
 done:
