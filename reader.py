@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,10 +127,11 @@ def resize_frames(t: torch.Tensor, size: int) -> torch.Tensor:
     image transforms of pytorch-coviar, and fast)."""
     if t.shape[-2:] == (size, size):
         return t
-    if t.dtype == torch.uint8 and t.shape[1] == 2:  # motion vectors: torch's fast uint8 path
-        k, _, h, w = t.shape  # takes 3 or 4 channels; padded, the values are the same (tested)
-        padded = torch.zeros(k, h, w, 4, dtype=torch.uint8)
-        padded[..., :2] = t.permute(0, 2, 3, 1)
+    if t.dtype == torch.uint8 and t.shape[1] == 2 and sys.byteorder == "little":
+        # Motion vectors: torch's fast uint8 path takes 3 or 4 channels; padded to 4, the values
+        # are the same (tested). Each pixel's (x, y) bytes widened to 32 bits are (x, y, 0, 0).
+        pairs = t.permute(0, 2, 3, 1).contiguous().numpy().view(np.uint16)
+        padded = torch.from_numpy(pairs.astype(np.uint32).view(np.uint8))
         return resize_frames(padded.permute(0, 3, 1, 2), size)[:, :2]
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
