@@ -172,16 +172,22 @@ static PyObject *mv_field(PyObject *self, PyObject *args) {
         const uint8_t *t = (const uint8_t *)PyArray_DATA(table);
         const npy_intp len = PyArray_DIM(table, 1);
         uint8_t *f = (uint8_t *)PyArray_DATA(out);
-        const uint8_t zx = look(t, len, 0, 0), zy = look(t, len, 1, 0);
-        for (npy_intp k = 0; k < box_h * box_w; ++k) {
-            f[2 * k] = zx;
-            f[2 * k + 1] = zy;
+        const uint8_t zero[2] = {look(t, len, 0, 0), look(t, len, 1, 0)};
+        for (npy_intp k = 0; k < box_h * box_w; ++k) memcpy(f + 2 * k, zero, 2);
+        for (npy_intp i = 0; i < n; ++i) { /* the pixels FOR_RECORD_PIXELS visits, by rows */
+            const int32_t *q = r + 6 * i;
+            if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 ||
+                q[1] > 4096)
+                continue;
+            long x0, x1, y0, y1;
+            clip_range(q[0] / 2, q[4], q[2], width, bx0, bx1, &x0, &x1);
+            clip_range(q[1] / 2, q[5], q[3], height, by0, by1, &y0, &y1);
+            const uint8_t pair[2] = {look(t, len, 0, q[4] - q[2]), look(t, len, 1, q[5] - q[3])};
+            for (long oy = y0; oy < y1; ++oy) {
+                uint8_t *row = f + 2 * ((q[5] + oy - by0) * box_w + (q[4] - bx0));
+                for (long ox = x0; ox < x1; ++ox) memcpy(row + 2 * ox, pair, 2);
+            }
         }
-        FOR_RECORD_PIXELS(r, n, width, height, bx0, bx1, by0, by1, {
-            uint8_t *p = f + 2 * ((py - by0) * box_w + (px - bx0));
-            p[0] = look(t, len, 0, val_x);
-            p[1] = look(t, len, 1, val_y);
-        })
     } else {
         int32_t *f = (int32_t *)PyArray_DATA(out);
         if (out_obj != Py_None) memset(f, 0, (size_t)box_h * box_w * 2 * sizeof(int32_t));
