@@ -237,19 +237,7 @@ class ClipDataset(Dataset):
             want[MV] = seg
         geo: dict[str, Any] = {}
         try:
-            if self.cache is not None:
-                stored = {rep: None for rep in want}  # every frame, except the pictures of
-                if not rgb and pics:  # a residual model: just the ones it uses
-                    stored[PICTURE] = sorted(set(pics))
-                got = self.cache.frames(path, want, stored, self.accumulate, n)
-                geo = self._geometry(row["crop"], *next(iter(got.values())).shape[1:3])
-                top, left, ch, cw = geo["box"]
-                crop = {rep: a[:, top : top + ch, left : left + cw] for rep, a in got.items()}
-                if MV in got:
-                    v = crop[MV]
-                    crop[MV] = np.stack([mv_bytes(v[..., 0], self.size / cw),
-                                         mv_bytes(v[..., 1], self.size / ch)], axis=-1)
-            else:
+            if self.cache is None:  # the crop box drawn at the first frame, then bytes of it
                 def boxes(h: int, w: int) -> dict[int, tuple[int, int, int, int]]:
                     geo.update(self._geometry(row["crop"], h, w))
                     return {RESIDUAL: geo["box"], MV: geo["box"]}
@@ -260,7 +248,20 @@ class ClipDataset(Dataset):
                             MV: mv_table(self.size / cw, self.size / ch, max(h, w))}
 
                 got = coviar.load_clip(path, 0, want, self.accumulate, crop=boxes, lut=tables)
-                crop = dict(got)
+            else:  # whole frames from the cache (residual bytes, int16 vectors), cropped here
+                stored = {rep: None for rep in want}  # every frame, except the pictures of
+                if not rgb and pics:  # a residual model: just the ones it uses
+                    stored[PICTURE] = sorted(set(pics))
+                got = self.cache.frames(path, want, stored, self.accumulate, n)
+                geo = self._geometry(row["crop"], *next(iter(got.values())).shape[1:3])
+                top, left, ch, cw = geo["box"]
+                for rep in (RESIDUAL, MV):
+                    if rep in got:
+                        got[rep] = got[rep][:, top : top + ch, left : left + cw]
+                if MV in got:
+                    v = got[MV]
+                    got[MV] = np.stack([mv_bytes(v[..., 0], self.size / cw),
+                                        mv_bytes(v[..., 1], self.size / ch)], axis=-1)
         except (OSError, ValueError, IndexError, RuntimeError) as exc:
             raise ClipError(f"cannot load clip {path}: {type(exc).__name__}: {exc}") from exc
         out = {}
@@ -269,11 +270,11 @@ class ClipDataset(Dataset):
             out["input"] = got[PICTURE][: len(seg), top : top + ch, left : left + cw]
             out["pics"] = got[PICTURE][len(seg) :]
         else:
-            out["input"] = crop[RESIDUAL]
+            out["input"] = got[RESIDUAL]
             if pics:
                 out["pics"] = got[PICTURE]
         if self.with_mv:
-            out["mv"] = crop[MV]
+            out["mv"] = got[MV]
         return out, geo
 
     def __getitem__(self, i: int) -> dict[str, Any]:
