@@ -205,12 +205,16 @@ done:
     return (PyObject *)out;
 }
 
+static inline void copy_ints(int32_t *restrict dst, const int32_t *restrict src, long n) {
+    for (long i = 0; i < n; ++i) dst[i] = src[i];
+}
+
 static PyObject *accumulate(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *rec_obj, *map_obj;
     if (!PyArg_ParseTuple(args, "OO", &rec_obj, &map_obj)) return NULL;
     PyArrayObject *rec = NULL, *map = NULL;
-    void *moved = NULL;
+    int32_t *moved = NULL;
     PyObject *ret = NULL;
     if (!(rec = as_array(rec_obj, NPY_INT32, 2, 6, "records"))) goto done;
     if (!(map = as_array(map_obj, NPY_INT32, 3, 2, "map"))) goto done;
@@ -254,15 +258,15 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
      * passes over the moved pixels only (read all sources, then write all destinations in
      * record order, so a later record's block wins as it would over a copy). */
     Py_BEGIN_ALLOW_THREADS
-    char *k = (char *)moved;
+    int32_t *k = moved; /* rows are short (a block): copied inline, not by memcpy calls */
     FOR_RECORD_ROWS({
-        memcpy(k, src, bytes);
-        k += bytes;
+        copy_ints(k, src, (long)(bytes / sizeof(int32_t)));
+        k += bytes / sizeof(int32_t);
     })
-    k = (char *)moved;
+    k = moved;
     FOR_RECORD_ROWS({
-        memcpy(dst, k, bytes);
-        k += bytes;
+        copy_ints(dst, k, (long)(bytes / sizeof(int32_t)));
+        k += bytes / sizeof(int32_t);
     })
     Py_END_ALLOW_THREADS
 #undef FOR_RECORD_ROWS
