@@ -4,14 +4,15 @@
     python predict.py long.mp4 --checkpoint CKPT --window 16 --stride 8 --plot probs.png
     python predict.py face_crop.avi --checkpoint CKPT --no-crop
 
-VIDEO is any video PyAV/FFmpeg reads (H.264 .mp4, .avi, .mkv, ...) or a folder of frames (CK+).
-It goes through the same path as the training data of AFEW: the face is found with MTCNN and one
-box per video is kept (`faces.face_box`: the median of the detections, enlarged by --margin),
-every frame is cropped to it and written as MPEG-4 Part 2 (`faces.write_video`), and
-`reencode.sh` turns that into the stream coviar reads (one GOP per 300 frames). With --no-crop
-(videos that already show a face filling the frame, as CK+ and MMI) the video goes to
-`reencode.sh` as it is. Residuals are then sampled and normalised as `ClipDataset` does in test
-mode (TSN centre sampling, the centred square of the shorter side resized to the model's size).
+VIDEO is any video PyAV/FFmpeg reads (H.264 .mp4, .avi, .mkv, ...) or a folder of frames (CK+,
+frames in natural name order: 2 before 10). It goes through the same path as the training data
+of AFEW: the face is found with MTCNN and one box per video is kept (`faces.face_box`: the
+median of the detections, enlarged by --margin), every frame is cropped to it and written as
+MPEG-4 Part 2 (`faces.write_video`), and `reencode.sh` turns that into the stream coviar reads.
+With --no-crop (videos that already show a face filling the frame, as CK+ and MMI) the video
+goes to `reencode.sh` as it is. The clip is then read by `reader.ClipDataset` in test mode (TSN
+centre sampling, the centred square of the shorter side resized to the model's size), over a
+temporary index: the very reader of training and evaluation.
 
 Output (stdout, JSON): {"video", "checkpoint", "classes", "frames", "probabilities" (class ->
 probability), "prediction"} for the whole video (num_segments residual frames sampled over all of
@@ -19,8 +20,14 @@ it). A video longer than --window frames also gets "window", "stride" and "windo
 {"start_frame", "end_frame" (exclusive), "probabilities", "prediction"} per sliding window.
 The default window is 2 × num_segments frames (16 for 8 segments: about the length of a CK+
 neutral-to-apex sequence, which is what the models are trained on); the default stride is half
-a window. Residuals at a GOP's I-frame are all zeros, so I-frames are never sampled: a window
-that straddles a GOP start samples the P-frames on both sides of it.
+a window. A checkpoint trained on the synthetic set adds "warning" (also said on stderr).
+
+Each window is represented as a training clip is: its source frames (the face crops, the frame
+files, or the decoded frames of the video written losslessly) are re-encoded on their own by
+reencode.sh, so that its first frame is an I-frame and its residuals refer to its own frames,
+not to frames before the window. A window's input is bit-identical to that of the same frames
+given alone (tested: a clip alone and preceded by 200 frames of a still face). The cost is one
+ffmpeg run per window (all cores in parallel); a larger --stride makes fewer.
 
 Frame indices are those of the re-encoded video (the frames of the input, in order). The face
 crop decodes the whole video into memory once (about frames × width × height × 3 bytes).
@@ -31,14 +38,16 @@ stderr with exit status 1.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from bisect import bisect_right
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +56,17 @@ import numpy as np
 import torch
 
 import coviar
-from datasets import IMAGE_EXTS
+from datasets import CLASSES, COLUMNS, IMAGE_EXTS
 from faces import face_box, read_frames, write_video
 from models import MIC, RANDOM
-from reader import (
-    MV,
-    PICTURE,
-    RESIDUAL,
-    crop_frames,
-    multiscale_box,
-    normalise,
-    resize_frames,
-    sample_indices,
-)
+from reader import ClipDataset, collate
 
 ROOT = Path(__file__).resolve().parent
 CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden", "with_mv",
                "d_i", "size", "input")
-DECODE_BYTES = 512 << 20  # at most this much int32 data per coviar.load_many call
 BATCH = 16  # windows per forward pass
+SYNTHETIC_WARNING = ("this model was trained on the synthetic set only: it has seen no real "
+                     "face, so its predictions on real faces mean little")
 
 
 class PredictError(RuntimeError):
@@ -86,11 +87,10 @@ class NoFaceError(PredictError):
 
 @dataclass
 class Window:
-    """Frames [start, end) of the video and the frames sampled in it for the model."""
+    """Frames [start, end) of the video."""
 
     start: int
     end: int
-    frames: list[int]
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[str, Any]]:
@@ -138,16 +138,105 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     return model.to(device).eval(), config
 
 
-def _tree_for_reencode(video: Path, src: Path, crop: bool, device: str, margin: float,
-                       min_prob: float) -> None:
-    """Put the clip, face-cropped (`src/clip.avi`) or as it is (`src/clip.mkv`, or the frame
-    folder `src/clip/`), into `src`, as the one item of reencode.sh's input tree."""
-    if not crop:
+def _natural_key(path: Path) -> list:
+    """Name order with numbers compared as numbers (frame 2 before frame 10)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class Source:
+    """The frames of the user's video as items of reencode.sh's input tree: the whole video or
+    any run of its frames, each as reencode.sh would take those frames alone.
+
+    * a folder of frames without face crop: a folder of links to the frame files (renamed to
+      their order, so that every item is read in that order);
+    * a video without face crop: the file itself for the whole video; for a run of frames, its
+      decoded frames written losslessly (FFV1), in their own pixel format;
+    * with face crop: the cropped frames, MPEG-4 Part 2 at q 2 (`faces.write_video`, as
+      `datasets.py crop` writes AFEW's crops)."""
+
+    def __init__(self, video: Path, crop: bool, device: str, margin: float,
+                 min_prob: float) -> None:
+        self.video = video
+        self.files: list[Path] = []
+        self.frames: list[np.ndarray] = []
+        self.rate = 25.0
+        if not video.exists():
+            raise VideoError(f"{video}: no such file")
         if video.is_dir():
-            shutil.copytree(video, src / "clip", copy_function=_link_or_copy)
-        else:  # reencode.sh picks videos by suffix; FFmpeg reads the content whatever its name
-            _link_or_copy(video, src / "clip.mkv")
-        return
+            self.files = sorted((p for p in video.iterdir() if p.suffix.lower() in IMAGE_EXTS
+                                 and not p.name.startswith(".")), key=_natural_key)
+            if not self.files:
+                raise VideoError(f"{video}: a folder without image frames")
+        if crop:
+            self.frames, self.rate = _face_crops(video, device, margin, min_prob)
+
+    def write(self, dst: Path, runs: dict[str, Window | None]) -> None:
+        """Write item `name` of `dst` for each run of frames (None: the whole video)."""
+        dst.mkdir(parents=True, exist_ok=True)
+        if self.frames:
+            for name, w in runs.items():
+                part = self.frames if w is None else self.frames[w.start : w.end]
+                write_video(dst / f"{name}.avi", part, self.rate)
+        elif self.files:
+            for name, w in runs.items():
+                (dst / name).mkdir()
+                part = self.files if w is None else self.files[w.start : w.end]
+                for k, f in enumerate(part):
+                    _link_or_copy(f, dst / name / f"{k:08d}{f.suffix.lower()}")
+        else:
+            if None in runs.values():  # reencode.sh picks videos by suffix; FFmpeg reads the
+                name = next(n for n, w in runs.items() if w is None)  # content whatever its name
+                _link_or_copy(self.video, dst / f"{name}.mkv")
+            windows = {n: w for n, w in runs.items() if w is not None}
+            if windows:
+                self._write_lossless(dst, windows)
+
+    def _write_lossless(self, dst: Path, windows: dict[str, Window]) -> None:
+        """The decoded frames of each window as FFV1 (lossless) .mkv, in one decode."""
+        writers: dict[str, tuple[Any, Any]] = {}
+        count = 0
+        try:
+            with av.open(str(self.video)) as container:
+                stream = container.streams.video[0]
+                rate = stream.average_rate or 25
+                for i, frame in enumerate(container.decode(stream)):
+                    count = i + 1
+                    for name, w in windows.items():
+                        if not w.start <= i < w.end:
+                            continue
+                        if name not in writers:
+                            out = av.open(str(dst / f"{name}.mkv"), "w")
+                            vs = out.add_stream("ffv1", rate=rate)
+                            vs.width, vs.height, vs.pix_fmt = frame.width, frame.height, \
+                                frame.format.name
+                            writers[name] = (out, vs)
+                        out, vs = writers[name]
+                        frame.pts, frame.time_base = i - w.start, Fraction(1) / rate
+                        out.mux(vs.encode(frame))
+                        if i == w.end - 1:
+                            out.mux(vs.encode())
+                            writers.pop(name)[0].close()
+        except (OSError, ValueError, av.error.FFmpegError) as exc:
+            raise VideoError(f"{self.video}: cannot write its windows losslessly ({exc})") from exc
+        finally:
+            for out, _ in writers.values():
+                out.close()
+        last = max(w.end for w in windows.values())
+        if count < last:
+            raise VideoError(f"{self.video}: decoded {count} frames, but the re-encoded video "
+                             f"has at least {last}")
+
+
+def _face_crops(video: Path, device: str, margin: float,
+                min_prob: float) -> tuple[list[np.ndarray], float]:
+    """The frames of `video` cropped to its face box, and the frame rate."""
     try:
         frames, rate = read_frames(video)
     except (OSError, ValueError, IndexError, av.error.FFmpegError) as exc:
@@ -164,129 +253,82 @@ def _tree_for_reencode(video: Path, src: Path, crop: bool, device: str, margin: 
             "pass --no-crop if the video already shows a face filling the frame"
         )
     x0, y0, x1, y1 = box
-    write_video(src / "clip.avi", [f[y0:y1, x0:x1] for f in frames], rate)
+    return [f[y0:y1, x0:x1] for f in frames], rate
 
 
-def _link_or_copy(src: str | Path, dst: str | Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def reencode(src: Path, out: Path, video: Path) -> None:
+    """Run reencode.sh on the tree `src` into `out` (all cores); a failure is a VideoError
+    naming `video`. ffmpeg: $FFMPEG, else the imageio-ffmpeg of this interpreter if any (so it
+    does not depend on a .venv beside the script)."""
+    env = dict(os.environ)
+    if "FFMPEG" not in env:
+        try:
+            import imageio_ffmpeg
 
-
-def reencode(video: str | Path, workdir: str | Path, crop: bool = True, device: str = "cpu",
-             margin: float = 0.3, min_prob: float = 0.9) -> Path:
-    """Face-crop `video` (unless not `crop`) and re-encode it with reencode.sh into `workdir`;
-    returns the MPEG-4 Part 2 stream coviar reads."""
-    video, workdir = Path(video), Path(workdir)
-    if not video.exists():
-        raise VideoError(f"{video}: no such file")
-    if video.is_dir() and not any(p.suffix.lower() in IMAGE_EXTS for p in video.iterdir()):
-        raise VideoError(f"{video}: a folder without image frames")
-    src, out = workdir / "in", workdir / "out"
-    src.mkdir(parents=True)
-    _tree_for_reencode(video, src, crop, device, margin, min_prob)
-    proc = subprocess.run(["bash", str(ROOT / "reencode.sh"), "-j", "1", str(src), str(out)],
-                          capture_output=True, text=True)
-    stream = out / "clip.mp4"
-    if proc.returncode != 0 or not stream.is_file():
+            env["FFMPEG"] = imageio_ffmpeg.get_ffmpeg_exe()
+        except (ImportError, RuntimeError):
+            pass  # reencode.sh looks further (PATH)
+    proc = subprocess.run(["bash", str(ROOT / "reencode.sh"), str(src), str(out)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        why = lines[-1].removeprefix(f"{stream}: ") if lines else f"status {proc.returncode}"
+        why = lines[-1] if lines else f"status {proc.returncode}"
         raise VideoError(f"{video}: reencode.sh could not convert it ({why})")
-    return stream
 
 
-def stream_layout(stream: str | Path) -> tuple[list[int], int, tuple[int, int]]:
-    """GOP start frames, number of frames and (height, width) of a re-encoded stream, read from
-    its packets without decoding (counted as coviar counts them)."""
+def _stream(path: Path, video: Path, frames: int | None = None) -> int:
+    """Number of frames of a re-encoded stream, checked: one GOP (and `frames` frames)."""
+    if not path.is_file():
+        raise VideoError(f"{video}: reencode.sh wrote no {path.name}")
     try:
-        with av.open(str(stream)) as container:
-            vs = container.streams.video[0]
-            keys = [p.is_keyframe for p in container.demux(vs) if p.size]
-            size = (vs.codec_context.height, vs.codec_context.width)
-    except (OSError, ValueError, IndexError, av.error.FFmpegError) as exc:
-        raise VideoError(f"{stream}: unreadable after re-encoding ({exc})") from exc
-    starts = [i for i, k in enumerate(keys) if k]
-    if not starts or starts[0] != 0:
-        raise VideoError(f"{stream}: does not start with an I-frame")
-    return starts, len(keys), size
+        n, gops = coviar.get_num_frames(path), coviar.get_num_gops(path)
+    except (OSError, ValueError) as exc:
+        raise VideoError(f"{video}: unreadable after re-encoding ({exc})") from exc
+    if gops != 1:
+        raise VideoError(f"{video}: reencode.sh wrote {gops} GOPs; ClipDataset reads one GOP "
+                         "per clip (reencode.sh writes one however long the clip)")
+    if frames is not None and n != frames:
+        raise VideoError(f"{video}: a window of {frames} frames re-encoded to {n}")
+    return n
 
 
-def sample_window(start: int, end: int, gop_starts: list[int], num_segments: int,
-                  skip_iframes: bool = True) -> list[int]:
-    """`num_segments` frames of [start, end) sampled as ClipDataset does in test mode (TSN
-    centres), GOP starts left out when `skip_iframes` (their residuals are zeros)."""
-    skip = set(gop_starts) if skip_iframes else set()
-    usable = [f for f in range(start, end) if f not in skip]
-    if not usable:
-        raise VideoError(f"no P-frame in frames [{start}, {end}) to take residuals from")
-    return [usable[i] for i in sample_indices(len(usable), num_segments, False, first=0)]
+def plan_windows(num_frames: int, window: int, stride: int) -> list[Window]:
+    """Sliding windows of `window` frames every `stride` frames, the last one ending at the
+    last frame; none if the video is not longer than a window."""
+    if num_frames <= window:
+        return []
+    starts = list(range(0, num_frames - window + 1, stride))
+    if starts[-1] + window < num_frames:
+        starts.append(num_frames - window)
+    return [Window(s, s + window) for s in starts]
 
 
-def plan_windows(num_frames: int, gop_starts: list[int], num_segments: int, window: int,
-                 stride: int, skip_iframes: bool = True) -> list[Window]:
-    """The whole video, then (if it has more than `window` frames) sliding windows of `window`
-    frames every `stride` frames, the last one ending at the last frame."""
-    plans = [Window(0, num_frames, sample_window(0, num_frames, gop_starts, num_segments,
-                                                 skip_iframes))]
-    if num_frames > window:
-        starts = list(range(0, num_frames - window + 1, stride))
-        if starts[-1] + window < num_frames:
-            starts.append(num_frames - window)
-        plans += [Window(s, s + window, sample_window(s, s + window, gop_starts, num_segments,
-                                                      skip_iframes)) for s in starts]
-    return plans
-
-
-def load_frames(stream: str | Path, frames: list[int], gop_starts: list[int],
-                representation: int, hw: tuple[int, int], size: int,
-                accumulate: bool = False) -> dict[int, torch.Tensor]:
-    """{frame: uint8 (C, size, size)} of a representation: loaded with coviar GOP by GOP, cropped
-    to the centred square and resized as ClipDataset does in test mode."""
-    h, w = hw
-    chunk = max(1, DECODE_BYTES // (h * w * 3 * 4))
-    box = multiscale_box(h, w, train=False)
-    out: dict[int, torch.Tensor] = {}
-    by_gop: dict[int, list[int]] = {}
-    for f in sorted(set(frames)):
-        by_gop.setdefault(bisect_right(gop_starts, f) - 1, []).append(f)
-    for gop, fs in by_gop.items():
-        for i in range(0, len(fs), chunk):
-            part = fs[i:i + chunk]
-            local = [f - gop_starts[gop] for f in part]
-            try:
-                a = coviar.load_many(str(stream), gop, local, representation, accumulate)
-            except (OSError, ValueError, IndexError, RuntimeError) as exc:
-                raise VideoError(f"{stream}: coviar cannot read it ({exc})") from exc
-            out.update(zip(part, resize_frames(crop_frames(a, box), size), strict=True))
-    return out
-
-
-def to_inputs(windows: list[Window], frames: dict[int, torch.Tensor], kind: str) -> torch.Tensor:
-    """(B, S, C, size, size) float inputs of `kind` "residual", "rgb" or "mv" from
-    `load_frames`'s output, normalised as ClipDataset (`reader.normalise`); BGR turned into
-    RGB."""
-    x = torch.stack([torch.stack([frames[f] for f in w.frames]) for w in windows])
-    return normalise(x if kind == "mv" else x[:, :, [2, 1, 0]], kind)
+def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> ClipDataset:
+    """`reader.ClipDataset` in test mode over the re-encoded clips {name: frames} of `root`
+    (a temporary index.csv), configured as the checkpoint's model was trained."""
+    dataset = config.get("dataset") if config.get("dataset") in CLASSES else "ckplus"
+    label = CLASSES[dataset][0]  # a placeholder: predicting needs no label
+    with open(root / "index.csv", "w", newline="") as f:
+        rows = csv.DictWriter(f, COLUMNS)
+        rows.writeheader()
+        for name, n in clips.items():
+            rows.writerow(dict(path=f"{name}.mp4", subject="video", label=0, label_name=label,
+                               num_frames=n, fold=0, dataset=dataset, view=0, crop="none",
+                               apex=-1))
+    return ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
+                       representation=config["input"], with_mv=config["with_mv"],
+                       accumulate=config.get("accumulate", False), apex=False)
 
 
 @torch.no_grad()
-def classify(model: MIC, config: dict[str, Any], stream: Path, windows: list[Window],
-             gop_starts: list[int], hw: tuple[int, int], device: str = "cpu") -> np.ndarray:
-    """Class probabilities (len(windows), C) of the windows of a re-encoded stream."""
-    frames = [f for w in windows for f in w.frames]
-    rgb = config["input"] == "rgb"
-    acc = config.get("accumulate", False)  # residuals against the I-frame (train.py --accumulate)
-    pics = load_frames(stream, frames, gop_starts, PICTURE if rgb else RESIDUAL, hw,
-                       config["size"], acc)
-    mvs = (load_frames(stream, frames, gop_starts, MV, hw, config["size"], acc)
-           if config["with_mv"] else None)
+def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarray:
+    """Class probabilities (len(dataset), C) of the clips of `dataset`."""
     probs = []
-    for i in range(0, len(windows), BATCH):
-        batch = windows[i:i + BATCH]
-        x = to_inputs(batch, pics, "rgb" if rgb else "residual").to(device)
-        mv = to_inputs(batch, mvs, "mv").to(device) if mvs is not None else None
-        probs.append(torch.softmax(model(x, mv)["logits"].float(), dim=1).cpu())
+    for i in range(0, len(dataset), BATCH):
+        batch = collate([dataset[j] for j in range(i, min(i + BATCH, len(dataset)))])
+        mv = batch["mv"].to(device) if "mv" in batch else None
+        logits = model(batch["input"].to(device), mv)["logits"]
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(probs).numpy()
 
 
@@ -306,19 +348,30 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
     stride = max(1, window // 2) if stride is None else stride
     if window < 2 or stride < 1:
         raise PredictError(f"window must be >= 2 and stride >= 1, not {window} and {stride}")
+    video = Path(video)
+    source = Source(video, crop, device, margin, min_prob)
     with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
-        stream = reencode(video, tmp, crop, device, margin, min_prob)
-        gop_starts, n, hw = stream_layout(stream)
-        windows = plan_windows(n, gop_starts, config["num_segments"], window, stride,
-                               skip_iframes=config["input"] != "rgb")
-        probs = classify(model, config, stream, windows, gop_starts, hw, device)
+        src, out = Path(tmp) / "in", Path(tmp) / "out"
+        source.write(src / "whole", {"video": None})
+        reencode(src / "whole", out, video)
+        n = _stream(out / "video.mp4", video)
+        windows = plan_windows(n, window, stride)
+        names = {f"w{w.start:08d}": w for w in windows}
+        if windows:
+            source.write(src / "windows", names)
+            reencode(src / "windows", out, video)
+        clips = {"video": n} | {name: _stream(out / f"{name}.mp4", video, w.end - w.start)
+                                for name, w in names.items()}
+        probs = classify(model, clip_dataset(out, clips, config), device)
     classes = list(config["class_names"])
     result: dict[str, Any] = {"video": str(video), "checkpoint": str(checkpoint),
                               "classes": classes, "frames": n, **_entry(classes, probs[0])}
-    if len(windows) > 1:
+    if windows:
         result.update(window=window, stride=stride, windows=[
             {"start_frame": w.start, "end_frame": w.end, **_entry(classes, p)}
-            for w, p in zip(windows[1:], probs[1:], strict=True)])
+            for w, p in zip(windows, probs[1:], strict=True)])
+    if config.get("dataset") == "synthetic":
+        result["warning"] = SYNTHETIC_WARNING
     return result
 
 
@@ -380,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     except PredictError as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 1
+    if "warning" in result:
+        print(f"predict.py: warning: {result['warning']}", file=sys.stderr)
     if args.plot:
         plot_probabilities(result, args.plot)
     print(json.dumps(result, indent=1))

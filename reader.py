@@ -1,15 +1,20 @@
 """The one reader of MIC's inputs: clips of an index.csv as tensors (training, evaluation,
 prediction), TSN sampling, the crops, pytorch-coviar's normalisation, an on-disk decode cache.
 
-``ClipDataset`` reads only what its caller uses: the sampled residuals (or decoded frames for
-the RGB baseline), the motion vectors with ``with_mv``, the apex frame (the reconstruction
-target) with ``apex``, the I-frame (input of the identity branch) with ``iframe``.
+``ClipDataset`` reads only what its caller uses, in one decode of the clip
+(``coviar.load_clip``): the sampled residuals (or decoded frames for the RGB baseline), the
+motion vectors with ``with_mv``, the apex frame (the reconstruction target) with ``apex``, the
+I-frame (input of the identity branch) with ``iframe``. Residuals and motion vectors are computed
+on the crop box only and turned into bytes as they are decoded, with the values the whole-frame
+arrays would give.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,8 @@ from datasets import CLASSES, read_index
 from models import FACENET_SIZE, letterbox
 
 PICTURE, MV, RESIDUAL = coviar.PICTURE, coviar.MV, coviar.RESIDUAL
-RESIDUAL_STD = 0.226  # pytorch-coviar: (x / 255 - 0.5) / 0.226 for residuals (and our MVs)
+RESIDUAL_STD = 0.226  # residuals: (x / 255 - 0.5) / 0.226
+MV_RANGE = 20  # pytorch-coviar's clip_and_scale(mv, 20): v * 127.5 / 20, truncated
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALES = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop (TSN / pytorch-coviar GroupMultiScaleCrop)
@@ -66,6 +72,25 @@ def multiscale_box(
     return top, left, ch, cw
 
 
+#: pytorch-coviar's residual bytes clip(v + 128, 0, 255), as a ``coviar.load_clip`` table
+RESIDUAL_BYTES = np.tile(np.clip(np.arange(-255, 256) + 128, 0, 255).astype(np.uint8), (3, 1))
+
+
+def mv_bytes(v: np.ndarray, scale: float) -> np.ndarray:
+    """Motion vectors (pixels of the source frame, one axis) -> uint8, as pytorch-coviar after
+    resizing: first the displacement in pixels of the resized frame, ``v * scale`` (scale =
+    size / crop side along that axis), then pytorch-coviar's ``clip_and_scale(v, 20)``
+    (``v * 127.5 / 20`` truncated toward zero), ``+ 128``, clipped to [0, 255]."""
+    return np.clip(np.trunc(v * scale * (127.5 / MV_RANGE)) + 128, 0, 255).astype(np.uint8)
+
+
+def mv_table(scale_x: float, scale_y: float, reach: int) -> np.ndarray:
+    """``mv_bytes`` of every displacement in [-reach, reach] for x and y: a ``coviar.load_clip``
+    table (2, 2 * reach + 1)."""
+    v = np.arange(-reach, reach + 1)
+    return np.stack([mv_bytes(v, scale_x), mv_bytes(v, scale_y)])
+
+
 def _quantise(a: np.ndarray) -> np.ndarray:
     """Residuals / MVs (int32) -> uint8 clip(v + 128, 0, 255), pytorch-coviar's first step;
     pictures (uint8) unchanged."""
@@ -83,14 +108,18 @@ def crop_frames(a: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
 
 
 def normalise(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Float model input from uint8-valued RGB (or MV) pixels, as pytorch-coviar: residuals and
-    motion vectors (already shifted by +128) ``(x / 255 - 0.5) / 0.226``; pictures (``"rgb"``)
-    ``(x / 255 - mean) / std`` with ImageNet's mean and std. Channels on dimension -3."""
-    x = x.float() / 255
+    """Float model input from uint8-valued pixels, channels on dimension -3: residuals
+    (``"residual"``, shifted by +128) ``(x / 255 - 0.5) / 0.226``; motion vectors (``"mv"``,
+    ``mv_bytes``) ``x / 255 - 0.5`` as pytorch-coviar (no std); pictures (``"rgb"``)
+    ``(x / 255 - mean) / std`` with ImageNet's mean and std. A new tensor (``x`` is left as it
+    is, the new one is contiguous); the operations are done in place on it, in this order."""
+    x = x.to(torch.float32, copy=True, memory_format=torch.contiguous_format).div_(255)
     if kind == "rgb":
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)
-    return (x - 0.5) / RESIDUAL_STD
+        return x.sub_(mean.view(3, 1, 1)).div_(std.view(3, 1, 1))
+    if kind == "mv":
+        return x.sub_(0.5)
+    return x.sub_(0.5).div_(RESIDUAL_STD)
 
 
 def resize_frames(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -98,6 +127,12 @@ def resize_frames(t: torch.Tensor, size: int) -> torch.Tensor:
     image transforms of pytorch-coviar, and fast)."""
     if t.shape[-2:] == (size, size):
         return t
+    if t.dtype == torch.uint8 and t.shape[1] == 2 and sys.byteorder == "little":
+        # Motion vectors: torch's fast uint8 path takes 3 or 4 channels; padded to 4, the values
+        # are the same (tested). Each pixel's (x, y) bytes widened to 32 bits are (x, y, 0, 0).
+        pairs = t.permute(0, 2, 3, 1).contiguous().numpy().view(np.uint16)
+        padded = torch.from_numpy(pairs.astype(np.uint32).view(np.uint8))
+        return resize_frames(padded.permute(0, 3, 1, 2), size)[:, :2]
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -113,8 +148,8 @@ class ClipDataset(Dataset):
     * ``representation``: ``"residual"`` (MIC) or ``"rgb"`` (the RGB baseline: decoded frames
       sampled over all frames 0..n-1).
     * ``with_mv``, ``apex``, ``iframe``: also read the motion vectors of the sampled frames,
-      the apex frame (the reconstruction target, where the dataset has one) and the I-frame
-      (the identity branch's input, letterboxed to ``iframe_size``).
+      the apex frame (the reconstruction target, where the row has one) and the I-frame (the
+      identity branch's input, letterboxed to ``iframe_size``).
     * ``cache``: a ``DecodeCache`` or a directory for one (None: decode every time).
 
     Item (dict): ``input`` float32 (S, 3, size, size) RGB channel order; ``mv`` (with_mv)
@@ -122,8 +157,14 @@ class ClipDataset(Dataset):
     [0, 1], the centred square unflipped whatever the input's crop and flip (zeros when the
     clip has no apex) and ``has_apex`` bool; ``iframe`` (iframe) float32 (3, iframe_size,
     iframe_size) RGB in [0, 1] letterboxed on grey; ``label``, ``subject`` int64 tensors;
-    ``index`` int. Normalisation (pytorch-coviar): residual ``(clip(v + 128, 0, 255) / 255 -
-    0.5) / 0.226``; rgb ``(x / 255 - mean) / std`` with ImageNet mean/std.
+    ``index`` int.
+
+    Normalisation (pytorch-coviar's, ``dataset.py``): residual ``(clip(v + 128, 0, 255) / 255
+    - 0.5) / 0.226``; rgb ``(x / 255 - mean) / std`` with ImageNet mean/std; motion vectors
+    ``mv_bytes`` then ``x / 255 - 0.5``: a vector of v pixels of the source frame becomes
+    ``v * size / c`` pixels of the model input (c: the crop side along that axis), then
+    ``clip(trunc(that * 127.5 / 20) + 128, 0, 255)``; the bytes are resized with the frame and
+    a flip maps the x byte u to ``256 - u`` (pytorch-coviar's ``GroupRandomHorizontalFlip``).
     """
 
     def __init__(
@@ -175,70 +216,100 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _load(self, path: Path, frames: list[int], rep: int, num_frames: int) -> np.ndarray:
-        """The frames' representation ``rep`` (k, H, W, C): coviar's arrays, or their uint8
-        ``_quantise``d copies from the cache (``crop_frames`` treats both alike)."""
-        if self.cache is not None:
-            return self.cache.frames(path, rep, self.accumulate, num_frames)[frames]
-        return coviar.load_many(str(path), 0, frames, rep, self.accumulate)
+    def _geometry(self, crop: str, h: int, w: int) -> dict[str, Any]:
+        """The kept part of an (h, w) frame (``crop`` none/left/right half: ``left``,
+        ``width``) and the input's crop box in it (drawn now when training)."""
+        left, width = {"none": (0, w), "left": (0, w // 2), "right": (w // 2, w - w // 2)}[crop]
+        top, x0, ch, cw = multiscale_box(h, width, self.train, self.scales)
+        return {"h": h, "left": left, "width": width, "box": (top, left + x0, ch, cw)}
 
-    def _decode(
-        self, path: Path, num_frames: int, seg: list[int], pics: list[int]
-    ) -> dict[str, np.ndarray]:
+    def _read(
+        self, row: dict[str, str], seg: list[int], pics: list[int]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """One decode of the clip (or the cache): ``input`` (and ``mv``) bytes (k, ch, cw, C) of
+        the crop box, ``pics`` whole BGR frames of ``pics``; and the frame geometry."""
+        path, n = self.root / row["path"], int(row["num_frames"])
+        rgb = self.representation == "rgb"
+        want = {PICTURE: seg + pics} if rgb else {RESIDUAL: seg}
+        if pics and not rgb:
+            want[PICTURE] = pics
+        if self.with_mv:
+            want[MV] = seg
+        geo: dict[str, Any] = {}
         try:
-            out = {}
-            if self.representation == "rgb":
-                both = self._load(path, seg + pics, PICTURE, num_frames)
-                out["input"], out["pics"] = both[: len(seg)], both[len(seg) :]
-            else:
-                out["input"] = self._load(path, seg, RESIDUAL, num_frames)
-                if pics:
-                    out["pics"] = self._load(path, pics, PICTURE, num_frames)
-            if self.with_mv:
-                out["mv"] = self._load(path, seg, MV, num_frames)
+            if self.cache is None:  # the crop box drawn at the first frame, then bytes of it
+                def boxes(h: int, w: int) -> dict[int, tuple[int, int, int, int]]:
+                    geo.update(self._geometry(row["crop"], h, w))
+                    return {RESIDUAL: geo["box"], MV: geo["box"]}
+
+                def tables(h: int, w: int) -> dict[int, np.ndarray]:
+                    _, _, ch, cw = geo["box"]
+                    return {RESIDUAL: RESIDUAL_BYTES,
+                            MV: mv_table(self.size / cw, self.size / ch, max(h, w))}
+
+                got = coviar.load_clip(path, 0, want, self.accumulate, crop=boxes, lut=tables)
+            else:  # whole frames from the cache (residual bytes, int16 vectors), cropped here
+                stored = {rep: None for rep in want}  # every frame, except the pictures of
+                if not rgb and pics:  # a residual model: just the ones it uses
+                    stored[PICTURE] = sorted(set(pics))
+                got = self.cache.frames(path, want, stored, self.accumulate, n)
+                geo = self._geometry(row["crop"], *next(iter(got.values())).shape[1:3])
+                top, left, ch, cw = geo["box"]
+                for rep in (RESIDUAL, MV):
+                    if rep in got:
+                        got[rep] = got[rep][:, top : top + ch, left : left + cw]
+                if MV in got:
+                    v = got[MV]
+                    got[MV] = np.stack([mv_bytes(v[..., 0], self.size / cw),
+                                        mv_bytes(v[..., 1], self.size / ch)], axis=-1)
         except (OSError, ValueError, IndexError, RuntimeError) as exc:
             raise ClipError(f"cannot load clip {path}: {type(exc).__name__}: {exc}") from exc
-        return out
+        out = {}
+        if rgb:
+            top, left, ch, cw = geo["box"]
+            out["input"] = got[PICTURE][: len(seg), top : top + ch, left : left + cw]
+            out["pics"] = got[PICTURE][len(seg) :]
+        else:
+            out["input"] = got[RESIDUAL]
+            if pics:
+                out["pics"] = got[PICTURE]
+        if self.with_mv:
+            out["mv"] = got[MV]
+        return out, geo
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
-        path = self.root / row["path"]
         n, apex = int(row["num_frames"]), int(row["apex"])
         has_apex = self.apex and apex >= 0
         seg = sample_indices(
             n, self.num_segments, self.train, 0 if self.representation == "rgb" else 1
         )
         pics = ([0] if self.iframe else []) + ([apex] if has_apex else [])
-        arrays = self._decode(path, n, seg, pics)
-        h, w = arrays["input"].shape[1:3]
-        half = {"none": (0, w), "left": (0, w // 2), "right": (w // 2, w - w // 2)}
-        left, width = half[row["crop"]]
-
-        def box_of(train: bool) -> tuple[int, int, int, int]:
-            top, x0, ch, cw = multiscale_box(h, width, train, self.scales)
-            return top, left + x0, ch, cw
-
-        box = box_of(self.train)
+        arrays, geo = self._read(row, seg, pics)  # draws the crop box (training)
         flip = self.train and torch.rand(()).item() < 0.5
 
         def spatial(a: np.ndarray) -> torch.Tensor:
-            """Crop, resize, flip; float32 in [0, 255]."""
-            t = resize_frames(crop_frames(a, box), self.size).float()
+            """Bytes (k, h, w, C) of the crop box -> resized, flipped: uint8 (k, C, size, size)."""
+            t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+            t = resize_frames(t, self.size)
             return t.flip(-1) if flip else t
 
         x = normalise(spatial(arrays["input"])[:, [2, 1, 0]], self.representation)  # BGR -> RGB
-        item: dict[str, Any] = {"input": x.contiguous()}
+        item: dict[str, Any] = {"input": x}
         if self.with_mv:
-            mv = spatial(arrays["mv"])
-            if flip:  # mirrored motion: x displacement v - 128 -> 128 - v
-                mv[:, 0] = (256 - mv[:, 0]).clamp(0, 255)
-            item["mv"] = normalise(mv, "mv").contiguous()
+            mv = spatial(arrays["mv"]).float()
+            if flip:  # mirrored motion: the x byte u -> 256 - u (pytorch-coviar), i.e. -x
+                mv[:, 0] = 256 - mv[:, 0]
+            item["mv"] = normalise(mv, "mv")
+        h, left, width = geo["h"], geo["left"], geo["width"]
         if self.iframe:
             frame = crop_frames(arrays["pics"][:1], (0, left, h, width))[:, [2, 1, 0]]
             item["iframe"] = letterbox(frame, self.iframe_size)[0]
         if self.apex:  # L_rec's target: the centred square, never the input's crop and flip
             if has_apex:
-                target = resize_frames(crop_frames(arrays["pics"][-1:], box_of(False)), self.size)
+                top, x0, ch, cw = multiscale_box(h, width, False)
+                centre = (top, left + x0, ch, cw)
+                target = resize_frames(crop_frames(arrays["pics"][-1:], centre), self.size)
                 item["apex"] = (target[0, [2, 1, 0]].float() / 255).contiguous()
             else:
                 item["apex"] = torch.zeros(3, self.size, self.size)
@@ -250,45 +321,109 @@ class ClipDataset(Dataset):
 
 
 class DecodeCache:
-    """On-disk cache of every frame of a clip's representation, decoded once.
+    """On-disk cache of the decoded representations of clips, decoded once (in one pass).
 
-    ``DecodeCache(directory, short_side=None)``: one ``.npy`` uint8 (n, H, W, C) per clip and
-    representation (after ``_quantise``, so identical to what ``ClipDataset`` computes
-    without a cache), keyed by path, size, mtime, representation and accumulate. With
-    ``short_side`` the frames are stored downscaled to that shorter side (bilinear, antialiased;
-    choose at least ``size / min(scales)``): a smaller cache and faster loading, at the cost of
-    a second resampling. Files are written atomically, so DataLoader workers can share a
-    directory; ``np.load(mmap_mode="r")`` reads only the sampled frames."""
+    ``DecodeCache(directory, short_side=None)``: one ``.npy`` per clip and representation:
+    residuals as their bytes clip(v + 128, 0, 255) uint8 (n, H, W, 3), motion vectors as int16
+    (n, H, W, 2) pixel displacements, pictures uint8 (k, H, W, 3) of the frames the dataset
+    uses (every frame for the RGB baseline, else the I-frame and the apex), so that
+    ``ClipDataset`` gives the same items with and without it. The key holds the clip's path,
+    size and mtime, the representation, accumulate, ``short_side``, the pictures' frames and the
+    layout's version. With ``short_side`` the frames are stored downscaled to that shorter side
+    (bilinear, antialiased; choose at least ``size / min(scales)``), the motion vectors as
+    float32 in pixels of the stored frame: a smaller cache and faster loading, at the cost of a
+    second resampling. Files are written atomically, so DataLoader workers can share a
+    directory; ``np.load(mmap_mode="r")`` reads only the sampled frames. A truncated or garbage
+    file (unreadable, or of the wrong dtype, number of frames or channels; or files of a clip
+    that disagree on the frame size) is deleted and rebuilt, with one ``RuntimeWarning`` naming
+    it."""
+
+    VERSION = 2  # of the layout; part of the key
 
     def __init__(self, directory: str | Path, short_side: int | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.short_side = short_side
 
-    def _file(self, path: Path, rep: int, accumulate: bool) -> Path:
+    def _file(self, path: Path, rep: int, accumulate: bool, stored: list[int] | None) -> Path:
         st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rep}|{accumulate}|{self.short_side}"
+        motion = accumulate if rep != PICTURE else None
+        key = (f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rep}|{motion}|{self.short_side}"
+               f"|{stored}|v{self.VERSION}")
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return self.directory / f"{path.stem}-{digest}.npy"
 
-    def frames(self, path: Path, rep: int, accumulate: bool, num_frames: int) -> np.ndarray:
-        """All ``num_frames`` frames of GOP 0 of ``path`` as uint8 (n, H, W, C), from the cache
-        or decoded (and stored) now."""
-        file = self._file(path, rep, accumulate)
-        if file.exists():
-            return np.load(file, mmap_mode="r")
-        a = _quantise(coviar.load_many(str(path), 0, range(num_frames), rep, accumulate))
+    def _dtype(self, rep: int) -> type:
+        if rep != MV:
+            return np.uint8
+        return np.int16 if self.short_side is None else np.float32
+
+    def _read(self, file: Path, rep: int, count: int) -> np.ndarray | None:
+        """The stored array, or None if missing; a corrupt file is reported and deleted."""
+        if not file.exists():
+            return None
+        try:
+            a = np.load(file, mmap_mode="r")
+            if a.dtype != self._dtype(rep) or a.ndim != 4 or a.shape[0] != count or a.shape[
+                    3] != (2 if rep == MV else 3):
+                raise ValueError(f"{a.dtype} {a.shape}, not a {count}-frame array")
+            return a
+        except (ValueError, OSError, EOFError) as exc:
+            warnings.warn(f"decode cache file {file} is corrupt ({exc}); rebuilding it",
+                          RuntimeWarning, stacklevel=4)
+            file.unlink(missing_ok=True)
+            return None
+
+    def frames(
+        self,
+        path: Path,
+        want: dict[int, list[int]],
+        stored: dict[int, list[int] | None],
+        accumulate: bool,
+        num_frames: int,
+    ) -> dict[int, np.ndarray]:
+        """The frames ``want[rep]`` of each representation of GOP 0 of ``path``, from the cache,
+        the missing representations decoded now in one pass and stored: ``stored[rep]`` are the
+        frames kept in the file (None: all ``num_frames``)."""
+        frames_of = {rep: list(range(num_frames)) if f is None else f for rep, f in stored.items()}
+        files = {rep: self._file(path, rep, accumulate, stored[rep]) for rep in want}
+        arrays = {rep: self._read(files[rep], rep, len(frames_of[rep])) for rep in want}
+        sizes = {a.shape[1:3] for a in arrays.values() if a is not None}
+        if len(sizes) > 1:  # which one is wrong cannot be told: rebuild them all
+            names = ", ".join(str(files[rep]) for rep, a in arrays.items() if a is not None)
+            warnings.warn(f"decode cache files {names} disagree on the frame size ({sorted(sizes)}"
+                          "); rebuilding them", RuntimeWarning, stacklevel=3)
+            arrays = dict.fromkeys(arrays)
+        missing = [rep for rep, a in arrays.items() if a is None]
+        if missing:
+            got = coviar.load_clip(str(path), 0, {rep: frames_of[rep] for rep in missing},
+                                   accumulate, lut={RESIDUAL: RESIDUAL_BYTES})
+            for rep in missing:
+                a = self._shrink(got[rep], rep)
+                tmp = files[rep].with_name(f"{files[rep].stem}.{os.getpid()}.tmp.npy")
+                np.save(tmp, np.ascontiguousarray(a))
+                os.replace(tmp, files[rep])
+                arrays[rep] = np.load(files[rep], mmap_mode="r")
+        out = {}
+        for rep, a in arrays.items():
+            position = {f: j for j, f in enumerate(frames_of[rep])}
+            out[rep] = a[[position[f] for f in want[rep]]]
+        return out
+
+    def _shrink(self, a: np.ndarray, rep: int) -> np.ndarray:
+        """``a`` as stored: motion vectors as int16, and with ``short_side`` every frame
+        downscaled to it (motion vectors: float32, in pixels of the stored frame)."""
         h, w = a.shape[1:3]
-        if self.short_side is not None and min(h, w) > self.short_side:
-            scale = self.short_side / min(h, w)
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            t = torch.from_numpy(a).permute(0, 3, 1, 2).float()
-            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
-            a = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, np.ascontiguousarray(a))
-        os.replace(tmp, file)
-        return np.load(file, mmap_mode="r")
+        if self.short_side is None or min(h, w) <= self.short_side:
+            return a.astype(self._dtype(rep), copy=False)
+        scale = self.short_side / min(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        t = torch.from_numpy(a).permute(0, 3, 1, 2).float()
+        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if rep == MV:  # displacements in pixels of the stored frame
+            t = t * torch.tensor([size[1] / w, size[0] / h]).view(1, 2, 1, 1)
+            return t.permute(0, 2, 3, 1).numpy().astype(np.float32)
+        return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 On a generated clip whose content really moves (smooth textures translating), measured in the
 same run (median of interleaved repeats): PyAV decoding every frame to BGR (the floor),
 `coviar.load_many` of k frames at TSN-style segment centres, the same k frames through k separate
-`coviar.load` calls (the original loader's access pattern), and the pure-Python reference
-`tests/coviar_reference.ref_load`; then the file size against the decoded frames, and the RSS
-growth over many `load` calls on a tiny clip. Targets are printed as PASS/FAIL; the exit status
-is 1 if any fails.
+`coviar.load` calls (the original loader's access pattern), the pure-Python reference
+`tests/coviar_reference.ref_load`, and `coviar.load_clip` of k residuals, k motion vectors and
+the last picture in one decode against three `load_many` calls; then the file size against the
+decoded frames, and the RSS growth over many `load` calls on a tiny clip. Targets are printed as
+PASS/FAIL; the exit status is 1 if any fails.
 
     .venv/bin/python benchmarks/coviar_speed.py [--frames 64 --size 224 --k 8 --repeats 7]
 """
@@ -72,9 +73,13 @@ def speed(path: Path, args: argparse.Namespace) -> bool:
     print(f"frames sampled (TSN centres): {idx}; representation {rep} ({NAMES[rep]})")
     cases: dict[str, Callable[[], object]] = {"floor": lambda: decode_all_bgr(path)}
     refs: dict[str, Callable[[], object]] = {}
+    three = {coviar.RESIDUAL: idx, coviar.MV: idx, coviar.PICTURE: [args.frames - 1]}
     for acc in (False, True):
         cases[f"many{acc}"] = lambda acc=acc: coviar.load_many(path, 0, idx, rep, acc)
         cases[f"separate{acc}"] = lambda acc=acc: [coviar.load(path, 0, i, rep, acc) for i in idx]
+        cases[f"clip{acc}"] = lambda acc=acc: coviar.load_clip(path, 0, three, acc)
+        cases[f"three{acc}"] = lambda acc=acc: [coviar.load_many(path, 0, f, r, acc)
+                                                for r, f in three.items()]
         refs[f"reference{acc}"] = lambda acc=acc: [ref_load(path, 0, i, rep, acc) for i in idx]
     t = medians(cases, args.repeats) | (medians(refs, args.ref_repeats) if args.ref_repeats else {})
     floor = t["floor"]
@@ -103,6 +108,8 @@ def speed(path: Path, args: argparse.Namespace) -> bool:
         )
         if args.ref_repeats:
             row(f"{k} x ref_load (pure Python, {args.ref_repeats} repeats)", f"reference{acc}")
+        row(f"load_clip: {k} residuals, {k} vectors, 1 picture", f"clip{acc}",
+            f"one decode; the 3 load_many calls: {t[f'three{acc}'] / t[f'clip{acc}']:.1f} x")
     return ok
 
 

@@ -182,6 +182,137 @@ def test_kernels_check_their_input():
     # A record far outside the frame writes nothing.
     far = np.array([[16, 16, -30000, -30000, 30000, 30000]], np.int32)
     assert not _kernels.mv_field(far, 8, 8).any()
+    with pytest.raises(ValueError, match="whole number"):
+        _kernels.records(b"\0" * 41)  # side data is a whole number of 40-byte records
+    assert _kernels.records(b"").shape == (0, 6)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_load_clip_equals_load_many(clip, accumulate):
+    """All three representations from one decode, whole and cropped, equal `load_many` of each
+    representation alone on every frame (max |diff| 0)."""
+    path, gops = clip
+    g = len(gops) - 1
+    n = len(gops[g])
+    every = list(range(n))
+    alone = {rep: coviar.load_many(path, g, every, rep, accumulate) for rep in (0, 1, 2)}
+    both = coviar.load_clip(path, g, {rep: every for rep in (0, 1, 2)}, accumulate)
+    assert sorted(both) == [0, 1, 2]
+    for rep in (0, 1, 2):
+        assert both[rep].dtype == alone[rep].dtype and both[rep].shape == alone[rep].shape
+        assert np.abs(both[rep].astype(np.int64) - alone[rep]).max() == 0
+    # Different frames per representation, repeats, any order; boxes at odd offsets, one of them
+    # given by a function of the frame size (called once).
+    h, w = alone[0].shape[1:3]
+    box = (h // 5, w // 3 + 1, h // 2, w // 2 - 1)
+    calls = []
+
+    def boxes(height, width):
+        calls.append((height, width))
+        return {1: box, 2: (0, 1, height, width - 1)}
+
+    picks = {0: [n - 1, 0], 1: [2, 1, 2], 2: list(range(n - 1, 0, -2))}
+    for crop in (boxes, {1: box, 2: (0, 1, h, w - 1)}):
+        got = coviar.load_clip(path, g, picks, accumulate, crop=crop)
+        np.testing.assert_array_equal(got[0], alone[0][picks[0]])
+        t, le, bh, bw = box
+        np.testing.assert_array_equal(got[1], alone[1][picks[1], t : t + bh, le : le + bw])
+        np.testing.assert_array_equal(got[2], alone[2][picks[2], :, 1:])
+    assert calls == [(h, w)]
+    # Lookup tables: pytorch-coviar's residual bytes, and a table per channel for the vectors
+    # (short, so that large values take its end entries).
+    res_table = np.tile(np.clip(np.arange(-255, 256) + 128, 0, 255).astype(np.uint8), (3, 1))
+    mv_table = np.stack([np.arange(-5, 6) * 20 + 100, np.arange(5, -6, -1) * 3 + 50]).astype(
+        np.uint8)
+    got = coviar.load_clip(path, g, picks, accumulate, crop={1: box},
+                           lut=lambda height, width: {2: res_table, 1: mv_table})
+    assert got[1].dtype == got[2].dtype == np.uint8
+    np.testing.assert_array_equal(got[2], np.clip(alone[2][picks[2]] + 128, 0, 255))
+    v = alone[1][picks[1], t : t + bh, le : le + bw]
+    want = np.stack([mv_table[c][np.clip(v[..., c] + 5, 0, 10)] for c in (0, 1)], axis=-1)
+    np.testing.assert_array_equal(got[1], want)
+    scrambled = (np.arange(3 * 41).reshape(3, 41) * 37 % 256).astype(np.uint8)  # no clipped shift
+    got = coviar.load_clip(path, g, {2: picks[2]}, accumulate, lut={2: scrambled})[2]
+    v = np.clip(alone[2][picks[2]] + 20, 0, 40)
+    np.testing.assert_array_equal(got, np.stack([scrambled[c][v[..., c]] for c in range(3)], -1))
+
+
+def test_no_reference_cycles(good):
+    """Decoded frames are freed when dropped, not left to the garbage collector (PyAV's
+    ``frame.side_data`` makes a frame part of a cycle)."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        for acc in (False, True):
+            coviar.load_clip(good, 0, {0: [1], 1: [2, 3], 2: [4, 5]}, acc)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_load_clip_refuses_bad_boxes(good):
+    with pytest.raises(ValueError, match="not inside the 64x48 frame"):
+        coviar.load_clip(good, 0, {2: [1]}, False, crop={2: (40, 0, 10, 10)})
+    with pytest.raises(ValueError, match="not inside"):
+        coviar.load_clip(good, 0, {1: [1]}, False, crop={1: (0, 0, 0, 10)})
+    with pytest.raises(ValueError, match="representation"):
+        coviar.load_clip(good, 0, {3: [1]}, False)
+    with pytest.raises(ValueError, match="no representation"):
+        coviar.load_clip(good, 0, {}, False)
+    with pytest.raises(ValueError, match="lookup table"):
+        coviar.load_clip(good, 0, {2: [1]}, False, lut={2: np.zeros((3, 4), np.uint8)})
+    with pytest.raises(ValueError, match="lookup table"):
+        coviar.load_clip(good, 0, {0: [1]}, False, lut={0: np.zeros((3, 5), np.uint8)})
+
+
+def test_arguments_are_checked(good):
+    want = coviar.load_many(str(good), 0, [1, 2], 2, True)
+    for flag in (True, 1, np.True_, np.int64(1)):
+        np.testing.assert_array_equal(coviar.load_many(good, 0, [1, 2], 2, flag), want)
+    np.testing.assert_array_equal(coviar.load_many(bytes(good), 0, [1, 2], 2, True), want)
+    assert coviar.get_num_frames(bytes(good)) == 8 and coviar.get_num_gops(bytes(good)) == 1
+    for bad in ("no", "yes", None, 1.0, [True]):
+        with pytest.raises(TypeError, match="accumulate must be a bool"):
+            coviar.load_many(good, 0, [1], 2, bad)
+    with pytest.raises(ValueError, match="accumulate must be True/False"):
+        coviar.load_many(good, 0, [1], 2, 2)
+    with pytest.raises(TypeError, match="path must be"):
+        coviar.load_many(8, 0, [1], 2, False)
+    with pytest.raises(TypeError, match="integers"):
+        coviar.load_many(good, 0, [1.5], 2, False)
+    with pytest.raises(TypeError):
+        coviar.load_many(good, 0.0, [1], 2, False)
+    with pytest.raises(IndexError, match="out of range"):
+        coviar.load_many(good, 0, [3, 8], 0, False)  # more frames than the GOP holds
+
+
+_ABSURD = """
+import resource, sys, time, coviar
+start = time.perf_counter()
+for rep in (0, 1, 2):
+    try:
+        coviar.load_many(sys.argv[1], 0, [0] * 10**7, rep, False)
+        print("no error")
+    except ValueError as e:
+        print(e)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+print(f"{time.perf_counter() - start:.2f} s, peak {peak:.2f} GiB")
+"""
+
+
+def test_absurd_requests_fail_before_allocating(good):
+    """10**7 indices of a valid frame (368 GB of residuals): refused at the first frame, in a
+    child process that stays far below one such result (its peak RSS is measured)."""
+    run = subprocess.run([sys.executable, "-c", _ABSURD, str(good)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    *errors, summary = run.stdout.strip().splitlines()
+    assert len(errors) == 3 and all("GiB" in e and str(good) in e for e in errors), errors
+    seconds, peak = float(summary.split()[0]), float(summary.split()[-2])
+    assert seconds < 30 and peak < 1.0, summary
+    assert coviar.MAX_RESULT_BYTES < 10**7 * 64 * 48 * 3  # why each of the calls is refused
 
 
 def test_reencode_mirrors_a_mixed_tree(tmp_path):

@@ -1,9 +1,12 @@
 /*
  * Per-pixel kernels of the compressed-domain reader `coviar` (CoViAR's C loader, Wu et al. 2018,
  * made safe): the motion-vector field of one frame, the accumulated map into the GOP's I-frame,
- * and the residual against a reference sampled through a map.
+ * the residual against a reference sampled through a map, and a per-channel lookup table that
+ * turns int32 values into bytes (e.g. pytorch-coviar's clip(v + 128, 0, 255)).
  *
- * Decoding is PyAV's; these kernels see only numpy arrays. Motion-vector records arrive as an
+ * Decoding is PyAV's; these kernels see only numpy arrays. The field and the residual can be
+ * computed on a box of the frame only (a crop), with the same values as the whole-frame result
+ * cropped: the records and the reference are those of the whole frame. Motion-vector records arrive as an
  * int32 array (n, 6) of (w, h, src_x, src_y, dst_x, dst_y), taken from FFmpeg's AVMotionVector side
  * data. Every array is checked (dtype, shape, contiguity) and every pixel access is
  * bounds-checked, so no record can write or read outside the frame. No global state; the GIL is
@@ -35,25 +38,74 @@ static PyArrayObject *as_array(PyObject *obj, int type, int ndim, npy_intp last_
     return arr;
 }
 
-static PyArrayObject *new_int32(int ndim, npy_intp *dims) {
-    return (PyArrayObject *)PyArray_ZEROS(ndim, dims, NPY_INT32, 0);
+/* The output array: `out_obj` checked (C-contiguous, writeable, of `type` and shape dims) when it
+ * is not None, else a new zero-filled one. New reference, or NULL with an exception. */
+static PyArrayObject *output(PyObject *out_obj, int type, npy_intp *dims) {
+    if (out_obj == NULL || out_obj == Py_None)
+        return (PyArrayObject *)PyArray_ZEROS(3, dims, type, 0);
+    PyArrayObject *out = as_array(out_obj, type, 3, dims[2], "output");
+    if (!out) return NULL;
+    if (PyArray_DIM(out, 0) != dims[0] || PyArray_DIM(out, 1) != dims[1] ||
+        !PyArray_ISWRITEABLE(out)) {
+        PyErr_Format(PyExc_ValueError, "output must be a writeable (%zd, %zd, %zd) array",
+                     (Py_ssize_t)dims[0], (Py_ssize_t)dims[1], (Py_ssize_t)dims[2]);
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* A uint8 lookup table (channels, odd length), or NULL with a ValueError. New reference. */
+static PyArrayObject *lookup_table(PyObject *obj, npy_intp channels) {
+    PyArrayObject *table = as_array(obj, NPY_UINT8, 2, -1, "table");
+    if (!table) return NULL;
+    if (PyArray_DIM(table, 0) != channels || PyArray_DIM(table, 1) % 2 == 0) {
+        PyErr_Format(PyExc_ValueError, "table must be (%zd, odd length)", (Py_ssize_t)channels);
+        Py_DECREF(table);
+        return NULL;
+    }
+    return table;
+}
+
+/* table[c, clip(v + len / 2, 0, len - 1)] */
+static inline uint8_t look(const uint8_t *table, npy_intp len, npy_intp c, int32_t v) {
+    npy_intp k = (npy_intp)v + len / 2;
+    k = k < 0 ? 0 : (k >= len ? len - 1 : k);
+    return table[c * len + k];
+}
+
+/* Whether every channel of the table (channels, len) is the same clipped shift,
+ * table[c, i] = clip(i - len / 2 + shift, 0, 255) (pytorch-coviar's residual bytes are shift 128),
+ * which the residual computes arithmetically; sets *shift. */
+static int clipped_shift(const uint8_t *table, npy_intp len, npy_intp channels, int *shift) {
+    const int s = table[len / 2];
+    if (s == 0 || s == 255) return 0; /* the shift is not recoverable from a clipped value */
+    for (npy_intp c = 0; c < channels; ++c)
+        for (npy_intp i = 0; i < len; ++i) {
+            const npy_intp v = i - len / 2 + s;
+            if (table[c * len + i] != (v < 0 ? 0 : (v > 255 ? 255 : v))) return 0;
+        }
+    *shift = s;
+    return 1;
 }
 
 /* Visit the pixels of each record with a non-zero displacement whose dst and src both lie in the
- * frame: the block dst ± w/2, dst ± h/2 (C division, as the original loader). The bounds test of
- * each pixel is hoisted: the offsets (ox, oy) that keep both inside form a product of two ranges,
- * clipped once per record. Within a record every pixel is visited once, so the visiting order
- * inside it does not matter; records are applied in order. */
-static inline void clip_range(long half, long dst, long src, long size, long *lo, long *hi) {
+ * frame and whose dst lies in the box [bx0, bx1) x [by0, by1) (the whole frame, or a crop): the
+ * block dst ± w/2, dst ± h/2 (C division, as the original loader). The bounds test of each pixel
+ * is hoisted: the offsets (ox, oy) that keep dst in the box and src in the frame form a product
+ * of two ranges, clipped once per record. Within a record every pixel is visited once, so the
+ * visiting order inside it does not matter; records are applied in order. */
+static inline void clip_range(long half, long dst, long src, long size, long b0, long b1,
+                              long *lo, long *hi) {
     *lo = -half;
-    if (-dst > *lo) *lo = -dst;
+    if (b0 - dst > *lo) *lo = b0 - dst;
     if (-src > *lo) *lo = -src;
     *hi = half;
-    if (size - dst < *hi) *hi = size - dst;
+    if (b1 - dst < *hi) *hi = b1 - dst;
     if (size - src < *hi) *hi = size - src;
 }
 
-#define FOR_RECORD_PIXELS(rec, n, width, height, BODY)                                      \
+#define FOR_RECORD_PIXELS(rec, n, width, height, bx0, bx1, by0, by1, BODY)                  \
     for (npy_intp i_ = 0; i_ < (n); ++i_) {                                                 \
         const int32_t *r_ = (rec) + 6 * i_;                                                 \
         const int w_ = r_[0], h_ = r_[1];                                                   \
@@ -61,95 +113,293 @@ static inline void clip_range(long half, long dst, long src, long size, long *lo
         if (dx_ - sx_ == 0 && dy_ - sy_ == 0) continue;                                     \
         if (w_ < 0 || h_ < 0 || w_ > 4096 || h_ > 4096) continue;                           \
         long x0_, x1_, y0_, y1_;                                                            \
-        clip_range(w_ / 2, dx_, sx_, (width), &x0_, &x1_);                                  \
-        clip_range(h_ / 2, dy_, sy_, (height), &y0_, &y1_);                                 \
+        clip_range(w_ / 2, dx_, sx_, (width), (bx0), (bx1), &x0_, &x1_);                    \
+        clip_range(h_ / 2, dy_, sy_, (height), (by0), (by1), &y0_, &y1_);                   \
         const int32_t val_x = (int32_t)(dx_ - sx_), val_y = (int32_t)(dy_ - sy_);          \
         (void)val_x;                                                                        \
         (void)val_y;                                                                        \
         for (long oy = y0_; oy < y1_; ++oy) {                                               \
             const long py = dy_ + oy, qy = sy_ + oy;                                        \
+            (void)py;                                                                       \
             (void)qy;                                                                       \
             for (long ox = x0_; ox < x1_; ++ox) {                                           \
                 const long px = dx_ + ox, qx = sx_ + ox;                                    \
+                (void)px;                                                                   \
                 (void)qx;                                                                   \
                 BODY                                                                        \
             }                                                                               \
         }                                                                                   \
     }
 
+/* Check that the box (top, left, box_h, box_w) lies in a height x width frame; else ValueError. */
+static int check_box(Py_ssize_t top, Py_ssize_t left, Py_ssize_t box_h, Py_ssize_t box_w,
+                     Py_ssize_t height, Py_ssize_t width) {
+    if (top < 0 || left < 0 || box_h <= 0 || box_w <= 0 || top > height - box_h ||
+        left > width - box_w) {
+        PyErr_Format(PyExc_ValueError,
+                     "box (top=%zd, left=%zd, height=%zd, width=%zd) is not inside the %zdx%zd "
+                     "frame",
+                     top, left, box_h, box_w, width, height);
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *mv_field(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *rec_obj;
-    Py_ssize_t height, width;
-    if (!PyArg_ParseTuple(args, "Onn", &rec_obj, &height, &width)) return NULL;
+    PyObject *rec_obj, *out_obj = Py_None, *table_obj = Py_None;
+    Py_ssize_t height, width, top = 0, left = 0, box_h = -1, box_w = -1;
+    if (!PyArg_ParseTuple(args, "Onn|nnnnOO", &rec_obj, &height, &width, &top, &left, &box_h,
+                          &box_w, &out_obj, &table_obj))
+        return NULL;
     if (height <= 0 || width <= 0 || height > 16384 || width > 16384) {
         PyErr_SetString(PyExc_ValueError, "frame size out of range");
         return NULL;
     }
-    PyArrayObject *rec = as_array(rec_obj, NPY_INT32, 2, 6, "records");
-    if (!rec) return NULL;
-    npy_intp dims[3] = {height, width, 2};
-    PyArrayObject *out = new_int32(3, dims);
-    if (!out) {
-        Py_DECREF(rec);
-        return NULL;
-    }
+    if (box_h < 0) box_h = height - top;
+    if (box_w < 0) box_w = width - left;
+    if (!check_box(top, left, box_h, box_w, height, width)) return NULL;
+    PyArrayObject *rec = NULL, *out = NULL, *table = NULL;
+    if (!(rec = as_array(rec_obj, NPY_INT32, 2, 6, "records"))) goto done;
+    if (table_obj != Py_None && !(table = lookup_table(table_obj, 2))) goto done;
+    npy_intp dims[3] = {box_h, box_w, 2};
+    if (!(out = output(out_obj, table ? NPY_UINT8 : NPY_INT32, dims))) goto done;
     const int32_t *r = (const int32_t *)PyArray_DATA(rec);
-    int32_t *f = (int32_t *)PyArray_DATA(out);
     const npy_intp n = PyArray_DIM(rec, 0);
+    const long bx0 = left, bx1 = left + box_w, by0 = top, by1 = top + box_h;
     Py_BEGIN_ALLOW_THREADS
-    FOR_RECORD_PIXELS(r, n, width, height, {
-        int32_t *p = f + 2 * (py * width + px);
-        p[0] = val_x;
-        p[1] = val_y;
-    })
+    if (table) { /* bytes: table[c, v + len / 2], zero displacement where no record writes */
+        const uint8_t *t = (const uint8_t *)PyArray_DATA(table);
+        const npy_intp len = PyArray_DIM(table, 1);
+        uint8_t *f = (uint8_t *)PyArray_DATA(out);
+        const uint8_t zero[2] = {look(t, len, 0, 0), look(t, len, 1, 0)};
+        for (npy_intp k = 0; k < box_h * box_w; ++k) memcpy(f + 2 * k, zero, 2);
+        for (npy_intp i = 0; i < n; ++i) { /* the pixels FOR_RECORD_PIXELS visits, by rows */
+            const int32_t *q = r + 6 * i;
+            if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 ||
+                q[1] > 4096)
+                continue;
+            long x0, x1, y0, y1;
+            clip_range(q[0] / 2, q[4], q[2], width, bx0, bx1, &x0, &x1);
+            clip_range(q[1] / 2, q[5], q[3], height, by0, by1, &y0, &y1);
+            const uint8_t pair[2] = {look(t, len, 0, q[4] - q[2]), look(t, len, 1, q[5] - q[3])};
+            for (long oy = y0; oy < y1; ++oy) {
+                uint8_t *row = f + 2 * ((q[5] + oy - by0) * box_w + (q[4] - bx0));
+                for (long ox = x0; ox < x1; ++ox) memcpy(row + 2 * ox, pair, 2);
+            }
+        }
+    } else {
+        int32_t *f = (int32_t *)PyArray_DATA(out);
+        if (out_obj != Py_None) memset(f, 0, (size_t)box_h * box_w * 2 * sizeof(int32_t));
+        FOR_RECORD_PIXELS(r, n, width, height, bx0, bx1, by0, by1, {
+            int32_t *p = f + 2 * ((py - by0) * box_w + (px - bx0));
+            p[0] = val_x;
+            p[1] = val_y;
+        })
+    }
     Py_END_ALLOW_THREADS
-    Py_DECREF(rec);
+done:
+    Py_XDECREF(rec);
+    Py_XDECREF(table);
+    if (PyErr_Occurred()) Py_CLEAR(out);
     return (PyObject *)out;
+}
+
+static inline void copy_ints(int32_t *restrict dst, const int32_t *restrict src, long n) {
+    for (long i = 0; i < n; ++i) dst[i] = src[i];
 }
 
 static PyObject *accumulate(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *rec_obj, *old_obj;
-    if (!PyArg_ParseTuple(args, "OO", &rec_obj, &old_obj)) return NULL;
-    PyArrayObject *rec = as_array(rec_obj, NPY_INT32, 2, 6, "records");
-    if (!rec) return NULL;
-    PyArrayObject *old = as_array(old_obj, NPY_INT32, 3, 2, "map");
-    if (!old) {
-        Py_DECREF(rec);
-        return NULL;
+    PyObject *rec_obj, *map_obj;
+    if (!PyArg_ParseTuple(args, "OO", &rec_obj, &map_obj)) return NULL;
+    PyArrayObject *rec = NULL, *map = NULL;
+    int32_t *moved = NULL;
+    PyObject *ret = NULL;
+    if (!(rec = as_array(rec_obj, NPY_INT32, 2, 6, "records"))) goto done;
+    if (!(map = as_array(map_obj, NPY_INT32, 3, 2, "map"))) goto done;
+    if (!PyArray_ISWRITEABLE(map)) {
+        PyErr_SetString(PyExc_ValueError, "map is read-only");
+        goto done;
     }
-    PyArrayObject *out = (PyArrayObject *)PyArray_NewCopy(old, NPY_CORDER);
-    if (!out) {
-        Py_DECREF(rec);
-        Py_DECREF(old);
-        return NULL;
-    }
-    const long height = (long)PyArray_DIM(old, 0), width = (long)PyArray_DIM(old, 1);
+    const long height = (long)PyArray_DIM(map, 0), width = (long)PyArray_DIM(map, 1);
     const int32_t *r = (const int32_t *)PyArray_DATA(rec);
-    const int32_t *a_old = (const int32_t *)PyArray_DATA(old);
-    int32_t *a_new = (int32_t *)PyArray_DATA(out);
+    int32_t *a = (int32_t *)PyArray_DATA(map);
     const npy_intp n = PyArray_DIM(rec, 0);
-    /* new[dst] = old[src]: every record of this frame reads the previous frame's map. */
+    /* The block of each record as FOR_RECORD_PIXELS visits it, row by row: 2 int32 a pixel,
+     * contiguous along a row in both the source and the destination. */
+#define FOR_RECORD_ROWS(BODY)                                                                \
+    for (npy_intp i = 0; i < n; ++i) {                                                      \
+        const int32_t *q = r + 6 * i;                                                       \
+        if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 ||        \
+            q[1] > 4096)                                                                    \
+            continue;                                                                       \
+        long x0, x1, y0, y1;                                                                \
+        clip_range(q[0] / 2, q[4], q[2], width, 0, width, &x0, &x1);                        \
+        clip_range(q[1] / 2, q[5], q[3], height, 0, height, &y0, &y1);                      \
+        if (x1 <= x0) continue;                                                             \
+        const size_t bytes = (size_t)(x1 - x0) * 2 * sizeof(int32_t);                       \
+        for (long oy = y0; oy < y1; ++oy) {                                                 \
+            int32_t *src = a + 2 * ((q[3] + oy) * width + q[2] + x0);                       \
+            int32_t *dst = a + 2 * ((q[5] + oy) * width + q[4] + x0);                       \
+            (void)src;                                                                      \
+            (void)dst;                                                                      \
+            BODY                                                                            \
+        }                                                                                   \
+    }
+    size_t total = 0;
+    FOR_RECORD_ROWS({ total += bytes; })
+    moved = PyMem_RawMalloc(total ? total : 1);
+    if (!moved) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* new[dst] = old[src], every record reading the previous frame's map: in place, in two
+     * passes over the moved pixels only (read all sources, then write all destinations in
+     * record order, so a later record's block wins as it would over a copy). */
     Py_BEGIN_ALLOW_THREADS
-    FOR_RECORD_PIXELS(r, n, width, height, {
-        const int32_t *s = a_old + 2 * (qy * width + qx);
-        int32_t *d = a_new + 2 * (py * width + px);
-        d[0] = s[0];
-        d[1] = s[1];
+    int32_t *k = moved; /* rows are short (a block): copied inline, not by memcpy calls */
+    FOR_RECORD_ROWS({
+        copy_ints(k, src, (long)(bytes / sizeof(int32_t)));
+        k += bytes / sizeof(int32_t);
+    })
+    k = moved;
+    FOR_RECORD_ROWS({
+        copy_ints(dst, k, (long)(bytes / sizeof(int32_t)));
+        k += bytes / sizeof(int32_t);
     })
     Py_END_ALLOW_THREADS
-    Py_DECREF(rec);
-    Py_DECREF(old);
+#undef FOR_RECORD_ROWS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyMem_RawFree(moved);
+    Py_XDECREF(rec);
+    Py_XDECREF(map);
+    return ret;
+}
+
+/* One row segment of a residual: n bytes (whole pixels) of cur minus ref, as int32 or through
+ * the table (arithmetically when it is a clipped shift). */
+typedef struct {
+    int32_t *i32;       /* int32 output, or NULL */
+    uint8_t *u8;        /* uint8 output through the table, or NULL */
+    const uint8_t *table;
+    npy_intp len;
+    int shifted, shift; /* the table is clip(v + shift, 0, 255) in every channel */
+} Sink;
+
+static inline void diff_row(const Sink *o, npy_intp k, const uint8_t *cp, const uint8_t *rp,
+                            npy_intp n) {
+    if (o->shifted) {
+        uint8_t *op = o->u8 + k;
+        const int16_t sh = (int16_t)o->shift;
+        for (npy_intp i = 0; i < n; ++i) { /* int16 lanes: twice as many per vector */
+            const int16_t v = (int16_t)((int16_t)cp[i] - (int16_t)rp[i] + sh);
+            const int16_t lo = v < 0 ? 0 : v;
+            op[i] = (uint8_t)(lo > 255 ? 255 : lo);
+        }
+    } else if (o->u8) {
+        for (npy_intp i = 0; i < n; i += 3)
+            for (int ch = 0; ch < 3; ++ch)
+                o->u8[k + i + ch] = look(o->table, o->len, ch, (int32_t)cp[i + ch] - rp[i + ch]);
+    } else {
+        int32_t *op = o->i32 + k;
+        for (npy_intp i = 0; i < n; ++i) op[i] = (int32_t)cp[i] - (int32_t)rp[i];
+    }
+}
+
+/* The residual output `out_obj` (given, or new when None) of the box (box_h, box_w) and its
+ * sink; NULL with an exception. */
+static PyArrayObject *residual_out(PyObject *out_obj, PyObject *table_obj, npy_intp box_h,
+                                   npy_intp box_w, PyArrayObject **table, Sink *o) {
+    if (table_obj != Py_None && !(*table = lookup_table(table_obj, 3))) return NULL;
+    npy_intp dims[3] = {box_h, box_w, 3};
+    PyArrayObject *out = output(out_obj, *table ? NPY_UINT8 : NPY_INT32, dims);
+    if (!out) return NULL;
+    memset(o, 0, sizeof *o);
+    if (*table) {
+        o->u8 = (uint8_t *)PyArray_DATA(out);
+        o->table = (const uint8_t *)PyArray_DATA(*table);
+        o->len = PyArray_DIM(*table, 1);
+        o->shifted = clipped_shift(o->table, o->len, 3, &o->shift);
+    } else {
+        o->i32 = (int32_t *)PyArray_DATA(out);
+    }
+    return out;
+}
+
+static PyObject *residual_mv(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *cur_obj, *ref_obj, *rec_obj, *out_obj, *table_obj = Py_None;
+    Py_ssize_t top, left;
+    if (!PyArg_ParseTuple(args, "OOOnnO|O", &cur_obj, &ref_obj, &rec_obj, &top, &left, &out_obj,
+                          &table_obj))
+        return NULL;
+    PyArrayObject *cur = NULL, *ref = NULL, *rec = NULL, *out = NULL, *table = NULL;
+    if (!(cur = as_array(cur_obj, NPY_UINT8, 3, 3, "current frame"))) goto done;
+    if (!(ref = as_array(ref_obj, NPY_UINT8, 3, 3, "reference frame"))) goto done;
+    if (!(rec = as_array(rec_obj, NPY_INT32, 2, 6, "records"))) goto done;
+    const npy_intp height = PyArray_DIM(cur, 0), width = PyArray_DIM(cur, 1);
+    if (PyArray_DIM(ref, 0) != height || PyArray_DIM(ref, 1) != width) {
+        PyErr_SetString(PyExc_ValueError, "frames must have the same height and width");
+        goto done;
+    }
+    if (!PyArray_Check(out_obj) || PyArray_NDIM((PyArrayObject *)out_obj) != 3) {
+        PyErr_SetString(PyExc_ValueError, "output must be a 3-d array (the box)");
+        goto done;
+    }
+    const npy_intp box_h = PyArray_DIM((PyArrayObject *)out_obj, 0);
+    const npy_intp box_w = PyArray_DIM((PyArrayObject *)out_obj, 1);
+    if (!check_box(top, left, box_h, box_w, height, width)) goto done;
+    Sink o;
+    if (!(out = residual_out(out_obj, table_obj, box_h, box_w, &table, &o))) goto done;
+    const uint8_t *c = (const uint8_t *)PyArray_DATA(cur);
+    const uint8_t *rf = (const uint8_t *)PyArray_DATA(ref);
+    const int32_t *r = (const int32_t *)PyArray_DATA(rec);
+    const npy_intp n = PyArray_DIM(rec, 0);
+    Py_BEGIN_ALLOW_THREADS
+    /* The residual against the previous frame through the field of `records`, without
+     * building the field: every pixel of the box first as if its vector were zero, then each
+     * record's block (clipped as in mv_field) rewritten with its source, records in order, so
+     * that a pixel ends with the last record that covers it, as the field does. Rows are
+     * contiguous in both frames (vectorised). */
+    for (npy_intp y = 0; y < box_h; ++y) {
+        const npy_intp g = 3 * ((top + y) * width + left);
+        diff_row(&o, 3 * y * box_w, c + g, rf + g, 3 * box_w);
+    }
+    for (npy_intp i = 0; i < n; ++i) {
+        const int32_t *q = r + 6 * i;
+        const long w = q[0], h = q[1], sx = q[2], sy = q[3], dx = q[4], dy = q[5];
+        if ((dx == sx && dy == sy) || w < 0 || h < 0 || w > 4096 || h > 4096) continue;
+        long x0, x1, y0, y1;
+        clip_range(w / 2, dx, sx, width, left, left + box_w, &x0, &x1);
+        clip_range(h / 2, dy, sy, height, top, top + box_h, &y0, &y1);
+        if (x1 <= x0) continue;
+        for (long oy = y0; oy < y1; ++oy) {
+            const npy_intp k = 3 * ((dy + oy - top) * box_w + (dx + x0 - left));
+            diff_row(&o, k, c + 3 * ((dy + oy) * width + dx + x0),
+                     rf + 3 * ((sy + oy) * width + sx + x0), 3 * (x1 - x0));
+        }
+    }
+    Py_END_ALLOW_THREADS
+done:
+    Py_XDECREF(cur);
+    Py_XDECREF(ref);
+    Py_XDECREF(rec);
+    Py_XDECREF(table);
     return (PyObject *)out;
 }
 
 static PyObject *residual(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *cur_obj, *ref_obj, *map_obj;
+    PyObject *cur_obj, *ref_obj, *map_obj, *out_obj = Py_None, *table_obj = Py_None;
     int relative;
-    if (!PyArg_ParseTuple(args, "OOOp", &cur_obj, &ref_obj, &map_obj, &relative)) return NULL;
-    PyArrayObject *cur = NULL, *ref = NULL, *map = NULL, *out = NULL;
+    Py_ssize_t top = 0, left = 0;
+    if (!PyArg_ParseTuple(args, "OOOp|nnOO", &cur_obj, &ref_obj, &map_obj, &relative, &top,
+                          &left, &out_obj, &table_obj))
+        return NULL;
+    PyArrayObject *cur = NULL, *ref = NULL, *map = NULL, *out = NULL, *table = NULL;
     cur = as_array(cur_obj, NPY_UINT8, 3, 3, "current frame");
     if (!cur) goto done;
     ref = as_array(ref_obj, NPY_UINT8, 3, 3, "reference frame");
@@ -157,34 +407,61 @@ static PyObject *residual(PyObject *self, PyObject *args) {
     map = as_array(map_obj, NPY_INT32, 3, 2, "map");
     if (!map) goto done;
     const npy_intp height = PyArray_DIM(cur, 0), width = PyArray_DIM(cur, 1);
-    if (PyArray_DIM(ref, 0) != height || PyArray_DIM(ref, 1) != width ||
-        PyArray_DIM(map, 0) != height || PyArray_DIM(map, 1) != width) {
-        PyErr_SetString(PyExc_ValueError, "frames and map must have the same height and width");
+    if (PyArray_DIM(ref, 0) != height || PyArray_DIM(ref, 1) != width) {
+        PyErr_SetString(PyExc_ValueError, "frames must have the same height and width");
         goto done;
     }
-    npy_intp dims[3] = {height, width, 3};
-    out = new_int32(3, dims);
-    if (!out) goto done;
+    /* The box: the output's size when given, else the map's. The map covers the box, or the
+     * whole frame (then read at the box's place). */
+    const int given = out_obj != Py_None && PyArray_Check(out_obj) &&
+                      PyArray_NDIM((PyArrayObject *)out_obj) == 3;
+    const npy_intp box_h = given ? PyArray_DIM((PyArrayObject *)out_obj, 0) : PyArray_DIM(map, 0);
+    const npy_intp box_w = given ? PyArray_DIM((PyArrayObject *)out_obj, 1) : PyArray_DIM(map, 1);
+    if (!check_box(top, left, box_h, box_w, height, width)) goto done;
+    const int whole = PyArray_DIM(map, 0) == height && PyArray_DIM(map, 1) == width;
+    if (!whole && (PyArray_DIM(map, 0) != box_h || PyArray_DIM(map, 1) != box_w)) {
+        PyErr_SetString(PyExc_ValueError, "map must cover the box or the whole frame");
+        goto done;
+    }
+    Sink o;
+    if (!(out = residual_out(out_obj, table_obj, box_h, box_w, &table, &o))) goto done;
     const uint8_t *c = (const uint8_t *)PyArray_DATA(cur);
     const uint8_t *rf = (const uint8_t *)PyArray_DATA(ref);
-    const int32_t *m = (const int32_t *)PyArray_DATA(map);
-    int32_t *o = (int32_t *)PyArray_DATA(out);
+    const npy_intp map_w = whole ? width : box_w;
+    const int32_t *m = (const int32_t *)PyArray_DATA(map) + (whole ? 2 * (top * width + left) : 0);
     npy_intp bad = -1;
     Py_BEGIN_ALLOW_THREADS
-    /* Δ[p] = cur[p] − ref[src(p)], src = p − mv (relative) or the map itself (accumulated). */
-    for (npy_intp y = 0; y < height && bad < 0; ++y) {
-        for (npy_intp x = 0; x < width; ++x) {
-            const npy_intp k = y * width + x;
-            const npy_intp sx = relative ? x - m[2 * k] : m[2 * k];
-            const npy_intp sy = relative ? y - m[2 * k + 1] : m[2 * k + 1];
-            if (sx < 0 || sx >= width || sy < 0 || sy >= height) {
-                bad = k;
+    /* Δ[p] = cur[p] − ref[src(p)], src = p − mv (relative) or the map itself (accumulated), for
+     * p in the box; map and output are indexed from the box's corner. With a table, the output
+     * holds table[c, Δ + len / 2] (clipped to the table) instead of Δ. A row is done in runs of
+     * pixels with the same displacement p − src, so that each run reads both frames
+     * contiguously (vectorised). */
+    for (npy_intp y = 0; y < box_h && bad < 0; ++y) {
+        const npy_intp gy = top + y;
+        const int32_t *row = m + 2 * y * map_w;
+        npy_intp x = 0;
+        while (x < box_w) {
+            const npy_intp dx = relative ? row[2 * x] : left + x - row[2 * x];
+            const npy_intp dy = relative ? row[2 * x + 1] : gy - row[2 * x + 1];
+            npy_intp e = x + 1;
+            if (relative) { /* the same vector: compare the (x, y) pair as one 64-bit word */
+                uint64_t first, next;
+                memcpy(&first, row + 2 * x, sizeof first);
+                while (e < box_w && (memcpy(&next, row + 2 * e, sizeof next), next == first)) ++e;
+            } else { /* the same displacement: the map advances by one pixel in x */
+                while (e < box_w && row[2 * e] == row[2 * x] + (e - x) &&
+                       row[2 * e + 1] == row[2 * x + 1])
+                    ++e;
+            }
+            const npy_intp sy = gy - dy, sx0 = left + x - dx, sx1 = left + e - 1 - dx;
+            if (sy < 0 || sy >= height || sx0 < 0 || sx1 >= width) {
+                const npy_intp first = (sy < 0 || sy >= height || sx0 < 0) ? x : x + width - sx0;
+                bad = gy * width + left + first;
                 break;
             }
-            const uint8_t *s = rf + 3 * (sy * width + sx);
-            o[3 * k] = (int32_t)c[3 * k] - s[0];
-            o[3 * k + 1] = (int32_t)c[3 * k + 1] - s[1];
-            o[3 * k + 2] = (int32_t)c[3 * k + 2] - s[2];
+            diff_row(&o, 3 * (y * box_w + x), c + 3 * (gy * width + left + x),
+                     rf + 3 * (sy * width + sx0), 3 * (e - x));
+            x = e;
         }
     }
     Py_END_ALLOW_THREADS
@@ -197,16 +474,105 @@ done:
     Py_XDECREF(cur);
     Py_XDECREF(ref);
     Py_XDECREF(map);
+    Py_XDECREF(table);
     return (PyObject *)out;
+}
+
+static PyObject *lookup(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *a_obj, *table_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOO", &a_obj, &table_obj, &out_obj)) return NULL;
+    PyArrayObject *a = NULL, *table = NULL, *out = NULL;
+    PyObject *ret = NULL;
+    a = as_array(a_obj, NPY_INT32, 3, -1, "values");
+    if (!a) goto done;
+    const npy_intp channels = PyArray_DIM(a, 2);
+    if (!(table = lookup_table(table_obj, channels))) goto done;
+    if (!(out = output(out_obj, NPY_UINT8, PyArray_DIMS(a)))) goto done;
+    const int32_t *v = (const int32_t *)PyArray_DATA(a);
+    const uint8_t *t = (const uint8_t *)PyArray_DATA(table);
+    uint8_t *o = (uint8_t *)PyArray_DATA(out);
+    const npy_intp n = channels ? PyArray_SIZE(a) / channels : 0, len = PyArray_DIM(table, 1);
+    Py_BEGIN_ALLOW_THREADS
+    for (npy_intp i = 0; i < n; ++i)
+        for (npy_intp c = 0; c < channels; ++c) o[i * channels + c] = look(t, len, c, v[i * channels + c]);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    Py_XDECREF(a);
+    Py_XDECREF(table);
+    Py_XDECREF(out);
+    return ret;
+}
+
+/* FFmpeg's AVMotionVector (libavutil/motion_vector.h), as exported by `flags2 +export_mvs`. */
+typedef struct {
+    int32_t source;
+    uint8_t w, h;
+    int16_t src_x, src_y, dst_x, dst_y;
+    uint64_t flags;
+    int32_t motion_x, motion_y;
+    uint16_t motion_scale;
+} MotionVector;
+
+static PyObject *records(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *ret = NULL;
+    if (view.len % (Py_ssize_t)sizeof(MotionVector)) {
+        PyErr_Format(PyExc_ValueError, "motion-vector side data of %zd bytes is not a whole "
+                     "number of %zu-byte records", view.len, sizeof(MotionVector));
+        goto done;
+    }
+    const npy_intp n = view.len / (Py_ssize_t)sizeof(MotionVector);
+    npy_intp kept = 0;
+    MotionVector mv;
+    for (npy_intp i = 0; i < n; ++i) {
+        memcpy(&mv, (const char *)view.buf + i * sizeof mv, sizeof mv);
+        kept += mv.source < 0;
+    }
+    npy_intp dims[2] = {kept, 6};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(2, dims, NPY_INT32, 0);
+    if (!out) goto done;
+    int32_t *o = (int32_t *)PyArray_DATA(out);
+    for (npy_intp i = 0; i < n; ++i) { /* past references only (there are no B-frames) */
+        memcpy(&mv, (const char *)view.buf + i * sizeof mv, sizeof mv);
+        if (mv.source >= 0) continue;
+        o[0] = mv.w, o[1] = mv.h, o[2] = mv.src_x, o[3] = mv.src_y, o[4] = mv.dst_x;
+        o[5] = mv.dst_y;
+        o += 6;
+    }
+    ret = (PyObject *)out;
+done:
+    PyBuffer_Release(&view);
+    return ret;
 }
 
 static PyMethodDef methods[] = {
     {"mv_field", mv_field, METH_VARARGS,
-     "mv_field(records, height, width) -> int32 (H, W, 2): per-pixel (dst - src) of one frame."},
+     "mv_field(records, height, width[, top, left, box_h, box_w, out, table]) -> int32 (box_h, "
+     "box_w, 2): per-pixel (dst - src) of one frame, on the box (default: the whole frame), "
+     "written into `out` when given; with a uint8 table (2, L), its bytes instead."},
     {"accumulate", accumulate, METH_VARARGS,
-     "accumulate(records, map) -> new map: new[dst] = map[src], map = source pixel in the I-frame."},
+     "accumulate(records, map) -> None: the map composed with one frame in place, "
+     "new[dst] = old[src] (map: the source pixel in the I-frame of each pixel)."},
     {"residual", residual, METH_VARARGS,
-     "residual(cur, ref, map, relative) -> int32 (H, W, 3): cur - ref sampled at the source pixel."},
+     "residual(cur, ref, map, relative[, top, left, out, table]) -> int32 (h, w, 3): cur - ref "
+     "sampled at the source pixel, on the box of out's size (or the map's) at (top, left) of "
+     "the frames, the map covering the box or the whole frame; with a uint8 table (3, L), "
+     "uint8 table[c, clip(v + L // 2, 0, L - 1)] instead; written into `out` when given."},
+    {"residual_mv", residual_mv, METH_VARARGS,
+     "residual_mv(cur, ref, records, top, left, out[, table]) -> out: the residual against the "
+     "previous frame through the records' field (as residual(cur, ref, mv_field(records), "
+     "True, top, left, out, table)), on the box of out's size at (top, left)."},
+    {"records", records, METH_O,
+     "records(side_data) -> int32 (n, 6): (w, h, src_x, src_y, dst_x, dst_y) of the "
+     "AVMotionVector records of a frame's motion-vector side data whose source is a past frame."},
+    {"lookup", lookup, METH_VARARGS,
+     "lookup(values, table, out) -> None: out[..., c] = table[c, clip(v + L // 2, 0, L - 1)] "
+     "for int32 values (h, w, C), a uint8 table (C, L) (L odd) and a uint8 out (h, w, C)."},
     {NULL, NULL, 0, NULL},
 };
 
