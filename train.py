@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.1, help="weight of the MI term (or adversary)")
     p.add_argument("--beta", type=float, default=0.1, help="weight of the reconstruction term")
     p.add_argument("--estimator", default="mine", choices=sorted(mi.ESTIMATORS))
-    p.add_argument("--t-steps", type=int, default=5,
+    p.add_argument("--t-steps", type=int, default=10,
                    help="T_θ updates per encoder update (benchmarks/mi_game.py)")
     p.add_argument("--mi-memory", type=int, default=8,
                    help="T_θ's memory of recent pairs, in batches; 0: T_θ learns on the batch "
@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mi-split", type=float, default=0.5,
                    help="share of the training clips reserved for T_θ (with --mi-memory > 0): "
                         "the MI term is computed on the others only")
-    p.add_argument("--lr-t", type=float, default=1e-4, help="T_θ's learning rate (constant)")
+    p.add_argument("--lr-t", type=float, default=1e-3, help="T_θ's learning rate (constant)")
     p.add_argument("--mi-hidden", type=int, default=512, help="width of T_θ")
     p.add_argument("--no-mi", action="store_true", help="MIC−MI: no MI term in the loss")
     p.add_argument("--adv", action="store_true", help="identity adversary behind gradient reversal")

@@ -252,7 +252,7 @@ DEMO = dict(pool=176, batch=16, d_e=256, d_i=512)  # a CK+-like fold, the demo's
 
 
 def training_mi_term(memory: int, split: float, t_steps: int, lr_t: float, hidden: int,
-                     steps: int = 200) -> float:
+                     steps: int = 150) -> float:
     """The MI term of train.py's loop (mi.train_critic, mi.mi_penalty) over recurring clips whose
     z_E is independent of z_I; mean over the last 50 steps."""
     g = torch.Generator().manual_seed(0)

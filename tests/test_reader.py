@@ -186,7 +186,7 @@ def test_mv_normalisation_exact(tmp_path: Path, accumulate: bool) -> None:
     """Known motion, (2, 1) px per frame: the input's motion-vector values are exactly
     pytorch-coviar's bytes of the displacement rescaled to the model's size, / 255 - 0.5."""
     path = translating_clip(tmp_path / "c" / "000000001.mp4")
-    row = dict(path="c/000000001.mp4", subject="s", label="1", label_name="happy",
+    row = dict(path="c/000000001.mp4", subject="s", label="3", label_name="happy",
                num_frames="8", fold="train", dataset="afew", view="0", crop="none", apex="-1")
     with open(tmp_path / "index.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ds.COLUMNS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import study
 
 TINY_SET = ("--size 48 --min-frames 6 --max-frames 8 --min-expressions 2 --max-expressions 3 "
@@ -19,6 +21,7 @@ def run(what: str, tmp_path, *extra: str) -> None:
                 *extra, "--train", *TINY_TRAIN])
 
 
+@pytest.mark.timeout(1800)  # a dozen train.py runs: minutes on a loaded 2-core machine
 def test_coupling_study_end_to_end(tmp_path):
     run("coupling", tmp_path, "--couplings", "0", "1", "--seeds", "0")
     report = (tmp_path / "runs" / "study.md").read_text()
@@ -35,6 +38,7 @@ def test_coupling_study_end_to_end(tmp_path):
     assert (tmp_path / "runs" / "c0" / "mic+resnet6" / "fold0" / "ckpt.pt").stat().st_mtime == mtime
 
 
+@pytest.mark.timeout(1800)
 def test_ablation_table_end_to_end(tmp_path):
     run("ablations", tmp_path, "--coupling", "1", "--seeds", "0", "--deeper")
     table = (tmp_path / "runs" / "ablations-c1" / "table.md").read_text()
