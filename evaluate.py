@@ -121,7 +121,7 @@ def identity_probe(z: np.ndarray, subjects: np.ndarray, steps: int = 300,
     y_all[keep] = y
     majority = float((y_all[held] == np.bincount(y_all[fit]).argmax()).mean())
     x = torch.from_numpy(z).float()
-    mu, sd = x[fit].mean(0), x[fit].std(0) + 1e-6
+    mu, sd = x[fit].mean(0), x[fit].std(0, correction=0) + 1e-6
     x = (x - mu) / sd
     torch.manual_seed(seed)
     probe = torch.nn.Linear(x.shape[1], len(names))
