@@ -264,6 +264,7 @@ _N_PROTO = len(EMOTIONS) * len(AUS)
 # entry of protos: factor, cross-talk size, cross-talk presence
 _N_LATENT = len(_STYLE_SCALARS) + len(AUS) + len(_TICS) + 3 * _N_PROTO
 _PROTO = np.array([[_PROTOTYPES[e].get(au, 0.0) for au in AUS] for e in EMOTIONS])
+_EXPRESSIVENESS = 0.8  # loading of every amplitude latent on one shared appearance direction
 _COUPLING_NOISE = 0.1  # η: sd of the noise left at c = 1, on the latent's standard scale
 _COUPLING_SEED = 20250317  # the fixed map (read-outs, reference population); not cfg.seed
 _REFERENCE_PEOPLE = 2000
@@ -292,9 +293,25 @@ def _coupling_map() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     ref = np.stack([appearance(sample_identity(np.random.default_rng(s), SyntheticConfig()))
                     for s in people.spawn(_REFERENCE_PEOPLE)])
     mean, sd = ref.mean(0), ref.std(0) + 1e-9
-    w = np.random.default_rng(readout).normal(0, 1, (_N_LATENT, len(APPEARANCE)))
-    w *= _APPEARANCE_WEIGHT
+    rng = np.random.default_rng(readout)
+    w = rng.normal(0, 1, (_N_LATENT, len(APPEARANCE))) * _APPEARANCE_WEIGHT
+    shared = rng.normal(0, 1, len(APPEARANCE)) * _APPEARANCE_WEIGHT
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    loud = _intensity_latents()  # expressiveness: every amplitude follows one direction
+    w[loud] = (_EXPRESSIVENESS * shared / np.linalg.norm(shared)
+               + np.sqrt(1 - _EXPRESSIVENESS ** 2) * w[loud])
     return mean, sd, w, np.sort(((ref - mean) / sd) @ w.T, axis=0)
+
+
+def _intensity_latents() -> np.ndarray:
+    """Which latents set an amplitude: gain, signature and tic and nod amplitudes, the
+    person's weight of each unit of each emotion and its cross-talk size."""
+    n = len(_STYLE_SCALARS)
+    mask = np.zeros(_N_LATENT, bool)
+    mask[[_STYLE_SCALARS.index(k) for k in ("gain", "signature_amp1", "signature_amp2",
+                                            "tic_amp", "nod_amp")]] = True
+    mask[n + len(AUS) + len(_TICS):n + len(AUS) + len(_TICS) + 2 * _N_PROTO] = True
+    return mask
 
 
 def appearance_latents(a: np.ndarray) -> np.ndarray:
