@@ -105,6 +105,7 @@ class SyntheticConfig:
     max_expressions: int = 7
     expressions: float = CKPLUS_EXPRESSIONS
     coupling: float = 1.0
+    coupled_style: float = 1.0
     unlabelled: int = 2
     intensity: float = 1.0
     intensity_jitter: float = 0.2
@@ -127,6 +128,8 @@ class SyntheticConfig:
                              f"min_expressions..max_expressions, got {self.expressions}")
         if not 0 <= self.coupling <= 1:
             raise ValueError(f"coupling must lie in [0, 1], got {self.coupling}")
+        if self.coupled_style < 0:
+            raise ValueError(f"coupled_style must be >= 0, got {self.coupled_style}")
         if self.subjects < 1 or self.id_subjects < 0 or self.id_images < 1:
             raise ValueError("need subjects >= 1, id_subjects >= 0, id_images >= 1")
         if not 0 <= self.unlabelled <= self.subjects:
@@ -232,18 +235,20 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
 # ----------------------------------------------------------------------------- coupling
 # How a person's style follows from their appearance. Every style quantity (and every entry
 # of the person's version of each emotion) is driven by one standard-normal latent z_k,
-#     z_k = ρ·g_k(a) + sqrt(1 − ρ²)·ε_k,   ρ = c·sqrt(1 − η²),
+#     z_k = λ·ρ·g_k(a) + sqrt(1 − ρ²)·ε_k,   ρ = c·sqrt(1 − η²),
 # where a is the appearance vector (`appearance`), g_k(a) = Φ⁻¹(F_k(w_k·ā)) a fixed random
-# linear read-out w_k (Gaussian entries scaled by `_APPEARANCE_WEIGHT`) of the standardised
-# appearance ā, made standard normal through its
-# distribution F_k over a fixed reference population, ε_k independent noise and η the noise
-# left at c = 1. z_k is standard normal for every c, and the style quantity is z_k pushed
-# through the inverse of its uncoupled distribution (`_style_from_latents`): every style
-# quantity keeps the same marginal distribution at every c (the categories, the signature's
-# two units and the tic's kind, are the largest of one latent per unit or kind: uniform at
-# c = 0, close to it at c > 0); only its dependence on
-# appearance changes. At c = 0 the uncoupled draws of `sample_identity` are kept as they
-# are (the set is byte-identical to the one generated before the coupling knob).
+# linear read-out w_k (Gaussian entries scaled by `_APPEARANCE_WEIGHT`; the amplitude latents
+# share one direction, `_EXPRESSIVENESS`) of the standardised appearance ā, made standard
+# normal through its distribution F_k over a fixed reference population, ε_k independent
+# noise, η the noise left at c = 1 and λ = ``coupled_style``. The style quantity is z_k
+# pushed through the inverse of its uncoupled distribution (`_style_from_latents`). With
+# λ = 1, z_k is standard normal for every c: every style quantity keeps its distribution at
+# every coupling (the categories, the signature's two units and the tic's kind, are the
+# largest of one latent per unit or kind: uniform at c = 0, close to it at c > 0) and only
+# its dependence on appearance changes. With λ > 1 the appearance-driven part is stronger
+# than the idiosyncratic part it replaces: z_k has sd sqrt(1 + ρ²(λ² − 1)), so coupling also
+# adds style. At c = 0 the uncoupled draws of `sample_identity` are kept as they are (the set
+# is byte-identical to the one generated before the coupling knob).
 
 APPEARANCE = ("skin_tone", "hair_lightness", "hair_redness", "bald", "short_hair",
               "long_hair", "fringe", "curly_hair", "buzz_cut", "no_beard", "stubble",
@@ -264,6 +269,7 @@ _N_PROTO = len(EMOTIONS) * len(AUS)
 # entry of protos: factor, cross-talk size, cross-talk presence
 _N_LATENT = len(_STYLE_SCALARS) + len(AUS) + len(_TICS) + 3 * _N_PROTO
 _PROTO = np.array([[_PROTOTYPES[e].get(au, 0.0) for au in AUS] for e in EMOTIONS])
+_EXPRESSIVENESS = 0.8  # loading of every amplitude latent on one shared appearance direction
 _COUPLING_NOISE = 0.1  # η: sd of the noise left at c = 1, on the latent's standard scale
 _COUPLING_SEED = 20250317  # the fixed map (read-outs, reference population); not cfg.seed
 _REFERENCE_PEOPLE = 2000
@@ -292,9 +298,25 @@ def _coupling_map() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     ref = np.stack([appearance(sample_identity(np.random.default_rng(s), SyntheticConfig()))
                     for s in people.spawn(_REFERENCE_PEOPLE)])
     mean, sd = ref.mean(0), ref.std(0) + 1e-9
-    w = np.random.default_rng(readout).normal(0, 1, (_N_LATENT, len(APPEARANCE)))
-    w *= _APPEARANCE_WEIGHT
+    rng = np.random.default_rng(readout)
+    w = rng.normal(0, 1, (_N_LATENT, len(APPEARANCE))) * _APPEARANCE_WEIGHT
+    shared = rng.normal(0, 1, len(APPEARANCE)) * _APPEARANCE_WEIGHT
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    loud = _intensity_latents()  # expressiveness: every amplitude follows one direction
+    w[loud] = (_EXPRESSIVENESS * shared / np.linalg.norm(shared)
+               + np.sqrt(1 - _EXPRESSIVENESS ** 2) * w[loud])
     return mean, sd, w, np.sort(((ref - mean) / sd) @ w.T, axis=0)
+
+
+def _intensity_latents() -> np.ndarray:
+    """Which latents set an amplitude: gain, signature and tic and nod amplitudes, the
+    person's weight of each unit of each emotion and its cross-talk size."""
+    n = len(_STYLE_SCALARS)
+    mask = np.zeros(_N_LATENT, bool)
+    mask[[_STYLE_SCALARS.index(k) for k in ("gain", "signature_amp1", "signature_amp2",
+                                            "tic_amp", "nod_amp")]] = True
+    mask[n + len(AUS) + len(_TICS):n + len(AUS) + len(_TICS) + 2 * _N_PROTO] = True
+    return mask
 
 
 def appearance_latents(a: np.ndarray) -> np.ndarray:
@@ -340,7 +362,7 @@ def coupled_style(ident: Identity, cfg: SyntheticConfig,
     """``ident`` with its style re-drawn at coupling ``cfg.coupling`` from its appearance and
     independent noise from ``rng`` (the appearance is kept)."""
     rho = cfg.coupling * np.sqrt(1 - _COUPLING_NOISE ** 2)
-    z = (rho * appearance_latents(appearance(ident))
+    z = (cfg.coupled_style * rho * appearance_latents(appearance(ident))
          + np.sqrt(1 - rho ** 2) * rng.standard_normal(_N_LATENT))
     return replace(ident, **_style_from_latents(z, cfg))
 
@@ -1095,6 +1117,9 @@ _HELP = {
                    "(CK+: 327/118); 0: min..max per subject, uniformly many",
     "coupling": "how much style and each person's version of an emotion follow from the "
                 "face's appearance (0: independent, 1: a function of it plus a little noise)",
+    "coupled_style": "strength of the appearance-driven style against the idiosyncratic one "
+                     "(1: the style keeps its distribution at every coupling; > 1: coupling "
+                     "adds style)",
     "unlabelled": "extra sequences without an emotion file (CK+ quirk)",
     "intensity": "scale of every apex",
     "intensity_jitter": "log-sd of a per-sequence apex factor",

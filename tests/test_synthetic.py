@@ -177,6 +177,23 @@ def test_coupling_keeps_appearance_and_marginals() -> None:
         SyntheticConfig(coupling=1.5)
 
 
+def test_coupled_style_adds_style() -> None:
+    """λ = coupled_style > 1: the appearance-driven part is λ times stronger, the style wider."""
+    sd = {}
+    for c, lam in ((0.0, 2.0), (1.0, 1.0), (1.0, 2.0), (0.5, 2.0)):
+        cfg = SyntheticConfig(coupling=c, coupled_style=lam, expressions=0)
+        people = [synthetic.make_identity(cfg, 0, i) for i in range(400)]
+        sd[c, lam] = np.std([[np.log(p.gain), np.log(p.gamma)] for p in people], axis=0)
+    base = sd[0.0, 2.0]  # c = 0: λ has nothing to scale
+    assert np.all(np.abs(sd[1.0, 1.0] / base - 1) < 0.15)
+    rho2 = 1 - 0.1 ** 2
+    for c in (1.0, 0.5):  # latent sd sqrt(1 + ρ²(λ² − 1)), ρ = c·sqrt(1 − η²)
+        want = np.sqrt(1 + c * c * rho2 * 3)
+        assert np.all(np.abs(sd[c, 2.0] / base / want - 1) < 0.15), (c, sd[c, 2.0] / base, want)
+    with pytest.raises(ValueError, match="coupled_style"):
+        SyntheticConfig(coupled_style=-1)
+
+
 def test_label_skew_like_ckplus() -> None:
     cfg = SyntheticConfig(subjects=118)
     plan = synthetic.label_plan(cfg)
