@@ -10,9 +10,10 @@ predictions; the ridge penalty chosen by leave-one-out on the training subjects)
 probe from the true appearance attributes (`synthetic.appearance`, the coupling's input) shows
 what a perfect face network could reach.
 
-The identity network is `train.pretrain_identity` on the synthetic set's disjoint identities
-(what `train.py --dataset synthetic` uses; cached under ``--work``), or ``--identity-weights``
-(e.g. a real FaceNet) with ``--identity`` and ``--identity-size``.
+The identity network is what `train.py --dataset synthetic` uses by default, FaceNet
+(Inception-ResNet-v1, CASIA-WebFace) converted from the pip package, or ``--identity-weights
+pretrain``: FaceNet-MobileNet pretrained on the synthetic set's disjoint identities (cached under
+``--work``), or any other ``--identity-weights`` with ``--identity`` and ``--identity-size``.
 
     .venv/bin/python benchmarks/coupling.py [--subjects 300] [--couplings 0 0.5 1]
 """
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import synthetic  # noqa: E402
-from models import build_identity  # noqa: E402
+from models import DEFAULT_IDENTITY, build_identity  # noqa: E402
 from train import pretrain_identity  # noqa: E402
 
 
@@ -68,10 +69,10 @@ def ridge_r2(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> flo
 
 
 def identity_network(args: argparse.Namespace) -> tuple[str, str]:
-    """Path of f_I's weights (pretrained on the synthetic identities unless given), and a
-    line saying what it is."""
-    if args.identity_weights:
-        return args.identity_weights, f"{args.identity} from {args.identity_weights}"
+    """f_I's weights (a name or path; 'pretrain': pretrained here on the synthetic identities),
+    and a line saying what it is."""
+    if args.identity_weights != "pretrain":
+        return args.identity_weights, f"{args.identity} with weights {args.identity_weights}"
     path = args.work / f"identity_facenet_mobilenet_{args.identity_size}px.pth"
     if path.exists():
         return str(path), f"facenet_mobilenet pretrained on the synthetic identities ({path})"
@@ -133,16 +134,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--subjects", type=int, default=300, help="identities per coupling")
     p.add_argument("--couplings", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--identity", default="facenet_mobilenet",
-                   choices=["facenet_mobilenet", "inception_resnet_v1"])
-    p.add_argument("--identity-weights", help="f_I's weights (default: pretrain on the "
-                                              "synthetic identities, cached in --work)")
-    p.add_argument("--identity-size", type=int, default=80, help="letterboxed input side of f_I")
+    p.add_argument("--identity", choices=["facenet_mobilenet", "inception_resnet_v1"],
+                   help="f_I (default: the one its weights are for)")
+    p.add_argument("--identity-weights", default=DEFAULT_IDENTITY[1],
+                   help="f_I's weights: a name, a path, or 'pretrain' (FaceNet-MobileNet "
+                        f"pretrained on the synthetic identities, cached in --work); default "
+                        f"{DEFAULT_IDENTITY[1]}")
+    p.add_argument("--identity-size", type=int, help="letterboxed input side of f_I (default: "
+                                                     "160, 80 for 'pretrain')")
     p.add_argument("--pretrain-epochs", type=int, default=5)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "coupling",
                    help="cache folder (identity set and network)")
     p.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "results" / "coupling.png")
     args = p.parse_args(argv)
+    pretrain = args.identity_weights == "pretrain"
+    if args.identity is None:
+        args.identity = "facenet_mobilenet" if pretrain else DEFAULT_IDENTITY[0]
+    if args.identity_size is None:
+        args.identity_size = 80 if pretrain else 160
     t0 = time.time()
     weights, what = identity_network(args)
     f_i = build_identity(args.identity, weights, size=args.identity_size)
