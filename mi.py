@@ -384,6 +384,16 @@ def _standardise(train: Tensor, test: Tensor, dims: int | None) -> tuple[Tensor,
     return train / sd, test / sd
 
 
+def _pairs(x: np.ndarray | Tensor, y: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
+    """``x (N, d_x)`` and ``y (N, d_y)`` as float32 tensors, or a ValueError."""
+    x, y = (torch.as_tensor(a, dtype=torch.float32) for a in (x, y))
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x and y must be (N, d) with the same N, got {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+    return x, y
+
+
 def heldout_mi(
     x_train: np.ndarray | Tensor,
     y_train: np.ndarray | Tensor,
@@ -406,12 +416,7 @@ def heldout_mi(
     with the training set's statistics (MI is invariant to that); ``dims`` first projects each
     on its first principal components (fewer dimensions than samples: the estimate is then a
     lower bound of the MI of the projections)."""
-    xs = [torch.as_tensor(a, dtype=torch.float32) for a in (x_train, y_train, x_test, y_test)]
-    for a, b in ((xs[0], xs[1]), (xs[2], xs[3])):
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-            raise ValueError(
-                f"x and y must be (N, d) with the same N, got {tuple(a.shape)}, {tuple(b.shape)}"
-            )
+    xs = [*_pairs(x_train, y_train), *_pairs(x_test, y_test)]
     if xs[0].shape[1] != xs[2].shape[1] or xs[1].shape[1] != xs[3].shape[1]:
         raise ValueError("training and test pairs must have the same dimensions")
     if len(xs[0]) < 2 or len(xs[2]) < 2:
@@ -453,12 +458,7 @@ def estimate_mi(
 ) -> float:
     """MI (nats) between paired samples ``x (N, d_x)`` and ``y (N, d_y)``: ``heldout_mi`` trained
     on a random 80 % of the pairs and evaluated on the other 20 %."""
-    x = torch.as_tensor(x, dtype=torch.float32)
-    y = torch.as_tensor(y, dtype=torch.float32)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"x and y must be (N, d) with the same N, got {tuple(x.shape)}, {tuple(y.shape)}"
-        )
+    x, y = _pairs(x, y)
     n_eval = x.shape[0] // 5
     if n_eval < 2:
         raise ValueError(f"need at least 10 samples, got {x.shape[0]}")

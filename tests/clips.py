@@ -152,13 +152,14 @@ def make_clip(
 
     ``codec`` "mpeg4" (native encoder, fixed quantiser ``q`` through qmin = qmax = q, GOP
     ``gop``, ``bframes`` B-frames, optional ``+mv4`` / ``+qpel``, scene-cut keyframes off) or
-    "h264" (libx264; raises ``RuntimeError`` if PyAV lacks it). ``container`` one of "m4v" (raw
+    "h264" (libx264; raises ``RuntimeError`` if PyAV lacks it) or "ffv1" (lossless YUV 4:4:4, any
+    size, odd included; container "mkv"). ``container`` one of "m4v" (raw
     MPEG-4 Part 2 elementary stream, as ``ffmpeg -f rawvideo`` writes), "mp4", "avi", "mkv"
     ("m4v" with codec "h264" writes a raw H.264 Annex B stream instead). ``width`` and
-    ``height`` must be even (YUV 4:2:0); they need not be multiples of 16.
+    ``height`` must be even (YUV 4:2:0) except with "ffv1"; they need not be multiples of 16.
     """
     path = Path(path)
-    if width % 2 or height % 2:
+    if (width % 2 or height % 2) and codec != "ffv1":
         raise ValueError("width and height must be even for yuv420p")
     if container not in CONTAINER_FORMATS:
         raise ValueError(f"unknown container {container!r}")
@@ -172,6 +173,8 @@ def make_clip(
         enc = "libx264"
         if container == "m4v":
             container = "h264"
+    elif codec == "ffv1":
+        enc = "ffv1"
     else:
         raise ValueError(f"unknown codec {codec!r}")
 
@@ -184,7 +187,7 @@ def make_clip(
         flags = ("+mv4" if mv4 else "") + ("+qpel" if qpel else "")
         if flags:
             options["flags"] = flags
-    else:
+    elif enc == "libx264":
         options["preset"] = "ultrafast" if bframes == 0 else "fast"
         options["qp"] = str(max(q, 1))
         options["sc_threshold"] = "0"
@@ -195,7 +198,7 @@ def make_clip(
         stream: Any = out.add_stream(enc, rate=25)
         stream.width = width
         stream.height = height
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = "yuv444p" if enc == "ffv1" else "yuv420p"
         cc = stream.codec_context
         cc.gop_size = gop
         cc.max_b_frames = bframes
