@@ -190,8 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="test folds of the 10-fold subject-independent protocol")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--subjects", type=int, default=40, help="subjects of each synthetic set")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--subjects", type=int, default=80, help="subjects of each synthetic set")
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--backbone", default="resnet6", help="the expression CNN of the rows")
     p.add_argument("--deeper", nargs="*", default=["resnet18"],
                    help="deeper expression CNNs for the ablation table (MIC)")

@@ -244,6 +244,24 @@ def test_recall_metrics_hand_computed():
     assert uar == pytest.approx((1 / 3 + 1 + 1 / 2) / 3)
 
 
+def test_paired_ci_agrees_with_the_t_test():
+    """The verdict's CI is the paired t interval: it excludes 0 exactly when p < 0.05, e.g. not
+    for the c = 0.5 study cell (−4.2 ± 7.6 points over 10 splits, p = 0.12)."""
+    splits = [f"fold{k}" for k in range(5)]
+    a = {"variant": "a", "splits": splits, "accuracy_per_split": [0.50, 0.60, 0.55, 0.40, 0.70]}
+    b = {"variant": "b", "splits": splits, "accuracy_per_split": [0.45, 0.50, 0.56, 0.41, 0.60]}
+    c = evaluate.paired(a, b)
+    d = [0.05, 0.10, -0.01, -0.01, 0.10]  # by hand: mean 0.046, sd 0.05505, t(4) 2.776
+    half = 2.7764451 * 0.0550454 / 5 ** 0.5
+    assert c["mean"] == pytest.approx(sum(d) / 5) and c["sd"] == pytest.approx(0.0550454, 1e-5)
+    assert c["ci95"] == pytest.approx([0.046 - half, 0.046 + half], abs=1e-6)
+    assert (c["ci95"][0] > 0) == (c["p"] < 0.05)
+    assert "no difference shown" in evaluate.verdict(c)  # p = 0.14
+    b["accuracy_per_split"] = [x - 0.05 + 0.001 * k for k, x in enumerate(a["accuracy_per_split"])]
+    c = evaluate.paired(a, b)
+    assert c["p"] < 0.05 and c["ci95"][0] > 0 and "better" in evaluate.verdict(c)
+
+
 def test_missing_dataset_says_what_to_do(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "afew",
                           "--root", str(tmp_path / "afew")], capture_output=True, text=True)
