@@ -138,8 +138,9 @@ def plot(results: dict[float, dict], path: Path) -> None:
             ax.errorbar(np.array(cs) + 0.01 * (i - 0.5), [100 * v[f"{key}_mean"] for v in vs],
                         yerr=[100 * v[f"{key}_sd"] for v in vs], marker="o", capsize=3,
                         label=name)
-    chance = [100 * next(iter(results[c]["variants"]))["probe_test_chance_mean"] for c in cs]
-    axes[1].plot(cs, chance, "k:", label="chance")
+    for key, style in (("chance", "k:"), ("majority", "k--")):
+        axes[1].plot(cs, [100 * results[c]["variants"][0][f"probe_test_{key}_mean"] for c in cs],
+                     style, label=key)
     axes[0].set_ylabel("test accuracy (WAR), %")
     axes[1].set_ylabel("identity probe on unseen test clips, %")
     for ax in axes:
