@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -447,22 +448,17 @@ def heldout_mi(
 
 
 def estimate_mi(
-    x: np.ndarray | Tensor,
-    y: np.ndarray | Tensor,
-    estimator: str = "mine",
-    steps: int = 600,
-    batch_size: int = 128,
-    hidden: int = 64,
-    lr: float = 2e-3,
-    seed: int = 0,
+    x: np.ndarray | Tensor, y: np.ndarray | Tensor, estimator: str = "mine", seed: int = 0,
+    **options: Any,
 ) -> float:
     """MI (nats) between paired samples ``x (N, d_x)`` and ``y (N, d_y)``: ``heldout_mi`` trained
-    on a random 80 % of the pairs and evaluated on the other 20 %."""
+    on a random 80 % of the pairs and evaluated on the other 20 % (``options``: its steps,
+    batch_size, hidden, lr, dims)."""
     x, y = _pairs(x, y)
     n_eval = x.shape[0] // 5
     if n_eval < 2:
         raise ValueError(f"need at least 10 samples, got {x.shape[0]}")
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     train, held_out = perm[n_eval:], perm[:n_eval]
-    return heldout_mi(x[train], y[train], x[held_out], y[held_out], estimator, steps,
-                      batch_size, hidden, lr, seed)
+    return heldout_mi(x[train], y[train], x[held_out], y[held_out], estimator, seed=seed,
+                      **options)
