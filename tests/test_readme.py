@@ -16,14 +16,14 @@ import pytest
 from tests.conftest import ROOT
 
 README = ROOT / "README.md"
-# Indented code lines and inline `code` that start a command; comments and `[optional]` parts
-# are dropped, `a && b` is two commands.
+# Indented code lines and inline `code` that start a command; a line ending in a backslash goes
+# on in the next; comments and `[optional]` parts are dropped, `a && b` is two commands.
 COMMAND = re.compile(r"(?:^ {4}|`)((?:python|\./reencode\.sh|make) [^`#\n]*)", re.M)
 
 
 def readme_commands() -> list[str]:
     found = set()
-    for m in COMMAND.finditer(README.read_text()):
+    for m in COMMAND.finditer(re.sub(r"\\\n\s*", " ", README.read_text())):
         for part in m.group(1).split("&&"):
             cmd = re.sub(r"\[[^\]]*\]", "", part).strip()
             if cmd:
