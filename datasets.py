@@ -215,11 +215,16 @@ def visible_paths(paths: Iterable[Path]) -> list[Path]:
     return sorted(p for p in paths if not p.name.startswith("."))
 
 
-def _raw_error(root: Path, example: Path) -> RawTreeError:
-    return RawTreeError(
-        f"{root} holds the raw dataset (e.g. {example.relative_to(root)}), not re-encoded "
-        f".mp4 clips: {REENCODE_HINT}"
-    )
+def _report_raw(index: Index, root: Path, raw: list[Path], found: list) -> None:
+    """Clips still raw (frame folders, other videos): a RawTreeError when nothing else was found
+    (the whole tree is raw), else each one listed as a problem."""
+    if raw and not found:
+        raise RawTreeError(
+            f"{root} holds the raw dataset (e.g. {raw[0].relative_to(root)}), not re-encoded "
+            f".mp4 clips: {REENCODE_HINT}"
+        )
+    for p in raw:
+        index.problem("not re-encoded", str(p.relative_to(root)))
 
 
 def _gop0_frames(path: Path, total: int) -> int:
@@ -295,10 +300,7 @@ def index_ckplus(root: Path, dataset: str = "ckplus") -> Index:
                 clips.append(p)
             elif is_frame_folder(p) and not p.with_suffix(".mp4").exists():
                 raw.append(p)
-    if raw and not clips:
-        raise _raw_error(root, raw[0])
-    for p in raw:
-        index.problem("not re-encoded", str(p.relative_to(root)))
+    _report_raw(index, root, raw, clips)
     seen: set[tuple[str, str]] = set()
     candidates: list[Entry] = []
     for clip in clips:
@@ -410,10 +412,7 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
         for p in visible_paths(d.iterdir())
         if p.suffix.lower() in VIDEO_EXTS - {".mp4"} and not p.with_suffix(".mp4").exists()
     ]
-    if raw and not clips:
-        raise _raw_error(root, raw[0])
-    for p in raw:
-        index.problem("not re-encoded", str(p.relative_to(root)))
+    _report_raw(index, root, raw, clips)
     found: set[str] = set()
     candidates: list[Entry] = []
     for clip in clips:
@@ -490,10 +489,7 @@ def index_afew(root: Path) -> Index:
                 e = Entry(str(p.relative_to(root)), p.stem, classes.index(name), name, "afew")
                 e.fold = split
                 candidates.append(e)
-    if raw and not candidates:
-        raise _raw_error(root, raw[0])
-    for p in raw:
-        index.problem("not re-encoded", str(p.relative_to(root)))
+    _report_raw(index, root, raw, candidates)
     _measure(index, root, candidates)
     return index
 
@@ -733,10 +729,7 @@ def index_split_files(dataset: str, root: Path, clips: str | Path | None = None)
         e = Entry(rel, clip, labels[0], classes[labels[0]], dataset)
         e.fold = fold
         candidates.append(e)
-    if raw and not candidates:
-        raise _raw_error(root, raw[0])
-    for p in raw:
-        index.problem("not re-encoded", str(p.relative_to(root)))
+    _report_raw(index, root, raw, candidates)
     for p in sorted(clip_dir.rglob("*.mp4")):
         key = p.relative_to(clip_dir).with_suffix("").as_posix()
         if key not in by_clip and not any(part.startswith(".") for part in Path(key).parts):
