@@ -136,25 +136,26 @@ def afew(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _indexed(factory: pytest.TempPathFactory, name: str, tree) -> Path:
+    """A re-encoded fixture tree of dataset ``name`` made by ``tree``, indexed by datasets.py."""
+    root = tree(factory.mktemp(name))
+    assert ds.main(["--dataset", name, "--root", str(root)]) == 0
+    return root
+
+
 @pytest.fixture(scope="module")
 def dfew(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Re-encoded DFEW tree with every split-file quirk (tests.trees.DFEW_SPEC), indexed."""
-    root = dfew_tree(tmp_path_factory.mktemp("dfew"))
-    assert ds.main(["--dataset", "dfew", "--root", str(root)]) == 0
-    return root
+    return _indexed(tmp_path_factory, "dfew", dfew_tree)
 
 
 @pytest.fixture(scope="module")
 def ferv39k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Re-encoded FERV39k tree with every split-file quirk (tests.trees.FERV39K_SPEC), indexed."""
-    root = ferv39k_tree(tmp_path_factory.mktemp("ferv39k"))
-    assert ds.main(["--dataset", "ferv39k", "--root", str(root)]) == 0
-    return root
+    return _indexed(tmp_path_factory, "ferv39k", ferv39k_tree)
 
 
 @pytest.fixture(scope="module")
 def mafw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Re-encoded MAFW tree with every split-file quirk (tests.trees.MAFW_SPEC), indexed."""
-    root = mafw_tree(tmp_path_factory.mktemp("mafw"))
-    assert ds.main(["--dataset", "mafw", "--root", str(root)]) == 0
-    return root
+    return _indexed(tmp_path_factory, "mafw", mafw_tree)
