@@ -814,6 +814,11 @@ def _int(text: str) -> int | None:
     return int(text) if re.fullmatch(r"[+-]?\d+", text) else None
 
 
+# Every fold of each dataset's protocol, in order.
+FOLDS = {d: sorted({f for s in splits for f in s.train + s.test}, key=_fold_order)
+         for d, splits in PROTOCOLS.items()}
+
+
 def _row_problem(row: dict[str, str]) -> str | None:
     """What is wrong with one index.csv row on its own (None: nothing)."""
     if None in row or any(row[c] is None for c in COLUMNS):
@@ -837,9 +842,8 @@ def _row_problem(row: dict[str, str]) -> str | None:
         return f"crop {row['crop']!r} is not none, left or right"
     if _int(row["view"]) is None:
         return f"view {row['view']!r} is not an integer"
-    folds = sorted({f for s in PROTOCOLS[dataset] for f in s.train + s.test}, key=_fold_order)
-    if row["fold"] not in folds:
-        return f"fold {row['fold']!r} is not a fold of {dataset} ({', '.join(folds)})"
+    if row["fold"] not in FOLDS[dataset]:
+        return f"fold {row['fold']!r} is not a fold of {dataset} ({', '.join(FOLDS[dataset])})"
     if not _inside(row["path"]):
         return f"path {row['path']!r} is not a relative path inside the root"
     if not row["subject"].strip():

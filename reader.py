@@ -91,19 +91,11 @@ def mv_table(scale_x: float, scale_y: float, reach: int) -> np.ndarray:
     return np.stack([mv_bytes(v, scale_x), mv_bytes(v, scale_y)])
 
 
-def _quantise(a: np.ndarray) -> np.ndarray:
-    """Residuals / MVs (int32) -> uint8 clip(v + 128, 0, 255), pytorch-coviar's first step;
-    pictures (uint8) unchanged."""
-    if a.dtype == np.uint8:
-        return a
-    return np.clip(a + 128, 0, 255).astype(np.uint8)
-
-
 def crop_frames(a: np.ndarray, box: tuple[int, int, int, int]) -> torch.Tensor:
-    """(k, H, W, C) array cropped to ``box`` -> uint8 (k, C, h, w) (channels-last in memory);
-    int32 arrays (residuals, MVs) are ``_quantise``d."""
+    """(k, H, W, C) uint8 pictures cropped to ``box`` -> (k, C, h, w) (channels-last in
+    memory)."""
     top, left, h, w = box
-    a = np.ascontiguousarray(_quantise(a[:, top : top + h, left : left + w]))
+    a = np.ascontiguousarray(a[:, top : top + h, left : left + w])
     return torch.from_numpy(a).permute(0, 3, 1, 2)
 
 
@@ -192,11 +184,8 @@ class ClipDataset(Dataset):
             raise FileNotFoundError(
                 f"{index_csv} not found: run `python datasets.py --dataset NAME --root {root}`"
             )
-        rows = read_index(index_csv)
-        names = {r["dataset"] for r in rows}
-        if len(names) != 1 or next(iter(names)) not in CLASSES:
-            raise ValueError(f"{index_csv}: expected one known dataset, found {sorted(names)}")
-        self.dataset = names.pop()
+        rows = read_index(index_csv)  # one known dataset, every row valid
+        self.dataset = rows[0]["dataset"]
         self.class_names: list[str] = list(CLASSES[self.dataset])
         self.num_classes = len(self.class_names)
         self.subjects: list[str] = sorted({r["subject"] for r in rows})
