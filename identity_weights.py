@@ -114,7 +114,7 @@ def resolve(weights: str) -> Resolved:
                 f"{', '.join(NAMED)} or random"
             )
     elif named.url is None:
-        path = converted_facenet()
+        return Resolved(weights, *_converted())
     else:
         path = Path(torch.hub.get_dir()) / "checkpoints" / named.file
         if not path.is_file():
@@ -161,10 +161,17 @@ def pip_graph() -> Path:
 def converted_facenet() -> Path:
     """The cached conversion of `pip_graph()` to an InceptionResnetV1 state dict; converted (a
     few seconds) when missing or when it does not match its .sha256."""
+    return _converted()[0]
+
+
+def _converted() -> tuple[Path, str]:
+    """`converted_facenet()` and the file's sha256 (hashed once)."""
     out = cache_dir() / NAMED["casia-webface-pip"].file
     digest = out.with_name(out.name + ".sha256")
-    if out.is_file() and digest.is_file() and digest.read_text().strip() == sha256_file(out):
-        return out
+    if out.is_file() and digest.is_file():
+        sha = sha256_file(out)
+        if digest.read_text().strip() == sha:
+            return out, sha
     if out.exists():
         log.warning("%s does not match %s: converting again", out, digest.name)
     graph = pip_graph()
@@ -174,12 +181,13 @@ def converted_facenet() -> Path:
     buffer = io.BytesIO()  # saved in memory: the archive is then named alike on every machine,
     torch.save(state, buffer)  # so the file (and its sha256) depends on the graph and torch only
     tmp, tmp_digest = _tmp_name(out), _tmp_name(digest)
+    sha = hashlib.sha256(buffer.getvalue()).hexdigest()
     tmp.write_bytes(buffer.getvalue())
-    tmp_digest.write_text(hashlib.sha256(buffer.getvalue()).hexdigest() + "\n")
+    tmp_digest.write_text(sha + "\n")
     os.replace(tmp, out)  # the file first: a digest never vouches for a file it did not hash
     os.replace(tmp_digest, digest)
     log.info("converted %s to %s in %.1f s", graph, out, time.perf_counter() - t0)
-    return out
+    return out, sha
 
 
 def _tensor(node: object) -> np.ndarray:
