@@ -147,14 +147,15 @@ def _bgr(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
     return np.ascontiguousarray(out.to_ndarray())
 
 
-def _identity_map(height: int, width: int, top: int = 0, left: int = 0) -> np.ndarray:
-    """Map of every pixel of the box (top, left, height, width) to itself, int32 (h, w, 2) as
-    (x, y): a new array (copied from a cached one: clips of a dataset share their size)."""
-    return _identity(height, width, top, left).copy()
+def _identity_map(height: int, width: int) -> np.ndarray:
+    """Map of every pixel of a (height, width) frame to itself, int32 (h, w, 2) as (x, y): a new
+    array (copied from a cached one: clips of a dataset share their size)."""
+    return _identity(height, width, 0, 0).copy()
 
 
 @functools.lru_cache(maxsize=8)
 def _identity(height: int, width: int, top: int, left: int) -> np.ndarray:
+    """The (x, y) of every pixel of the box (top, left, height, width), read-only (cached)."""
     out = np.empty((height, width, 2), np.int32)
     out[..., 0] = np.arange(left, left + width, dtype=np.int32)
     out[..., 1] = np.arange(top, top + height, dtype=np.int32)[:, None]
@@ -260,7 +261,7 @@ def load_clip(
     slot: dict[int, dict[int, int]] = {}  # rep -> {frame: its index in store[rep]}
     bgr: dict[int, np.ndarray] = {}
     boxes: dict[int, Box] = {}
-    buffers: dict[int, np.ndarray] = {}  # MV -> the identity map of its box (accumulate only)
+    mv_box_xy = None  # accumulated vectors: the (x, y) of every pixel of MV's box
     acc = None  # accumulated map into the I-frame (accumulate only)
     reformatter = VideoReformatter()
     count = 0
@@ -284,6 +285,9 @@ def load_clip(
                 res = set(slot[RESIDUAL])
                 need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
             need_rec = set().union(*(slot[rep] for rep in motion))
+            if accumulate and MV in want:
+                top, left, h, w = boxes[MV]
+                mv_box_xy = _identity(h, w, top, left)
         if pos in need_bgr:
             try:
                 bgr[pos] = _bgr(frame, reformatter)
@@ -302,11 +306,8 @@ def load_clip(
                     _kernels.accumulate(rec, acc)  # in place: new[dst] = old[src]
             for rep in motion:
                 if pos in slot[rep]:
-                    if accumulate and rep == MV and MV not in buffers:
-                        top, left, h, w = boxes[MV]
-                        buffers[MV] = _identity_map(h, w, top, left)
                     _motion(rep, pos, rec, acc if accumulate else None, bgr, boxes[rep],
-                            (height, width), buffers.get(rep), tables.get(rep),
+                            (height, width), mv_box_xy if rep == MV else None, tables.get(rep),
                             store[rep][slot[rep][pos]])
         for k in [k for k in bgr if k < pos and not (accumulate and k == 0)]:
             del bgr[k]  # no later frame refers to it
