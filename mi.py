@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 MARGINALS = ("roll", "all_pairs")
-EVAL_BATCH = 512  # held-out batch of estimate_mi
+EVAL_BATCH = 512  # held-out batch of heldout_mi (and so estimate_mi)
 
 
 def log_mean_exp(t: Tensor, dim: int = 0) -> Tensor:

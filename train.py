@@ -517,7 +517,8 @@ def claim(args: argparse.Namespace, splits: list[Split], identity: dict,
             raise TrainingError(f"{fold_dir} holds a run: pass --resume to continue it, or "
                                 "choose another --out/--name")
         if args.resume and ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            # mmap: only the config record is read here, not the tensors
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
             check_resume(json.loads(ckpt["config"]), args, identity, ckpt_path)
 
 
@@ -611,12 +612,11 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
         writer.add_scalar("test/war", war, args.epochs)
         writer.add_scalar("test/uar", uar, args.epochs)
         writer.close()
-        rows = {"train": train_eval_ds.rows, "test": test_ds.rows}
-        z_i = {k: z_i_all[[z_i_row[r["path"]] for r in v]].numpy() for k, v in rows.items()}
+        z_i_test = z_i_all[[z_i_row[r["path"]] for r in test_ds.rows]].numpy()
         np.savez_compressed(fold_dir / "features.npz", train_z=train_eval["z_e"],
-                            train_zi=z_i["train"], train_subject=train_eval["subject"],
+                            train_zi=z_i_train.cpu().numpy(), train_subject=train_eval["subject"],
                             train_label=train_eval["label"], test_z=test["z_e"],
-                            test_zi=z_i["test"], test_subject=test["subject"],
+                            test_zi=z_i_test, test_subject=test["subject"],
                             test_label=test["label"], test_pred=test["pred"],
                             test_logits=test["logits"],
                             test_path=np.array([r["path"] for r in test_ds.rows]))
@@ -659,15 +659,16 @@ def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim
     weights = {"ce": 1.0, "mi": 0.0 if args.no_mi else args.alpha, "adv": args.alpha,
                "rec": args.beta}
     loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
-    for k, v in {**terms, "loss": loss}.items():
-        if not torch.isfinite(v):
-            raise TrainingError(f"non-finite {k} ({v.item()}) at {where}: training stopped, no "
+    # every term and the loss read once (one device sync), checked before the update
+    values = dict(zip([*terms, "loss"], torch.stack(
+        [v.detach().float() for v in [*terms.values(), loss]]).tolist(), strict=True))
+    for k, v in values.items():
+        if not math.isfinite(v):
+            raise TrainingError(f"non-finite {k} ({v}) at {where}: training stopped, no "
                                 "result written (lower --lr/--alpha/--lr-t, or check the data)")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    values = {k: v.item() for k, v in terms.items()}
-    values["loss"] = loss.item()
     values["acc"] = (out["logits"].argmax(1) == b["label"]).float().mean().item()
     return values
 
