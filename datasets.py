@@ -215,6 +215,16 @@ def visible_paths(paths: Iterable[Path]) -> list[Path]:
     return sorted(p for p in paths if not p.name.startswith("."))
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The image frames of a frame folder in the order reencode.sh encodes them (``sort -V``:
+    numbers compared as numbers, so 2.jpg comes before 10.jpg), hidden files left out."""
+    def key(p: Path) -> list:
+        return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", p.name)]
+
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS
+                   and not p.name.startswith(".")), key=key)
+
+
 def _report_raw(index: Index, root: Path, raw: list[Path], found: list) -> None:
     """Clips still raw (frame folders, other videos): a RawTreeError when nothing else was found
     (the whole tree is raw), else each one listed as a problem."""

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from datasets import IMAGE_EXTS, VIDEO_EXTS, is_frame_folder, visible_paths
+from datasets import IMAGE_EXTS, VIDEO_EXTS, frame_files, is_frame_folder
 
 
 @dataclass
@@ -34,10 +34,10 @@ class CropResult:
 
 
 def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
-    """RGB uint8 frames of a video file or a frame folder (name order), and the frame rate."""
+    """RGB uint8 frames of a video file or a frame folder (`frame_files` order: as reencode.sh
+    encodes it), and the frame rate."""
     if path.is_dir():
-        files = visible_paths(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        return [np.asarray(Image.open(p).convert("RGB")) for p in files], 25.0
+        return [np.asarray(Image.open(p).convert("RGB")) for p in frame_files(path)], 25.0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate or 25)

@@ -41,7 +41,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +55,7 @@ import numpy as np
 import torch
 
 import coviar
-from datasets import CLASSES, COLUMNS, IMAGE_EXTS
+from datasets import CLASSES, COLUMNS, frame_files
 from faces import face_box, read_frames, write_video
 from models import MIC, RANDOM
 from reader import ClipDataset, collate
@@ -138,11 +137,6 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     return model.to(device).eval(), config
 
 
-def _natural_key(path: Path) -> list:
-    """Name order with numbers compared as numbers (frame 2 before frame 10)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
-
-
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:
     try:
         os.link(src, dst)
@@ -170,8 +164,7 @@ class Source:
         if not video.exists():
             raise VideoError(f"{video}: no such file")
         if video.is_dir():
-            self.files = sorted((p for p in video.iterdir() if p.suffix.lower() in IMAGE_EXTS
-                                 and not p.name.startswith(".")), key=_natural_key)
+            self.files = frame_files(video)
             if not self.files:
                 raise VideoError(f"{video}: a folder without image frames")
         if crop:
