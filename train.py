@@ -33,9 +33,11 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -238,17 +240,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a killed run never leaves half a file."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it to `path`: a killed run
+    never leaves half a checkpoint, feature file or result."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def log0(*msg: object) -> None:
@@ -385,7 +386,7 @@ def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int
         test = torch.nonzero(held).flatten()
         pred = torch.cat([net.logits(x[b].to(device)).argmax(1).cpu() for b in test.split(64)])
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(net.state_dict(), out)
+    write_atomic(out, lambda f: torch.save(net.state_dict(), f))
     return float((pred == y[test]).float().mean())
 
 
@@ -600,7 +601,7 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
                 if critic.memory is not None and len(critic.memory):
                     state.update(memory_z_e=critic.memory.z_e, memory_z_i=critic.memory.z_i,
                                  memory_ids=critic.memory.ids)
-            save_atomic(state, fold_dir / "ckpt.pt")
+            write_atomic(fold_dir / "ckpt.pt", lambda f, state=state: torch.save(state, f))
             log0(f"{args.name} {fold} epoch {epoch + 1}: "
                  + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
@@ -613,19 +614,20 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
         writer.add_scalar("test/uar", uar, args.epochs)
         writer.close()
         z_i_test = z_i_all[[z_i_row[r["path"]] for r in test_ds.rows]].numpy()
-        np.savez_compressed(fold_dir / "features.npz", train_z=train_eval["z_e"],
-                            train_zi=z_i_train.cpu().numpy(), train_subject=train_eval["subject"],
-                            train_label=train_eval["label"], test_z=test["z_e"],
-                            test_zi=z_i_test, test_subject=test["subject"],
-                            test_label=test["label"], test_pred=test["pred"],
-                            test_logits=test["logits"],
-                            test_path=np.array([r["path"] for r in test_ds.rows]))
+        features = dict(train_z=train_eval["z_e"], train_zi=z_i_train.cpu().numpy(),
+                        train_subject=train_eval["subject"], train_label=train_eval["label"],
+                        test_z=test["z_e"], test_zi=z_i_test, test_subject=test["subject"],
+                        test_label=test["label"], test_pred=test["pred"],
+                        test_logits=test["logits"],
+                        test_path=np.array([r["path"] for r in test_ds.rows]))
+        write_atomic(fold_dir / "features.npz", lambda f: np.savez_compressed(f, **features))
         result = {"fold": fold, "seed": args.seed, "accuracy": war, "uar": uar,
                   "per_class_recall": dict(zip(test_ds.class_names, recall, strict=True)),
                   "num_test": len(test_ds), "num_train": len(train_ds),
                   "classes": train_ds.class_names, "variant": args.name, "identity": identity,
                   "options": options(args), "history": history}
-        write_json_atomic(result, fold_dir / "result.json")
+        write_atomic(fold_dir / "result.json",
+                     lambda f: f.write(json.dumps(result, indent=1).encode()))
         log0(f"{args.name} {fold}: test WAR {war:.2%}, UAR {uar:.2%} ({len(test_ds)} clips)")
     if dist.is_initialized():
         dist.barrier()

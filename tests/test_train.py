@@ -73,6 +73,21 @@ def test_lr_schedule():
     assert train.lr_at(65, 1e-4, "60:1e-7,30:8e-6") == 1e-7
 
 
+def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    train.write_atomic(path, lambda f: torch.save({"epoch": 1}, f))
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+    def killed(f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.write_atomic(path, killed)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
 def test_non_finite_term_stops_before_any_update(data, monkeypatch, tmp_path):
     """An injected inf (here in L_rec) stops the run naming the term, epoch and step; nothing is
     written: no checkpoint, no result."""
