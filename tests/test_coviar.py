@@ -178,7 +178,7 @@ def test_kernels_check_their_input():
     bad_map = np.full((4, 4, 2), 99, np.int32)
     img = np.zeros((4, 4, 3), np.uint8)
     with pytest.raises(ValueError, match="outside the frame"):
-        _kernels.residual(img, img, bad_map, False)
+        _kernels.residual(img, img, bad_map)
     # A record far outside the frame writes nothing.
     far = np.array([[16, 16, -30000, -30000, 30000, 30000]], np.int32)
     assert not _kernels.mv_field(far, 8, 8).any()

@@ -391,7 +391,7 @@ def _motion(
         else:
             _kernels.mv_field(rec, *size, top, left, h, w, dst, table)
     elif rep == RESIDUAL:  # accumulated: the I-frame through the map (read at the box)
-        _kernels.residual(bgr[pos], bgr[0], acc, False, top, left, dst, table)
+        _kernels.residual(bgr[pos], bgr[0], acc, top, left, dst, table)
     else:  # accumulated vectors: (x, y) - map, `work` holding the box's (x, y)
         if table is None:
             np.subtract(work, acc[top : top + h, left : left + w], out=dst)

@@ -89,12 +89,13 @@ static int clipped_shift(const uint8_t *table, npy_intp len, npy_intp channels, 
     return 1;
 }
 
-/* Visit the pixels of each record with a non-zero displacement whose dst and src both lie in the
- * frame and whose dst lies in the box [bx0, bx1) x [by0, by1) (the whole frame, or a crop): the
- * block dst ± w/2, dst ± h/2 (C division, as the original loader). The bounds test of each pixel
- * is hoisted: the offsets (ox, oy) that keep dst in the box and src in the frame form a product
- * of two ranges, clipped once per record. Within a record every pixel is visited once, so the
- * visiting order inside it does not matter; records are applied in order. */
+/* The block of one record (w, h, src_x, src_y, dst_x, dst_y): the pixels dst ± w/2, dst ± h/2
+ * (C division, as the original loader), each taking its value from src + the same offset. */
+typedef struct {
+    long sx, sy, dx, dy; /* source and destination centres */
+    long x0, x1, y0, y1; /* the offsets kept: [x0, x1) x [y0, y1) */
+} Block;
+
 static inline void clip_range(long half, long dst, long src, long size, long b0, long b1,
                               long *lo, long *hi) {
     *lo = -half;
@@ -105,31 +106,21 @@ static inline void clip_range(long half, long dst, long src, long size, long b0,
     if (size - src < *hi) *hi = size - src;
 }
 
-#define FOR_RECORD_PIXELS(rec, n, width, height, bx0, bx1, by0, by1, BODY)                  \
-    for (npy_intp i_ = 0; i_ < (n); ++i_) {                                                 \
-        const int32_t *r_ = (rec) + 6 * i_;                                                 \
-        const int w_ = r_[0], h_ = r_[1];                                                   \
-        const long sx_ = r_[2], sy_ = r_[3], dx_ = r_[4], dy_ = r_[5];                      \
-        if (dx_ - sx_ == 0 && dy_ - sy_ == 0) continue;                                     \
-        if (w_ < 0 || h_ < 0 || w_ > 4096 || h_ > 4096) continue;                           \
-        long x0_, x1_, y0_, y1_;                                                            \
-        clip_range(w_ / 2, dx_, sx_, (width), (bx0), (bx1), &x0_, &x1_);                    \
-        clip_range(h_ / 2, dy_, sy_, (height), (by0), (by1), &y0_, &y1_);                   \
-        const int32_t val_x = (int32_t)(dx_ - sx_), val_y = (int32_t)(dy_ - sy_);          \
-        (void)val_x;                                                                        \
-        (void)val_y;                                                                        \
-        for (long oy = y0_; oy < y1_; ++oy) {                                               \
-            const long py = dy_ + oy, qy = sy_ + oy;                                        \
-            (void)py;                                                                       \
-            (void)qy;                                                                       \
-            for (long ox = x0_; ox < x1_; ++ox) {                                           \
-                const long px = dx_ + ox, qx = sx_ + ox;                                    \
-                (void)px;                                                                   \
-                (void)qx;                                                                   \
-                BODY                                                                        \
-            }                                                                               \
-        }                                                                                   \
-    }
+/* The block of record q with its offsets clipped so that dst lies in the box [bx0, bx1) x
+ * [by0, by1) (the whole frame, or a crop) and src in the width x height frame: the bounds test
+ * of every pixel, hoisted (the offsets kept form a product of two ranges). 0 when the record
+ * moves nothing: zero displacement, an absurd block size, or no pixel left. Every kernel that
+ * reads records visits them in order through this, so a pixel ends with the last record that
+ * covers it, as in FFmpeg's field. */
+static inline int record_block(const int32_t *q, long width, long height, long bx0, long bx1,
+                               long by0, long by1, Block *b) {
+    if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 || q[1] > 4096)
+        return 0;
+    b->sx = q[2], b->sy = q[3], b->dx = q[4], b->dy = q[5];
+    clip_range(q[0] / 2, b->dx, b->sx, width, bx0, bx1, &b->x0, &b->x1);
+    clip_range(q[1] / 2, b->dy, b->sy, height, by0, by1, &b->y0, &b->y1);
+    return b->x1 > b->x0 && b->y1 > b->y0;
+}
 
 /* Check that the box (top, left, box_h, box_w) lies in a height x width frame; else ValueError. */
 static int check_box(Py_ssize_t top, Py_ssize_t left, Py_ssize_t box_h, Py_ssize_t box_w,
@@ -168,34 +159,34 @@ static PyObject *mv_field(PyObject *self, PyObject *args) {
     const npy_intp n = PyArray_DIM(rec, 0);
     const long bx0 = left, bx1 = left + box_w, by0 = top, by1 = top + box_h;
     Py_BEGIN_ALLOW_THREADS
-    if (table) { /* bytes: table[c, v + len / 2], zero displacement where no record writes */
-        const uint8_t *t = (const uint8_t *)PyArray_DATA(table);
-        const npy_intp len = PyArray_DIM(table, 1);
-        uint8_t *f = (uint8_t *)PyArray_DATA(out);
+    /* Zero displacement where no record writes (its bytes with a table), then each record's
+     * block: (dst - src), or its bytes table[c, v + len / 2]. */
+    const uint8_t *t = table ? (const uint8_t *)PyArray_DATA(table) : NULL;
+    const npy_intp len = table ? PyArray_DIM(table, 1) : 0;
+    uint8_t *f8 = (uint8_t *)PyArray_DATA(out);
+    int32_t *f32 = (int32_t *)PyArray_DATA(out);
+    if (t) {
         const uint8_t zero[2] = {look(t, len, 0, 0), look(t, len, 1, 0)};
-        for (npy_intp k = 0; k < box_h * box_w; ++k) memcpy(f + 2 * k, zero, 2);
-        for (npy_intp i = 0; i < n; ++i) { /* the pixels FOR_RECORD_PIXELS visits, by rows */
-            const int32_t *q = r + 6 * i;
-            if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 ||
-                q[1] > 4096)
-                continue;
-            long x0, x1, y0, y1;
-            clip_range(q[0] / 2, q[4], q[2], width, bx0, bx1, &x0, &x1);
-            clip_range(q[1] / 2, q[5], q[3], height, by0, by1, &y0, &y1);
-            const uint8_t pair[2] = {look(t, len, 0, q[4] - q[2]), look(t, len, 1, q[5] - q[3])};
-            for (long oy = y0; oy < y1; ++oy) {
-                uint8_t *row = f + 2 * ((q[5] + oy - by0) * box_w + (q[4] - bx0));
-                for (long ox = x0; ox < x1; ++ox) memcpy(row + 2 * ox, pair, 2);
+        for (npy_intp k = 0; k < box_h * box_w; ++k) memcpy(f8 + 2 * k, zero, 2);
+    } else if (out_obj != Py_None) {
+        memset(f32, 0, (size_t)box_h * box_w * 2 * sizeof(int32_t));
+    }
+    Block b;
+    for (npy_intp i = 0; i < n; ++i) {
+        if (!record_block(r + 6 * i, width, height, bx0, bx1, by0, by1, &b)) continue;
+        const int32_t vx = (int32_t)(b.dx - b.sx), vy = (int32_t)(b.dy - b.sy);
+        const uint8_t pair[2] = {t ? look(t, len, 0, vx) : 0, t ? look(t, len, 1, vy) : 0};
+        for (long oy = b.y0; oy < b.y1; ++oy) {
+            const npy_intp row = 2 * ((b.dy + oy - by0) * box_w + (b.dx - bx0));
+            for (long ox = b.x0; ox < b.x1; ++ox) {
+                if (t) {
+                    memcpy(f8 + row + 2 * ox, pair, 2);
+                } else {
+                    f32[row + 2 * ox] = vx;
+                    f32[row + 2 * ox + 1] = vy;
+                }
             }
         }
-    } else {
-        int32_t *f = (int32_t *)PyArray_DATA(out);
-        if (out_obj != Py_None) memset(f, 0, (size_t)box_h * box_w * 2 * sizeof(int32_t));
-        FOR_RECORD_PIXELS(r, n, width, height, bx0, bx1, by0, by1, {
-            int32_t *p = f + 2 * ((py - by0) * box_w + (px - bx0));
-            p[0] = val_x;
-            p[1] = val_y;
-        })
     }
     Py_END_ALLOW_THREADS
 done:
@@ -205,8 +196,29 @@ done:
     return (PyObject *)out;
 }
 
-static inline void copy_ints(int32_t *restrict dst, const int32_t *restrict src, long n) {
-    for (long i = 0; i < n; ++i) dst[i] = src[i];
+/* The pixels the records move, new[dst] = old[src] on the map `a` (2 int32 a pixel), row by row
+ * of each block (contiguous in the source and the destination): with `moved` NULL, their count
+ * (in int32); else, `scatter` 0: the sources read into `moved` in record order, 1: the
+ * destinations written from it in the same order. Rows are short (a block): copied inline. */
+static size_t move_blocks(const int32_t *r, npy_intp n, int32_t *a, long width, long height,
+                          int32_t *moved, int scatter) {
+    size_t total = 0;
+    Block b;
+    for (npy_intp i = 0; i < n; ++i) {
+        if (!record_block(r + 6 * i, width, height, 0, width, 0, height, &b)) continue;
+        const long len = 2 * (b.x1 - b.x0);
+        for (long oy = b.y0; oy < b.y1; ++oy, total += (size_t)len) {
+            if (!moved) continue;
+            int32_t *src = a + 2 * ((b.sy + oy) * width + b.sx + b.x0);
+            int32_t *dst = a + 2 * ((b.dy + oy) * width + b.dx + b.x0);
+            int32_t *k = moved + total;
+            if (scatter)
+                for (long j = 0; j < len; ++j) dst[j] = k[j];
+            else
+                for (long j = 0; j < len; ++j) k[j] = src[j];
+        }
+    }
+    return total;
 }
 
 static PyObject *accumulate(PyObject *self, PyObject *args) {
@@ -226,30 +238,8 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
     const int32_t *r = (const int32_t *)PyArray_DATA(rec);
     int32_t *a = (int32_t *)PyArray_DATA(map);
     const npy_intp n = PyArray_DIM(rec, 0);
-    /* The block of each record as FOR_RECORD_PIXELS visits it, row by row: 2 int32 a pixel,
-     * contiguous along a row in both the source and the destination. */
-#define FOR_RECORD_ROWS(BODY)                                                                \
-    for (npy_intp i = 0; i < n; ++i) {                                                      \
-        const int32_t *q = r + 6 * i;                                                       \
-        if ((q[4] == q[2] && q[5] == q[3]) || q[0] < 0 || q[1] < 0 || q[0] > 4096 ||        \
-            q[1] > 4096)                                                                    \
-            continue;                                                                       \
-        long x0, x1, y0, y1;                                                                \
-        clip_range(q[0] / 2, q[4], q[2], width, 0, width, &x0, &x1);                        \
-        clip_range(q[1] / 2, q[5], q[3], height, 0, height, &y0, &y1);                      \
-        if (x1 <= x0) continue;                                                             \
-        const size_t bytes = (size_t)(x1 - x0) * 2 * sizeof(int32_t);                       \
-        for (long oy = y0; oy < y1; ++oy) {                                                 \
-            int32_t *src = a + 2 * ((q[3] + oy) * width + q[2] + x0);                       \
-            int32_t *dst = a + 2 * ((q[5] + oy) * width + q[4] + x0);                       \
-            (void)src;                                                                      \
-            (void)dst;                                                                      \
-            BODY                                                                            \
-        }                                                                                   \
-    }
-    size_t total = 0;
-    FOR_RECORD_ROWS({ total += bytes; })
-    moved = PyMem_RawMalloc(total ? total : 1);
+    const size_t total = move_blocks(r, n, a, width, height, NULL, 0);
+    moved = PyMem_RawMalloc(total ? total * sizeof(int32_t) : 1);
     if (!moved) {
         PyErr_NoMemory();
         goto done;
@@ -258,18 +248,9 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
      * passes over the moved pixels only (read all sources, then write all destinations in
      * record order, so a later record's block wins as it would over a copy). */
     Py_BEGIN_ALLOW_THREADS
-    int32_t *k = moved; /* rows are short (a block): copied inline, not by memcpy calls */
-    FOR_RECORD_ROWS({
-        copy_ints(k, src, (long)(bytes / sizeof(int32_t)));
-        k += bytes / sizeof(int32_t);
-    })
-    k = moved;
-    FOR_RECORD_ROWS({
-        copy_ints(dst, k, (long)(bytes / sizeof(int32_t)));
-        k += bytes / sizeof(int32_t);
-    })
+    move_blocks(r, n, a, width, height, moved, 0);
+    move_blocks(r, n, a, width, height, moved, 1);
     Py_END_ALLOW_THREADS
-#undef FOR_RECORD_ROWS
     Py_INCREF(Py_None);
     ret = Py_None;
 done:
@@ -361,25 +342,21 @@ static PyObject *residual_mv(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     /* The residual against the previous frame through the field of `records`, without
      * building the field: every pixel of the box first as if its vector were zero, then each
-     * record's block (clipped as in mv_field) rewritten with its source, records in order, so
+     * record's block (`record_block`) rewritten with its source, records in order, so
      * that a pixel ends with the last record that covers it, as the field does. Rows are
      * contiguous in both frames (vectorised). */
     for (npy_intp y = 0; y < box_h; ++y) {
         const npy_intp g = 3 * ((top + y) * width + left);
         diff_row(&o, 3 * y * box_w, c + g, rf + g, 3 * box_w);
     }
+    Block b;
     for (npy_intp i = 0; i < n; ++i) {
-        const int32_t *q = r + 6 * i;
-        const long w = q[0], h = q[1], sx = q[2], sy = q[3], dx = q[4], dy = q[5];
-        if ((dx == sx && dy == sy) || w < 0 || h < 0 || w > 4096 || h > 4096) continue;
-        long x0, x1, y0, y1;
-        clip_range(w / 2, dx, sx, width, left, left + box_w, &x0, &x1);
-        clip_range(h / 2, dy, sy, height, top, top + box_h, &y0, &y1);
-        if (x1 <= x0) continue;
-        for (long oy = y0; oy < y1; ++oy) {
-            const npy_intp k = 3 * ((dy + oy - top) * box_w + (dx + x0 - left));
-            diff_row(&o, k, c + 3 * ((dy + oy) * width + dx + x0),
-                     rf + 3 * ((sy + oy) * width + sx + x0), 3 * (x1 - x0));
+        if (!record_block(r + 6 * i, width, height, left, left + box_w, top, top + box_h, &b))
+            continue;
+        for (long oy = b.y0; oy < b.y1; ++oy) {
+            const npy_intp k = 3 * ((b.dy + oy - top) * box_w + (b.dx + b.x0 - left));
+            diff_row(&o, k, c + 3 * ((b.dy + oy) * width + b.dx + b.x0),
+                     rf + 3 * ((b.sy + oy) * width + b.sx + b.x0), 3 * (b.x1 - b.x0));
         }
     }
     Py_END_ALLOW_THREADS
@@ -394,10 +371,9 @@ done:
 static PyObject *residual(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *cur_obj, *ref_obj, *map_obj, *out_obj = Py_None, *table_obj = Py_None;
-    int relative;
     Py_ssize_t top = 0, left = 0;
-    if (!PyArg_ParseTuple(args, "OOOp|nnOO", &cur_obj, &ref_obj, &map_obj, &relative, &top,
-                          &left, &out_obj, &table_obj))
+    if (!PyArg_ParseTuple(args, "OOO|nnOO", &cur_obj, &ref_obj, &map_obj, &top, &left, &out_obj,
+                          &table_obj))
         return NULL;
     PyArrayObject *cur = NULL, *ref = NULL, *map = NULL, *out = NULL, *table = NULL;
     cur = as_array(cur_obj, NPY_UINT8, 3, 3, "current frame");
@@ -431,29 +407,21 @@ static PyObject *residual(PyObject *self, PyObject *args) {
     const int32_t *m = (const int32_t *)PyArray_DATA(map) + (whole ? 2 * (top * width + left) : 0);
     npy_intp bad = -1;
     Py_BEGIN_ALLOW_THREADS
-    /* Δ[p] = cur[p] − ref[src(p)], src = p − mv (relative) or the map itself (accumulated), for
-     * p in the box; map and output are indexed from the box's corner. With a table, the output
-     * holds table[c, Δ + len / 2] (clipped to the table) instead of Δ. A row is done in runs of
-     * pixels with the same displacement p − src, so that each run reads both frames
-     * contiguously (vectorised). */
+    /* Δ[p] = cur[p] − ref[map[p]] for p in the box (the map holds the source pixel (x, y) of
+     * each pixel in the reference); map and output are indexed from the box's corner. With a
+     * table, the output holds table[c, Δ + len / 2] (clipped to the table) instead of Δ. A row
+     * is done in runs of pixels whose source advances by one pixel in x with theirs, so that
+     * each run reads both frames contiguously (vectorised). */
     for (npy_intp y = 0; y < box_h && bad < 0; ++y) {
         const npy_intp gy = top + y;
         const int32_t *row = m + 2 * y * map_w;
         npy_intp x = 0;
         while (x < box_w) {
-            const npy_intp dx = relative ? row[2 * x] : left + x - row[2 * x];
-            const npy_intp dy = relative ? row[2 * x + 1] : gy - row[2 * x + 1];
             npy_intp e = x + 1;
-            if (relative) { /* the same vector: compare the (x, y) pair as one 64-bit word */
-                uint64_t first, next;
-                memcpy(&first, row + 2 * x, sizeof first);
-                while (e < box_w && (memcpy(&next, row + 2 * e, sizeof next), next == first)) ++e;
-            } else { /* the same displacement: the map advances by one pixel in x */
-                while (e < box_w && row[2 * e] == row[2 * x] + (e - x) &&
-                       row[2 * e + 1] == row[2 * x + 1])
-                    ++e;
-            }
-            const npy_intp sy = gy - dy, sx0 = left + x - dx, sx1 = left + e - 1 - dx;
+            while (e < box_w && row[2 * e] == row[2 * x] + (e - x) &&
+                   row[2 * e + 1] == row[2 * x + 1])
+                ++e;
+            const npy_intp sy = row[2 * x + 1], sx0 = row[2 * x], sx1 = sx0 + (e - 1 - x);
             if (sy < 0 || sy >= height || sx0 < 0 || sx1 >= width) {
                 const npy_intp first = (sy < 0 || sy >= height || sx0 < 0) ? x : x + width - sx0;
                 bad = gy * width + left + first;
@@ -559,14 +527,15 @@ static PyMethodDef methods[] = {
      "accumulate(records, map) -> None: the map composed with one frame in place, "
      "new[dst] = old[src] (map: the source pixel in the I-frame of each pixel)."},
     {"residual", residual, METH_VARARGS,
-     "residual(cur, ref, map, relative[, top, left, out, table]) -> int32 (h, w, 3): cur - ref "
-     "sampled at the source pixel, on the box of out's size (or the map's) at (top, left) of "
-     "the frames, the map covering the box or the whole frame; with a uint8 table (3, L), "
-     "uint8 table[c, clip(v + L // 2, 0, L - 1)] instead; written into `out` when given."},
+     "residual(cur, ref, map[, top, left, out, table]) -> int32 (h, w, 3): cur - ref sampled "
+     "at the source pixel (x, y) that the map gives, on the box of out's size (or the map's) "
+     "at (top, left) of the frames, the map covering the box or the whole frame; with a uint8 "
+     "table (3, L), uint8 table[c, clip(v + L // 2, 0, L - 1)] instead; written into `out` "
+     "when given."},
     {"residual_mv", residual_mv, METH_VARARGS,
      "residual_mv(cur, ref, records, top, left, out[, table]) -> out: the residual against the "
-     "previous frame through the records' field (as residual(cur, ref, mv_field(records), "
-     "True, top, left, out, table)), on the box of out's size at (top, left)."},
+     "previous frame through the records' field (as residual(cur, ref, p - mv_field(records), "
+     "top, left, out, table)), on the box of out's size at (top, left)."},
     {"records", records, METH_O,
      "records(side_data) -> int32 (n, 6): (w, h, src_x, src_y, dst_x, dst_y) of the "
      "AVMotionVector records of a frame's motion-vector side data whose source is a past frame."},
