@@ -237,19 +237,6 @@ def _report_raw(index: Index, root: Path, raw: list[Path], found: list) -> None:
         index.problem("not re-encoded", str(p.relative_to(root)))
 
 
-def _gop0_frames(path: Path, total: int) -> int:
-    """Frames of GOP 0 of a clip with several GOPs (binary search on the frame index)."""
-    lo, hi = 1, total  # lo <= frames of GOP 0 <= hi
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        try:
-            coviar.load(str(path), 0, mid - 1, coviar.PICTURE, False)
-            lo = mid
-        except IndexError:
-            hi = mid - 1
-    return lo
-
-
 def _measure(index: Index, root: Path, entries: list[Entry]) -> None:
     """Fill num_frames/apex (``APEX`` rule) by reading every clip (decoding its GOP 0 once);
     unreadable or too short clips become problems, the others go into ``index.entries``."""
@@ -257,9 +244,9 @@ def _measure(index: Index, root: Path, entries: list[Entry]) -> None:
     for e in tqdm(entries, desc=f"reading {index.dataset} clips", unit="clip", leave=False):
         path = root / e.path
         try:
-            n = coviar.get_num_frames(str(path))
-            if coviar.get_num_gops(str(path)) > 1:
-                n = _gop0_frames(path, n)
+            gops = coviar.gop_lengths(path)
+            n = gops[0] if gops else 0
+            if len(gops) > 1:
                 index.problem("several GOPs (only GOP 0 used)", f"{e.path} ({n} frames)")
             if n >= 2:
                 coviar.load(str(path), 0, n - 1, coviar.RESIDUAL, False)

@@ -274,12 +274,13 @@ def _stream(path: Path, video: Path, frames: int | None = None) -> int:
     if not path.is_file():
         raise VideoError(f"{video}: reencode.sh wrote no {path.name}")
     try:
-        n, gops = coviar.get_num_frames(path), coviar.get_num_gops(path)
+        gops = coviar.gop_lengths(path)
     except (OSError, ValueError) as exc:
         raise VideoError(f"{video}: unreadable after re-encoding ({exc})") from exc
-    if gops != 1:
-        raise VideoError(f"{video}: reencode.sh wrote {gops} GOPs; ClipDataset reads one GOP "
-                         "per clip (reencode.sh writes one however long the clip)")
+    if len(gops) != 1:
+        raise VideoError(f"{video}: reencode.sh wrote {len(gops)} GOPs; ClipDataset reads one "
+                         "GOP per clip (reencode.sh writes one however long the clip)")
+    n = gops[0]
     if frames is not None and n != frames:
         raise VideoError(f"{video}: a window of {frames} frames re-encoded to {n}")
     return n

@@ -4,8 +4,8 @@ Valid clips (raw .m4v streams of several sizes, GOP lengths, +mv4/+qpel, B-frame
 and one .mp4) are damaged by stacked mutations (bit flips, byte overwrites, truncation, chunk
 duplication and deletion, header and start-code corruption, splices, a foreign VOL header
 inserted mid-stream, the VOL's frame width and height rewritten) and fed to `get_num_frames`,
-`get_num_gops`, `load` and `load_many` (all representations, accumulate both ways, in-range and
-out-of-range indices).
+`get_num_gops`, `gop_lengths`, `load` and `load_many` (all representations, accumulate both
+ways, in-range and out-of-range indices).
 
 Acceptable per call: a normal return with the right type, shape, dtype and value range, or
 FileNotFoundError / ValueError / IndexError. Also checked: `load` agrees with `load_many`, the
@@ -316,6 +316,17 @@ def _check_count(n: Any) -> None:
         raise Finding(f"count {n!r} is not an int >= 0")
 
 
+def _check_lengths(lengths: Any, frames: int | None, gops: int | None) -> None:
+    """`gop_lengths`: positive ints, one per GOP, at most `frames` in all (packets before the
+    first key frame are in no GOP, and then it must have raised)."""
+    if not isinstance(lengths, list) or not all(isinstance(n, int) and n > 0 for n in lengths):
+        raise Finding(f"gop lengths {lengths!r} are not a list of ints > 0")
+    if gops is not None and len(lengths) != gops:
+        raise Finding(f"{len(lengths)} gop lengths for {gops} GOPs")
+    if frames is not None and sum(lengths) != frames:
+        raise Finding(f"gop lengths sum to {sum(lengths)}, not the {frames} frames")
+
+
 def check_stack(out: Any, k: int, rep: int) -> None:
     """`out` is what `load_many` of `k` frames of representation `rep` must return."""
     if not isinstance(out, np.ndarray):
@@ -354,6 +365,7 @@ def exercise(path: str, op_seed: int) -> tuple[collections.Counter[str], list[di
     ex = Exerciser(path)
     frames = ex.call(coviar.get_num_frames, check=_check_count)
     gops = ex.call(coviar.get_num_gops, check=_check_count)
+    ex.call(coviar.gop_lengths, check=lambda n: _check_lengths(n, frames, gops))
     g = rng.randrange(gops) if gops else 0
     if rng.random() < 0.1:
         g = (gops or 0) + rng.randint(0, 2)  # out of range

@@ -88,6 +88,7 @@ def test_several_gops_restart_frame_index(tmp_path):
     path = make_clip(tmp_path / "g.m4v", width=64, height=48, frames=26, gop=12)
     assert coviar.get_num_gops(path) == 3
     assert coviar.get_num_frames(path) == 26
+    assert coviar.gop_lengths(path) == [12, 12, 2]
     np.testing.assert_array_equal(coviar.load(path, 1, 0, 2, False), 0)  # an I-frame
     with pytest.raises(IndexError, match="out of range"):
         coviar.load(path, 2, 2, 0, False)  # GOP 2 holds frames 24 and 25 only

@@ -24,8 +24,8 @@ from av.video.reformatter import VideoReformatter
 from coviar import _kernels
 
 __all__ = [
-    "PICTURE", "MV", "RESIDUAL", "MAX_RESULT_BYTES", "get_num_frames", "get_num_gops", "load",
-    "load_clip", "load_many",
+    "PICTURE", "MV", "RESIDUAL", "MAX_RESULT_BYTES", "get_num_frames", "get_num_gops",
+    "gop_lengths", "load", "load_clip", "load_many",
 ]
 
 PICTURE, MV, RESIDUAL = 0, 1, 2
@@ -84,6 +84,20 @@ def get_num_frames(path: str | bytes | os.PathLike) -> int:
 def get_num_gops(path: str | bytes | os.PathLike) -> int:
     """Number of GOPs, i.e. of key frames."""
     return sum(1 for p in _packets(path) if p.is_keyframe)
+
+
+def gop_lengths(path: str | bytes | os.PathLike) -> list[int]:
+    """Frames of each GOP, counted from the packets without decoding (one pass over the file:
+    ``len`` is `get_num_gops`, GOP 0's length the frames `load` reaches in GOP 0). ValueError
+    when the stream does not start with a key frame (its first GOP would lose frames)."""
+    lengths: list[int] = []
+    for packet in _packets(path):
+        if packet.is_keyframe:
+            lengths.append(0)
+        elif not lengths:
+            raise ValueError(f"{_path(path)}: does not start with an I-frame; {_HINT}")
+        lengths[-1] += 1
+    return lengths
 
 
 def _gop_frames(path: str | os.PathLike, gop_index: int) -> Iterator[av.VideoFrame]:
