@@ -372,3 +372,37 @@ def test_reencode_output_matches_coviar_semantics(tmp_path):
     for acc in (False, True):
         want = np.stack(ref_all_from_decoded(gops, 2, acc)[0])
         np.testing.assert_array_equal(coviar.load_many(path, 0, range(12), 2, acc), want)
+
+
+def test_accumulate_on_a_box_matches_the_whole_frame():
+    """Composing only the boxes that `source_box` says are read later gives, in the last box,
+    the whole-frame map: random 8x8 and 16x16 records with large vectors, frame by frame."""
+    from coviar import _kernels
+
+    rng = np.random.default_rng(0)
+    h, w = 64, 80
+    frames = []
+    for _ in range(5):
+        rec = []
+        for y in range(0, h, 8):
+            for x in range(0, w, 8):
+                size = int(rng.choice([8, 16]))
+                v = rng.integers(-20, 21, 2) * (rng.random() < 0.7)
+                rec.append([size, size, x + 4 - v[0], y + 4 - v[1], x + 4, y + 4])
+        frames.append(np.array(rec, np.int32))
+    box = (20, 30, 12, 10)
+    need = [box]
+    for rec in frames[:0:-1]:  # back from the last frame
+        need.insert(0, _kernels.source_box(rec, h, w, *need[0]))
+    assert need[0] != box  # sources outside the box were needed
+    whole = coviar._identity_map(h, w)
+    part = coviar._identity_map(h, w)
+    for rec, b in zip(frames, need, strict=True):
+        _kernels.accumulate(rec, whole)
+        _kernels.accumulate(rec, part, *b)
+    t, left, bh, bw = box
+    np.testing.assert_array_equal(part[t : t + bh, left : left + bw],
+                                  whole[t : t + bh, left : left + bw])
+    assert not np.array_equal(part, whole)  # outside the boxes it was not composed
+    with pytest.raises(ValueError, match="not inside"):
+        _kernels.accumulate(frames[0], part, 60, 0, 10, 10)

@@ -275,8 +275,7 @@ def load_clip(
     slot: dict[int, dict[int, int]] = {}  # rep -> {frame: its index in store[rep]}
     bgr: dict[int, np.ndarray] = {}
     boxes: dict[int, Box] = {}
-    mv_box_xy = None  # accumulated vectors: the (x, y) of every pixel of MV's box
-    acc = None  # accumulated map into the I-frame (accumulate only)
+    recs: dict[int, np.ndarray | None] = {}  # accumulate: every frame's records, composed after
     reformatter = VideoReformatter()
     count = 0
     for pos, frame in enumerate(_gop_frames(path, gop_index)):
@@ -295,13 +294,15 @@ def load_clip(
             # Frames whose BGR picture is needed: the pictures asked for, the residuals' frames
             # and their references (the I-frame when accumulated, else the previous frame).
             need_bgr = set(slot.get(PICTURE, ()))
+            crops = {}  # accumulate: the residual's box of its frames, kept (residuals made last)
             if RESIDUAL in want:
                 res = set(slot[RESIDUAL])
                 need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
+                if accumulate:
+                    _, _, h, w = boxes[RESIDUAL]
+                    crops = dict(zip(sorted(res - {0}), np.empty((len(res - {0}), h, w, 3),
+                                                                 np.uint8), strict=True))
             need_rec = set().union(*(slot[rep] for rep in motion))
-            if accumulate and MV in want:
-                top, left, h, w = boxes[MV]
-                mv_box_xy = _identity(h, w, top, left)
         if pos in need_bgr:
             try:
                 bgr[pos] = _bgr(frame, reformatter)
@@ -311,29 +312,80 @@ def load_clip(
         if pos in slot.get(PICTURE, ()):
             top, left, h, w = boxes[PICTURE]
             store[PICTURE][slot[PICTURE][pos]] = bgr[pos][top : top + h, left : left + w]
+        if pos in crops:
+            top, left, h, w = boxes[RESIDUAL]
+            crops[pos][...] = bgr[pos][top : top + h, left : left + w]
         if motion:
             rec = _records(frame) if pos > 0 and (accumulate or pos in need_rec) else None
             if accumulate:
-                if pos == 0:
-                    acc = _identity_map(height, width)
-                elif rec is not None:
-                    _kernels.accumulate(rec, acc)  # in place: new[dst] = old[src]
-            for rep in motion:
-                if pos in slot[rep]:
-                    _motion(rep, pos, rec, acc if accumulate else None, bgr, boxes[rep],
-                            (height, width), mv_box_xy if rep == MV else None, tables.get(rep),
-                            store[rep][slot[rep][pos]])
+                recs[pos] = rec
+            else:
+                for rep in motion:
+                    if pos in slot[rep]:
+                        _motion(rep, pos, rec, None, bgr, boxes[rep], (height, width), None,
+                                tables.get(rep), store[rep][slot[rep][pos]])
         for k in [k for k in bgr if k < pos and not (accumulate and k == 0)]:
             del bgr[k]  # no later frame refers to it
         if pos == last:
             break
     else:
         raise IndexError(f"{path}: frame {last} out of range (GOP {gop_index} has {count} frames)")
+    if accumulate and motion:
+        pictures = {**crops, 0: bgr[0]} if RESIDUAL in want else {}
+        _accumulated(recs, motion, slot, boxes, (height, width), pictures, tables, store)
     result = {}
     for rep, idx in want.items():
         ascending = len(idx) == len(slot[rep]) and bool(np.all(idx[1:] > idx[:-1]))
         result[rep] = store[rep] if ascending else store[rep][np.searchsorted(list(slot[rep]), idx)]
     return result
+
+
+def _accumulated(
+    recs: Mapping[int, np.ndarray | None],
+    motion: Sequence[int],
+    slot: Mapping[int, Mapping[int, int]],
+    boxes: Mapping[int, Box],
+    size: tuple[int, int],
+    bgr: Mapping[int, np.ndarray],
+    tables: Mapping[int, np.ndarray],
+    store: Mapping[int, np.ndarray],
+) -> None:
+    """The accumulated vectors and residuals of `load_clip`, from every frame's records `recs`.
+
+    The map into the I-frame is composed frame by frame, but only on the box of it that is read
+    later: the boxes asked for at that frame and, going back from the last frame, the pixels that
+    a later frame's box is moved from (`_kernels.source_box`); a crop of a large frame composes
+    a fraction of it. The values are those of the whole-frame map."""
+    height, width = size
+    need: dict[int, Box] = {}  # frame -> the box of its map that must be right
+    box = None  # none yet: no later frame reads the map
+    for pos in range(max(recs), 0, -1):
+        for rep in motion:
+            if pos in slot[rep]:
+                box = boxes[rep] if box is None else _union(box, boxes[rep])
+        if box is not None:
+            need[pos] = box
+            if recs[pos] is not None:
+                box = _kernels.source_box(recs[pos], height, width, *box)
+    acc = _identity_map(height, width)
+    work = None  # accumulated vectors: the (x, y) of every pixel of MV's box
+    if MV in motion:
+        top, left, h, w = boxes[MV]
+        work = _identity(h, w, top, left)
+    for pos in range(max(recs) + 1):
+        rec = recs.get(pos)
+        if rec is not None and pos in need:
+            _kernels.accumulate(rec, acc, *need[pos])  # in place: new[dst] = old[src]
+        for rep in motion:
+            if pos in slot[rep]:
+                _motion(rep, pos, rec, acc, bgr, boxes[rep], size, work if rep == MV else None,
+                        tables.get(rep), store[rep][slot[rep][pos]])
+
+
+def _union(a: Box, b: Box) -> Box:
+    """The smallest box (top, left, height, width) holding both."""
+    top, left = min(a[0], b[0]), min(a[1], b[1])
+    return (top, left, max(a[0] + a[2], b[0] + b[2]) - top, max(a[1] + a[3], b[1] + b[3]) - left)
 
 
 def _tables(lut: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -404,7 +456,8 @@ def _motion(
             _kernels.residual_mv(bgr[pos], bgr[pos - 1], rec, top, left, dst, table)
         else:
             _kernels.mv_field(rec, *size, top, left, h, w, dst, table)
-    elif rep == RESIDUAL:  # accumulated: the I-frame through the map (read at the box)
+    elif rep == RESIDUAL:  # accumulated: the I-frame through the map (read at the box; the
+        # current frame is the whole frame or its box)
         _kernels.residual(bgr[pos], bgr[0], acc, top, left, dst, table)
     else:  # accumulated vectors: (x, y) - map, `work` holding the box's (x, y)
         if table is None:

@@ -196,16 +196,18 @@ done:
     return (PyObject *)out;
 }
 
-/* The pixels the records move, new[dst] = old[src] on the map `a` (2 int32 a pixel), row by row
- * of each block (contiguous in the source and the destination): with `moved` NULL, their count
- * (in int32); else, `scatter` 0: the sources read into `moved` in record order, 1: the
- * destinations written from it in the same order. Rows are short (a block): copied inline. */
+/* The pixels the records move into the box, new[dst] = old[src] on the map `a` (2 int32 a
+ * pixel), row by row of each block (contiguous in the source and the destination): with `moved`
+ * NULL, their count (in int32); else, `scatter` 0: the sources read into `moved` in record
+ * order, 1: the destinations written from it in the same order. Rows are short (a block):
+ * copied inline. */
 static size_t move_blocks(const int32_t *r, npy_intp n, int32_t *a, long width, long height,
-                          int32_t *moved, int scatter) {
+                          const long box[4], int32_t *moved, int scatter) {
     size_t total = 0;
     Block b;
     for (npy_intp i = 0; i < n; ++i) {
-        if (!record_block(r + 6 * i, width, height, 0, width, 0, height, &b)) continue;
+        if (!record_block(r + 6 * i, width, height, box[0], box[1], box[2], box[3], &b))
+            continue;
         const long len = 2 * (b.x1 - b.x0);
         for (long oy = b.y0; oy < b.y1; ++oy, total += (size_t)len) {
             if (!moved) continue;
@@ -224,7 +226,9 @@ static size_t move_blocks(const int32_t *r, npy_intp n, int32_t *a, long width, 
 static PyObject *accumulate(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *rec_obj, *map_obj;
-    if (!PyArg_ParseTuple(args, "OO", &rec_obj, &map_obj)) return NULL;
+    Py_ssize_t top = 0, left = 0, box_h = -1, box_w = -1;
+    if (!PyArg_ParseTuple(args, "OO|nnnn", &rec_obj, &map_obj, &top, &left, &box_h, &box_w))
+        return NULL;
     PyArrayObject *rec = NULL, *map = NULL;
     int32_t *moved = NULL;
     PyObject *ret = NULL;
@@ -235,10 +239,14 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
         goto done;
     }
     const long height = (long)PyArray_DIM(map, 0), width = (long)PyArray_DIM(map, 1);
+    if (box_h < 0) box_h = height - top;
+    if (box_w < 0) box_w = width - left;
+    if (!check_box(top, left, box_h, box_w, height, width)) goto done;
+    const long box[4] = {left, left + box_w, top, top + box_h};
     const int32_t *r = (const int32_t *)PyArray_DATA(rec);
     int32_t *a = (int32_t *)PyArray_DATA(map);
     const npy_intp n = PyArray_DIM(rec, 0);
-    const size_t total = move_blocks(r, n, a, width, height, NULL, 0);
+    const size_t total = move_blocks(r, n, a, width, height, box, NULL, 0);
     moved = PyMem_RawMalloc(total ? total * sizeof(int32_t) : 1);
     if (!moved) {
         PyErr_NoMemory();
@@ -248,8 +256,8 @@ static PyObject *accumulate(PyObject *self, PyObject *args) {
      * passes over the moved pixels only (read all sources, then write all destinations in
      * record order, so a later record's block wins as it would over a copy). */
     Py_BEGIN_ALLOW_THREADS
-    move_blocks(r, n, a, width, height, moved, 0);
-    move_blocks(r, n, a, width, height, moved, 1);
+    move_blocks(r, n, a, width, height, box, moved, 0);
+    move_blocks(r, n, a, width, height, box, moved, 1);
     Py_END_ALLOW_THREADS
     Py_INCREF(Py_None);
     ret = Py_None;
@@ -258,6 +266,33 @@ done:
     Py_XDECREF(rec);
     Py_XDECREF(map);
     return ret;
+}
+
+static PyObject *source_box(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *rec_obj;
+    Py_ssize_t height, width, top, left, box_h, box_w;
+    if (!PyArg_ParseTuple(args, "Onnnnnn", &rec_obj, &height, &width, &top, &left, &box_h,
+                          &box_w))
+        return NULL;
+    if (!check_box(top, left, box_h, box_w, height, width)) return NULL;
+    PyArrayObject *rec = as_array(rec_obj, NPY_INT32, 2, 6, "records");
+    if (!rec) return NULL;
+    const int32_t *r = (const int32_t *)PyArray_DATA(rec);
+    const npy_intp n = PyArray_DIM(rec, 0);
+    long x0 = left, x1 = left + box_w, y0 = top, y1 = top + box_h;
+    Block b;
+    for (npy_intp i = 0; i < n; ++i) {
+        if (!record_block(r + 6 * i, width, height, left, left + box_w, top, top + box_h, &b))
+            continue;
+        if (b.sx + b.x0 < x0) x0 = b.sx + b.x0;
+        if (b.sx + b.x1 > x1) x1 = b.sx + b.x1;
+        if (b.sy + b.y0 < y0) y0 = b.sy + b.y0;
+        if (b.sy + b.y1 > y1) y1 = b.sy + b.y1;
+    }
+    Py_DECREF(rec);
+    return Py_BuildValue("nnnn", (Py_ssize_t)y0, (Py_ssize_t)x0, (Py_ssize_t)(y1 - y0),
+                         (Py_ssize_t)(x1 - x0));
 }
 
 /* One row segment of a residual: n bytes (whole pixels) of cur minus ref, as int32 or through
@@ -382,18 +417,20 @@ static PyObject *residual(PyObject *self, PyObject *args) {
     if (!ref) goto done;
     map = as_array(map_obj, NPY_INT32, 3, 2, "map");
     if (!map) goto done;
-    const npy_intp height = PyArray_DIM(cur, 0), width = PyArray_DIM(cur, 1);
-    if (PyArray_DIM(ref, 0) != height || PyArray_DIM(ref, 1) != width) {
-        PyErr_SetString(PyExc_ValueError, "frames must have the same height and width");
-        goto done;
-    }
+    const npy_intp height = PyArray_DIM(ref, 0), width = PyArray_DIM(ref, 1);
     /* The box: the output's size when given, else the map's. The map covers the box, or the
-     * whole frame (then read at the box's place). */
+     * whole frame (then read at the box's place); so does the current frame. */
     const int given = out_obj != Py_None && PyArray_Check(out_obj) &&
                       PyArray_NDIM((PyArrayObject *)out_obj) == 3;
     const npy_intp box_h = given ? PyArray_DIM((PyArrayObject *)out_obj, 0) : PyArray_DIM(map, 0);
     const npy_intp box_w = given ? PyArray_DIM((PyArrayObject *)out_obj, 1) : PyArray_DIM(map, 1);
     if (!check_box(top, left, box_h, box_w, height, width)) goto done;
+    const int cur_whole = PyArray_DIM(cur, 0) == height && PyArray_DIM(cur, 1) == width;
+    if (!cur_whole && (PyArray_DIM(cur, 0) != box_h || PyArray_DIM(cur, 1) != box_w)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "the current frame must have the reference's size or the box's");
+        goto done;
+    }
     const int whole = PyArray_DIM(map, 0) == height && PyArray_DIM(map, 1) == width;
     if (!whole && (PyArray_DIM(map, 0) != box_h || PyArray_DIM(map, 1) != box_w)) {
         PyErr_SetString(PyExc_ValueError, "map must cover the box or the whole frame");
@@ -427,8 +464,9 @@ static PyObject *residual(PyObject *self, PyObject *args) {
                 bad = gy * width + left + first;
                 break;
             }
-            diff_row(&o, 3 * (y * box_w + x), c + 3 * (gy * width + left + x),
-                     rf + 3 * (sy * width + sx0), 3 * (e - x));
+            const npy_intp at = cur_whole ? gy * width + left + x : y * box_w + x;
+            diff_row(&o, 3 * (y * box_w + x), c + 3 * at, rf + 3 * (sy * width + sx0),
+                     3 * (e - x));
             x = e;
         }
     }
@@ -524,14 +562,19 @@ static PyMethodDef methods[] = {
      "box_w, 2): per-pixel (dst - src) of one frame, on the box (default: the whole frame), "
      "written into `out` when given; with a uint8 table (2, L), its bytes instead."},
     {"accumulate", accumulate, METH_VARARGS,
-     "accumulate(records, map) -> None: the map composed with one frame in place, "
-     "new[dst] = old[src] (map: the source pixel in the I-frame of each pixel)."},
+     "accumulate(records, map[, top, left, box_h, box_w]) -> None: the map composed with one "
+     "frame in place, new[dst] = old[src] (map: the source pixel in the I-frame of each pixel), "
+     "for dst in the box (default: the whole frame); outside it the map is left as it was."},
+    {"source_box", source_box, METH_VARARGS,
+     "source_box(records, height, width, top, left, box_h, box_w) -> (top, left, h, w): the "
+     "smallest box holding the box and every pixel that the records move into it read from: "
+     "what the previous map must hold for accumulate on the box."},
     {"residual", residual, METH_VARARGS,
      "residual(cur, ref, map[, top, left, out, table]) -> int32 (h, w, 3): cur - ref sampled "
      "at the source pixel (x, y) that the map gives, on the box of out's size (or the map's) "
-     "at (top, left) of the frames, the map covering the box or the whole frame; with a uint8 "
-     "table (3, L), uint8 table[c, clip(v + L // 2, 0, L - 1)] instead; written into `out` "
-     "when given."},
+     "at (top, left) of the frames, the map and cur each covering the box or the whole frame; "
+     "with a uint8 table (3, L), uint8 table[c, clip(v + L // 2, 0, L - 1)] instead; written "
+     "into `out` when given."},
     {"residual_mv", residual_mv, METH_VARARGS,
      "residual_mv(cur, ref, records, top, left, out[, table]) -> out: the residual against the "
      "previous frame through the records' field (as residual(cur, ref, p - mv_field(records), "
