@@ -2,6 +2,7 @@
 
     python evaluate.py runs/mic                 # every variant under the run folder
     python evaluate.py runs/mic --no-speed      # without the speed measurement
+    python evaluate.py runs/a --against runs/b  # + each variant of a against its twin in b
 
 Writes RUN/results.json, RUN/results.md and RUN/<variant>/confusion.png:
 - WAR (accuracy) and UAR (mean per-class recall) per split (fold × seed), mean ± sd, per-class
@@ -236,6 +237,23 @@ def comparisons(variants: list[dict]) -> list[dict]:
     return out
 
 
+def against(run: Path, variants: list[dict], other: Path) -> list[dict]:
+    """Each variant of `run` against the variant of the same name in the evaluated run `other`
+    (its results.json), paired over the splits both finished: the same model on two versions
+    of a dataset (a knob of the synthetic set on and off, say)."""
+    path = other / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"evaluate.py: {path} not found: run `python evaluate.py {other}` first")
+    theirs = {v["variant"]: v for v in json.loads(path.read_text())["variants"]}
+    out = []
+    for v in variants:
+        for key in ("accuracy_per_split", "uar_per_split"):
+            c = paired(v, theirs[v["variant"]], key) if v["variant"] in theirs else None
+            if c is not None:
+                out.append({**c, "a": f"{run}: {c['a']}", "b": f"{other}: {c['b']}"})
+    return out
+
+
 def plot_confusion(res: dict, path: Path) -> None:
     c = np.array(res["confusion"], float)
     norm = c / np.maximum(c.sum(1, keepdims=True), 1)
@@ -309,7 +327,7 @@ def pct(mean: float, sd: float) -> str:
 
 
 def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed: list[dict],
-                   skipped: dict[str, dict[str, str]]) -> str:
+                   skipped: dict[str, dict[str, str]], across: list[dict] = ()) -> str:
     lines = [f"# Results of `{run}`", "",
              "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
              "nats | identity probe on z_E, training clips (chance) | on unseen test clips "
@@ -331,17 +349,19 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
               "the training clips' (z_E, z_I) and evaluated on the test clips' (first "
               f"{MI_KW['dims']} principal components of each); the control pairs the test clips' "
               "z_E with shuffled z_I, whose true MI is 0."]
-    if compared:
-        lines += ["", "Paired differences over the splits both variants finished:", "",
+    for title, rows in (("both variants", compared), ("both runs", across)):
+        if not rows:
+            continue
+        lines += ["", f"Paired differences over the splits {title} finished:", "",
                   "| a − b | metric | splits | mean (points) | sd | 95 % CI (paired t) | "
                   "paired t-test p |", "|---|---|---|---|---|---|---|"]
-        for c in compared:
+        for c in rows:
             lines.append(f"| {c['a']} − {c['b']} | {c['metric'].split('_')[0]} | {c['n']} | "
                          f"{100 * c['mean']:+.2f} | {100 * c['sd']:.2f} | "
                          f"[{100 * c['ci95'][0]:+.2f}, {100 * c['ci95'][1]:+.2f}] | "
                          f"{c['p']:.3f} |")
         lines += [""] + [f"Verdict ({c['metric'].split('_')[0]}): {verdict(c)}."
-                         for c in compared]
+                         for c in rows]
     ids = {json.dumps(v["identity"], sort_keys=True) for v in variants if v.get("identity")}
     for text in sorted(ids):
         i = json.loads(text)
@@ -373,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
     p.add_argument("--speed-clips", type=int, default=8, help="clips timed per path")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--against", type=Path, metavar="OTHER",
+                   help="an evaluated run: each variant paired with its namesake there")
     args = p.parse_args(argv)
     if not args.run.is_dir():
         raise SystemExit(f"evaluate.py: {args.run} is not a folder")
@@ -398,12 +420,13 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         plot_confusion(v, args.run / v["variant"] / "confusion.png")
     compared = comparisons(variants)
+    across = against(args.run, variants, args.against) if args.against else []
     speed = [] if args.no_speed else speed_table(args.run, variants, args.speed_clips,
                                                    torch.device(args.device))
     (args.run / "results.json").write_text(json.dumps(
-        {"variants": variants, "comparisons": compared, "speed": speed, "left_out": skipped},
-        indent=1))
-    md = write_markdown(args.run, variants, compared, speed, skipped)
+        {"variants": variants, "comparisons": compared, "against": across, "speed": speed,
+         "left_out": skipped}, indent=1))
+    md = write_markdown(args.run, variants, compared, speed, skipped, across)
     (args.run / "results.md").write_text(md)
     print(md)
 

@@ -250,6 +250,35 @@ def test_evaluate_lists_what_it_leaves_out(tiny_run, tmp_path, capsys):
     assert res["variants"][0]["splits"] == ["fold0"]
 
 
+def test_evaluate_against_another_run(tiny_run, tmp_path):
+    """--against pairs each variant with its namesake in another evaluated run: here a copy of
+    MIC − MI whose fold-1 predictions are all wrong."""
+    import shutil
+
+    import numpy as np
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_run / "mic-mi+resnet6", other / "mic-mi+resnet6")
+    features = other / "mic-mi+resnet6" / "fold1" / "features.npz"
+    f = dict(np.load(features))
+    f["test_pred"] = (f["test_label"] + 1) % 7
+    np.savez_compressed(features, **f)
+    with pytest.raises(SystemExit, match="evaluate.py .*other"):
+        evaluate.main([str(run), "--no-speed", "--against", str(other)])
+    evaluate.main([str(other), "--no-speed"])
+    evaluate.main([str(run), "--no-speed", "--against", str(other)])
+    res = json.loads((run / "results.json").read_text())
+    mine = next(v for v in res["variants"] if v["variant"] == "mic-mi+resnet6")
+    fold1 = mine["accuracy_per_split"][1]
+    assert fold1 > 0  # else the pairing could not show
+    (c,) = [c for c in res["against"] if c["metric"] == "accuracy_per_split"]
+    assert c["n"] == 2 and c["mean"] == pytest.approx(fold1 / 2)
+    assert c["sd"] == pytest.approx(fold1 / 2 ** 0.5)
+    assert c["a"] == f"{run}: mic-mi+resnet6" and c["b"] == f"{other}: mic-mi+resnet6"
+    assert "splits both runs finished" in (run / "results.md").read_text()
+
+
 def test_recall_metrics_hand_computed():
     labels = [0, 0, 0, 1, 2, 2]
     preds = [0, 1, 1, 1, 2, 0]
