@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -327,7 +328,7 @@ def pct(mean: float, sd: float) -> str:
 
 
 def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed: list[dict],
-                   skipped: dict[str, dict[str, str]], across: list[dict] = ()) -> str:
+                   skipped: dict[str, dict[str, str]], across: Sequence[dict] = ()) -> str:
     lines = [f"# Results of `{run}`", "",
              "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
              "nats | identity probe on z_E, training clips (chance) | on unseen test clips "

@@ -294,13 +294,13 @@ def load_clip(
             # Frames whose BGR picture is needed: the pictures asked for, the residuals' frames
             # and their references (the I-frame when accumulated, else the previous frame).
             need_bgr = set(slot.get(PICTURE, ()))
-            crops = {}  # accumulate: the residual's box of its frames, kept (residuals made last)
+            held = {}  # accumulate: the residual's box of its frames, kept (residuals made last)
             if RESIDUAL in want:
                 res = set(slot[RESIDUAL])
                 need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
                 if accumulate:
                     _, _, h, w = boxes[RESIDUAL]
-                    crops = dict(zip(sorted(res - {0}), np.empty((len(res - {0}), h, w, 3),
+                    held = dict(zip(sorted(res - {0}), np.empty((len(res - {0}), h, w, 3),
                                                                  np.uint8), strict=True))
             need_rec = set().union(*(slot[rep] for rep in motion))
         if pos in need_bgr:
@@ -312,9 +312,9 @@ def load_clip(
         if pos in slot.get(PICTURE, ()):
             top, left, h, w = boxes[PICTURE]
             store[PICTURE][slot[PICTURE][pos]] = bgr[pos][top : top + h, left : left + w]
-        if pos in crops:
+        if pos in held:
             top, left, h, w = boxes[RESIDUAL]
-            crops[pos][...] = bgr[pos][top : top + h, left : left + w]
+            held[pos][...] = bgr[pos][top : top + h, left : left + w]
         if motion:
             rec = _records(frame) if pos > 0 and (accumulate or pos in need_rec) else None
             if accumulate:
@@ -331,7 +331,7 @@ def load_clip(
     else:
         raise IndexError(f"{path}: frame {last} out of range (GOP {gop_index} has {count} frames)")
     if accumulate and motion:
-        pictures = {**crops, 0: bgr[0]} if RESIDUAL in want else {}
+        pictures = {**held, 0: bgr[0]} if RESIDUAL in want else {}
         _accumulated(recs, motion, slot, boxes, (height, width), pictures, tables, store)
     result = {}
     for rep, idx in want.items():
