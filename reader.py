@@ -11,6 +11,7 @@ arrays would give.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import sys
@@ -120,11 +121,17 @@ def resize_frames(t: torch.Tensor, size: int) -> torch.Tensor:
     if t.shape[-2:] == (size, size):
         return t
     if t.dtype == torch.uint8 and t.shape[1] == 2 and sys.byteorder == "little":
-        # Motion vectors: torch's fast uint8 path takes 3 or 4 channels; padded to 4, the values
-        # are the same (tested). Each pixel's (x, y) bytes widened to 32 bits are (x, y, 0, 0).
-        pairs = t.permute(0, 2, 3, 1).contiguous().numpy().view(np.uint16)
-        padded = torch.from_numpy(pairs.astype(np.uint32).view(np.uint8))
-        return resize_frames(padded.permute(0, 3, 1, 2), size)[:, :2]
+        # Motion vectors: torch's fast uint8 path takes 3 or 4 channels. Two frames side by side
+        # in the channels, (x, y) of frame 2i then of frame 2i + 1, are resized as one 4-channel
+        # frame; channels are resampled independently, so the values are those of each frame
+        # (tested). Each pixel's (x, y) bytes are moved as one 16-bit word.
+        k, h, w = t.shape[0], t.shape[2], t.shape[3]
+        words = t.permute(0, 2, 3, 1).contiguous().numpy().view(np.uint16)[..., 0]
+        pairs = np.zeros((-(-k // 2), h, w, 2), np.uint16)
+        pairs[..., 0] = words[0::2]
+        pairs[: k // 2, ..., 1] = words[1::2]
+        out = resize_frames(torch.from_numpy(pairs.view(np.uint8)).permute(0, 3, 1, 2), size)
+        return out.reshape(-1, 2, size, size)[:k]
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -413,6 +420,21 @@ class DecodeCache:
             t = t * torch.tensor([size[1] / w, size[0] / h]).view(1, 2, 1, 1)
             return t.permute(0, 2, 3, 1).numpy().astype(np.float32)
         return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def worker_init(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn`` (also fine to call in any loading process): glibc keeps the
+    memory this process frees (``mallopt``: allocations below 64 MiB from the heap, no trim below
+    256 MiB free). An item allocates 10-20 MB of arrays; by default glibc returns them to the
+    kernel and the next item faults them in again, 1-2 ms of an item of about 10
+    (`benchmarks/loader.py`). Nothing happens where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ import mi
 from datasets import PROTOCOLS, Split
 from evaluate import recall_metrics
 from models import DEFAULT_IDENTITY, IDENTITY_DIMS, MIC, RANDOM, FaceNetMobileNet, build_identity
-from reader import SCALES, ClipDataset, DecodeCache, collate
+from reader import SCALES, ClipDataset, DecodeCache, collate, worker_init
 
 ROOT = Path(__file__).resolve().parent
 
@@ -394,7 +394,8 @@ def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int
 def identity_features(ds: ClipDataset, f_i: torch.nn.Module, device: torch.device,
                       workers: int) -> torch.Tensor:
     """z_I of every clip of `ds` (frozen f_I on its I-frame), computed once."""
-    loader = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=collate,
+                        worker_init_fn=worker_init)
     return torch.cat([f_i(b["iframe"].to(device)).cpu()
                       for b in tqdm(loader, desc="identity features z_I", leave=False)])
 
@@ -458,7 +459,7 @@ def predict(model: MIC, ds: ClipDataset, args: argparse.Namespace,
     """Logits, predictions and z_E of every clip of `ds` (test-mode sampling)."""
     model.eval()
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=collate)
+                        collate_fn=collate, worker_init_fn=worker_init)
     logits, z_e, labels, subjects = [], [], [], []
     for batch in tqdm(loader, desc="predict", leave=False):
         b = to_device(batch, device)
@@ -572,7 +573,7 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
         loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None,
                             sampler=sampler, num_workers=args.workers, collate_fn=collate,
                             drop_last=True, generator=torch.Generator().manual_seed(seed),
-                            pin_memory=device.type == "cuda")
+                            pin_memory=device.type == "cuda", worker_init_fn=worker_init)
         step_fn.train()
         sums: dict[str, float] = {}
         steps = 0

@@ -4,7 +4,8 @@ On CK+-sized clips (640x490, 18 frames: PNG frame folders put through reencode.s
 of two kinds of content, cheap to decode (a small face-like region moving over a smooth
 background) and costly (textured full-frame motion), each clip's costs are measured in one run,
 interleaved, as the median CPU time of this process (one torch thread; CPU time, not wall time,
-so that other jobs on a shared machine weigh less):
+so that other jobs on a shared machine weigh less; glibc keeping freed memory as in train.py's
+DataLoader workers, `reader.worker_init`):
 
 * the decode floor, as the issue defines it: PyAV decoding every frame with motion-vector export
   (``flags2 +export_mvs``) and converting every frame to BGR: ``av.open(path)``, then
@@ -194,6 +195,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=112)
     args = p.parse_args()
     torch.set_num_threads(1)
+    reader.worker_init()
     with tempfile.TemporaryDirectory() as tmp:
         trees = make_tree(Path(tmp), args.clips, args.width, args.height, args.frames)
         old = old_reader(Path(tmp))
