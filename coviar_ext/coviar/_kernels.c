@@ -443,34 +443,45 @@ static PyObject *residual(PyObject *self, PyObject *args) {
     const npy_intp map_w = whole ? width : box_w;
     const int32_t *m = (const int32_t *)PyArray_DATA(map) + (whole ? 2 * (top * width + left) : 0);
     npy_intp bad = -1;
+    uint8_t *gathered = PyMem_RawMalloc((size_t)(3 * box_w + 1));
+    const npy_intp last = height * width - 1; /* the frame's last pixel: no 4th byte */
+    if (!gathered) {
+        PyErr_NoMemory();
+        Py_CLEAR(out);
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS
     /* Δ[p] = cur[p] − ref[map[p]] for p in the box (the map holds the source pixel (x, y) of
      * each pixel in the reference); map and output are indexed from the box's corner. With a
-     * table, the output holds table[c, Δ + len / 2] (clipped to the table) instead of Δ. A row
-     * is done in runs of pixels whose source advances by one pixel in x with theirs, so that
-     * each run reads both frames contiguously (vectorised). */
+     * table, the output holds table[c, Δ + len / 2] (clipped to the table) instead of Δ. Row by
+     * row: each pixel's source gathered into a row buffer, then the row's difference at once
+     * (vectorised). An accumulated map is fragmented (a few pixels a run on lab-filmed faces),
+     * where this beats differencing run by run (benchmarks/loader.py). */
     for (npy_intp y = 0; y < box_h && bad < 0; ++y) {
         const npy_intp gy = top + y;
         const int32_t *row = m + 2 * y * map_w;
-        npy_intp x = 0;
-        while (x < box_w) {
-            npy_intp e = x + 1;
-            while (e < box_w && row[2 * e] == row[2 * x] + (e - x) &&
-                   row[2 * e + 1] == row[2 * x + 1])
-                ++e;
-            const npy_intp sy = row[2 * x + 1], sx0 = row[2 * x], sx1 = sx0 + (e - 1 - x);
-            if (sy < 0 || sy >= height || sx0 < 0 || sx1 >= width) {
-                const npy_intp first = (sy < 0 || sy >= height || sx0 < 0) ? x : x + width - sx0;
-                bad = gy * width + left + first;
+        for (npy_intp x = 0; x < box_w; ++x) {
+            const uint32_t sx = (uint32_t)row[2 * x], sy = (uint32_t)row[2 * x + 1];
+            if (sx >= (uint32_t)width || sy >= (uint32_t)height) { /* negatives wrap: too big */
+                bad = gy * width + left + x;
                 break;
             }
-            const npy_intp at = cur_whole ? gy * width + left + x : y * box_w + x;
-            diff_row(&o, 3 * (y * box_w + x), c + 3 * at, rf + 3 * (sy * width + sx0),
-                     3 * (e - x));
-            x = e;
+            const npy_intp i = (npy_intp)sy * width + sx;
+            if (i < last) { /* 4 bytes moved as one word, the 4th overwritten next */
+                uint32_t v;
+                memcpy(&v, rf + 3 * i, 4);
+                memcpy(gathered + 3 * x, &v, 4);
+            } else {
+                memcpy(gathered + 3 * x, rf + 3 * i, 3);
+            }
+        }
+        if (bad < 0) {
+            const npy_intp at = cur_whole ? gy * width + left : y * box_w;
+            diff_row(&o, 3 * y * box_w, c + 3 * at, gathered, 3 * box_w);
         }
     }
     Py_END_ALLOW_THREADS
+    PyMem_RawFree(gathered);
     if (bad >= 0) {
         PyErr_Format(PyExc_ValueError, "map points outside the frame at pixel (x=%zd, y=%zd)",
                      (Py_ssize_t)(bad % width), (Py_ssize_t)(bad / width));
