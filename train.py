@@ -761,7 +761,11 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
         claim(args, splits, identity, claimed)
     everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False,
                              iframe=True, iframe_size=args.identity_size)
-    z_i_all = identity_features(everything, f_i, device, args.workers)
+    if args.resume and all((run_dir(args, s) / "result.json").exists() for s in splits):
+        log0("every split is finished: z_I not computed")
+        z_i_all = torch.empty(0)
+    else:
+        z_i_all = identity_features(everything, f_i, device, args.workers)
     del f_i
     t0 = time.time()
     z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}

@@ -154,6 +154,10 @@ def test_resume_refuses_other_options_and_locks(data, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads((fold / "result.json").read_text())
     assert [h["epoch"] for h in result["history"]] == [0, 1]
+    again = subprocess.run(train_cmd(data, run, "--epochs", "2", "--resume"),
+                           capture_output=True, text=True, check=True)
+    assert "already finished" in again.stdout + again.stderr
+    assert "z_I not computed" in again.stdout + again.stderr
     weights = Path(result["identity"]["file"])  # the synthetic set's own f_I, by sha256
     import hashlib
 
