@@ -167,7 +167,7 @@ def dir_bytes(path: Path, suffix: str) -> int:
 
 def loader_rate(dataset: reader.ClipDataset, epochs: int) -> tuple[float, float]:
     """Clips per CPU second (per core) and per wall second over ``epochs`` shuffled epochs in
-    this process (DataLoader, 0 workers)."""
+    this process (DataLoader, 0 workers; freed memory kept as in train.py's workers)."""
     loader = DataLoader(dataset, batch_size=1, shuffle=True, collate_fn=reader.collate)
     cpu, wall, n = time.process_time(), time.perf_counter(), 0
     for _ in range(epochs):
@@ -262,6 +262,7 @@ def main() -> None:
     args = p.parse_args()  # fmt: skip
     torch.manual_seed(0)
     torch.set_num_threads(1)  # per-core rates
+    reader.worker_init()
     print(
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; N = {args.clips} "
         f"stand-in clips per set; torch threads 1"
