@@ -221,8 +221,8 @@ def frame_files(folder: Path) -> list[Path]:
     def key(p: Path) -> list:
         return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", p.name)]
 
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS
-                   and not p.name.startswith(".")), key=key)
+    return sorted((p for p in visible_paths(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS),
+                  key=key)
 
 
 def _report_raw(index: Index, root: Path, raw: list[Path], found: list) -> None:

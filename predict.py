@@ -62,7 +62,7 @@ from reader import ClipDataset, collate
 
 ROOT = Path(__file__).resolve().parent
 CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden", "with_mv",
-               "d_i", "size", "input")
+               "d_i", "size", "input", "data_bn")
 BATCH = 16  # windows per forward pass
 SYNTHETIC_WARNING = ("this model was trained on the synthetic set only: it has seen no real "
                      "face, so its predictions on real faces mean little")
@@ -128,7 +128,8 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     try:
         model = MIC(config["num_classes"], config["num_segments"], config["backbone"],
                     config["hidden"], with_mv=config["with_mv"], decoder=False,
-                    d_i=config["d_i"], size=config["size"], backbone_weights=RANDOM)
+                    d_i=config["d_i"], size=config["size"], backbone_weights=RANDOM,
+                    data_bn=config["data_bn"])
         # The decoder and the adversary only serve training.
         model.load_state_dict({k: v for k, v in ckpt["model"].items()
                                if not k.startswith(("decoder.", "discriminator."))})

@@ -184,7 +184,8 @@ def test_reencode_gets_ffmpeg_from_this_interpreter(monkeypatch, tmp_path):
     assert seen == [imageio_ffmpeg.get_ffmpeg_exe(), "/opt/my/ffmpeg"]
 
 
-@pytest.mark.parametrize("variant", [{"with_mv": True}, {"input": "rgb"}, {"num_subjects": 3},
+@pytest.mark.parametrize("variant", [{"with_mv": True}, {"input": "rgb", "data_bn": False},
+                                     {"num_subjects": 3},
                                      {"decoder": False, "backbone": "resnet18"}],
                          ids=["mv", "rgb", "adversary", "resnet18-no-decoder"])
 def test_every_model_variant(ckpt, clips, tmp_path, variant):
@@ -197,7 +198,8 @@ def test_every_model_variant(ckpt, clips, tmp_path, variant):
     model = MIC(config["num_classes"], config["num_segments"], config["backbone"],
                 config["hidden"], with_mv=config["with_mv"], decoder=config["decoder"],
                 d_i=config["d_i"], size=config["size"],
-                num_subjects=variant.get("num_subjects", 0), backbone_weights="random")
+                num_subjects=variant.get("num_subjects", 0), backbone_weights="random",
+                data_bn=config["data_bn"])
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
     out = predict.predict_video(clips["face"], path, window=8, stride=4, crop=False)
