@@ -424,16 +424,17 @@ class DecodeCache:
 
 def worker_init(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn`` (also fine to call in any loading process): glibc keeps the
-    memory this process frees (``mallopt``: allocations below 64 MiB from the heap, no trim below
-    256 MiB free). An item allocates 10-20 MB of arrays; by default glibc returns them to the
-    kernel and the next item faults them in again, 1-2 ms of an item of about 10
-    (`benchmarks/loader.py`). Nothing happens where the C library is not glibc."""
+    memory this process frees (``mallopt``: allocations below 64 MiB from the heap, 32 MiB where
+    an older glibc refuses more; no trim below 256 MiB free). An item allocates 10-20
+    MB of arrays; by default glibc returns them to the kernel and the next item faults them in
+    again, 1-3 ms of an item of about 10 (`benchmarks/loader.py`). Nothing happens where the C
+    library is not glibc."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return
-    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+    if not mallopt(-3, 64 << 20):  # M_MMAP_THRESHOLD
+        mallopt(-3, 32 << 20)
     mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
