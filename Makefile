@@ -41,21 +41,30 @@ table: build
 
 # The precondition at 24 epochs (README "Does identity hurt here?"), coupling 1, seed 0, 10 folds:
 # MIC − MI and MIC on the study's set, MIC − MI on the same set without the identity style
-# (--style 0); about 70 min on the 2-core CPU, resumable.
+# (--style 0); about 70 min on the 2-core CPU, resumable. Another set: PRE_SET (more
+# synthetic.py options), PRE_DATA and PRE_OUT (its folders); PRE_TRAIN: more train.py options.
+# README's tuned set (about 45 min with the cache):
+# make precondition PRE_SET="--style 3 --variability 1 --intensity-jitter 0.6" PRE_DATA=data/sv \
+#     PRE_OUT=runs/sv PRE_TRAIN="--cache runs/cache"
+PRE_SET ?=
+PRE_TRAIN ?=
+PRE_DATA ?= data/study
+PRE_OUT ?= runs/long
 LONG_ARGS := --dataset synthetic --epochs 24 --seed 0 --resume $(foreach f,0 1 2 3 4 5 6 7 8 9,--fold $(f)) \
 	--backbone resnet6 --hidden 64 --size 48 --num-segments 4 --accumulate --batch-size 16 \
-	--schedule 5:3e-4 --workers 1
-SYN := --subjects 80 --coupling 1 --id-subjects 0 --jobs 2 --seed 0
+	--schedule 5:3e-4 --workers 1 $(PRE_TRAIN)
+SYN := --subjects 80 --coupling 1 --id-subjects 0 --jobs 2 --seed 0 $(PRE_SET)
 
 precondition: build
-	test -f data/study/c1-raw/synthetic.json || $(PY) synthetic.py --out data/study/c1-raw --force $(SYN)
-	test -f data/style0/c1-raw/synthetic.json || \
-		$(PY) synthetic.py --out data/style0/c1-raw --force $(SYN) --style 0
-	$(PY) train.py $(LONG_ARGS) --root data/study/c1 --out runs/long/c1 --no-mi
-	$(PY) train.py $(LONG_ARGS) --root data/style0/c1 --out runs/long-style0/c1 --no-mi
-	$(PY) train.py $(LONG_ARGS) --root data/study/c1 --out runs/long/c1
-	$(PY) evaluate.py runs/long-style0/c1 --no-speed
-	$(PY) evaluate.py runs/long/c1 --no-speed --against runs/long-style0/c1
+	test -f $(PRE_DATA)/c1-raw/synthetic.json || \
+		$(PY) synthetic.py --out $(PRE_DATA)/c1-raw --force $(SYN)
+	test -f $(PRE_DATA)-style0/c1-raw/synthetic.json || \
+		$(PY) synthetic.py --out $(PRE_DATA)-style0/c1-raw --force $(SYN) --style 0
+	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 --no-mi
+	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA)-style0/c1 --out $(PRE_OUT)-style0/c1 --no-mi
+	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1
+	$(PY) evaluate.py $(PRE_OUT)-style0/c1 --no-speed
+	$(PY) evaluate.py $(PRE_OUT)/c1 --no-speed --against $(PRE_OUT)-style0/c1
 
 test: build
 	$(PY) -m ruff check .
