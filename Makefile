@@ -43,7 +43,7 @@ table: build
 # MIC − MI and MIC on the study's set, MIC − MI on the same set without the identity style
 # (--style 0); about 70 min on the 2-core CPU, resumable. Another set: PRE_SET (more
 # synthetic.py options), PRE_DATA and PRE_OUT (its folders); PRE_TRAIN: more train.py options.
-# README's tuned set (about 45 min with the cache):
+# e.g. the last set of README's "Tuning tried on 2026-12-01":
 # make precondition PRE_SET="--style 3 --variability 1 --intensity-jitter 0.6" PRE_DATA=data/sv \
 #     PRE_OUT=runs/sv PRE_TRAIN="--cache runs/cache"
 PRE_SET ?=
