@@ -12,7 +12,9 @@ Writes RUN/results.json, RUN/results.md and RUN/<variant>/confusion.png:
   (true MI 0: the estimator's floor);
 - identity left in z_E: a linear probe predicting the subject, trained on half of each subject's
   clips and tested on the other half, once on the training clips and once on the test fold's
-  clips (unseen by the model), against chance (1 / subjects) and the majority baseline;
+  clips (unseen by the model), against chance (1 / subjects) and the majority baseline; the
+  unseen-clip probe paired against the majority baseline over the splits (does z_E identify
+  people the model never saw? MIC's precondition);
 - paired comparisons: for each variant against MIC − MI (same backbone) over the splits both
   finished, the per-split difference (mean, sd, paired t-test and its 95 % CI), which the
   verdict uses;
@@ -190,6 +192,8 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
     for key, values in per.items():
         out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(values) if values else (math.nan, 0.0)
     out["mi_per_split"], out["mi_shuffled_per_split"] = per["mi"], per["mi_shuffled"]
+    out["probe_test_per_split"] = per["probe_test"]
+    out["probe_test_majority_per_split"] = per["probe_test_majority"]
     return out
 
 
@@ -236,6 +240,18 @@ def comparisons(variants: list[dict]) -> list[dict]:
             if c is not None:
                 out.append(c)
     return out
+
+
+def probe_over_majority(v: dict) -> dict | None:
+    """Precondition (a) of MIC's claim as a test: the identity probe on unseen test clips
+    against the majority baseline of the same splits, paired (splits without a probe left out)."""
+    key = "probe_test_per_split"
+    pairs = [(s, p, m) for s, p, m in zip(v["splits"], v[key], v["probe_test_majority_per_split"],
+                                          strict=True) if math.isfinite(p) and math.isfinite(m)]
+    probe = {"variant": f"{v['variant']} probe", "splits": [s for s, _, _ in pairs],
+             key: [p for _, p, _ in pairs]}
+    return paired(probe, {**probe, "variant": "majority baseline", key: [m for *_, m in pairs]},
+                  key)
 
 
 def against(run: Path, variants: list[dict], other: Path) -> list[dict]:
@@ -328,7 +344,8 @@ def pct(mean: float, sd: float) -> str:
 
 
 def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed: list[dict],
-                   skipped: dict[str, dict[str, str]], across: Sequence[dict] = ()) -> str:
+                   skipped: dict[str, dict[str, str]], across: Sequence[dict] = (),
+                   probes: Sequence[dict] = ()) -> str:
     lines = [f"# Results of `{run}`", "",
              "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
              "nats | identity probe on z_E, training clips (chance) | on unseen test clips "
@@ -350,10 +367,14 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
               "the training clips' (z_E, z_I) and evaluated on the test clips' (first "
               f"{MI_KW['dims']} principal components of each); the control pairs the test clips' "
               "z_E with shuffled z_I, whose true MI is 0."]
-    for title, rows in (("both variants", compared), ("both runs", across)):
+    for title, rows in (
+            ("Paired differences over the splits both variants finished:", compared),
+            ("Paired differences over the splits both runs finished:", across),
+            ("The identity probe on unseen test clips against the majority baseline, paired over "
+             "the splits (MIC's precondition: z_E identifies people it never saw):", probes)):
         if not rows:
             continue
-        lines += ["", f"Paired differences over the splits {title} finished:", "",
+        lines += ["", title, "",
                   "| a − b | metric | splits | mean (points) | sd | 95 % CI (paired t) | "
                   "paired t-test p |", "|---|---|---|---|---|---|---|"]
         for c in rows:
@@ -421,13 +442,14 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         plot_confusion(v, args.run / v["variant"] / "confusion.png")
     compared = comparisons(variants)
+    probes = [c for c in map(probe_over_majority, variants) if c is not None]
     across = against(args.run, variants, args.against) if args.against else []
     speed = [] if args.no_speed else speed_table(args.run, variants, args.speed_clips,
                                                    torch.device(args.device))
     (args.run / "results.json").write_text(json.dumps(
-        {"variants": variants, "comparisons": compared, "against": across, "speed": speed,
-         "left_out": skipped}, indent=1))
-    md = write_markdown(args.run, variants, compared, speed, skipped, across)
+        {"variants": variants, "comparisons": compared, "against": across,
+         "probe_over_majority": probes, "speed": speed, "left_out": skipped}, indent=1))
+    md = write_markdown(args.run, variants, compared, speed, skipped, across, probes)
     (args.run / "results.md").write_text(md)
     print(md)
 

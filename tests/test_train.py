@@ -226,11 +226,16 @@ def test_evaluate_writes_results(tiny_run):
     diffs = [x - y for x, y in zip(a["accuracy_per_split"], b["accuracy_per_split"], strict=True)]
     assert c["n"] == 2 and c["mean"] == pytest.approx(sum(diffs) / 2)
     assert c["ci95"][0] <= c["mean"] <= c["ci95"][1]
+    for v, c in zip(res["variants"], res["probe_over_majority"], strict=True):
+        gaps = [p - m for p, m in zip(v["probe_test_per_split"], v["probe_test_majority_per_split"],
+                                      strict=True)]
+        assert c["a"] == f"{v['variant']} probe" and c["b"] == "majority baseline"
+        assert c["n"] == 2 and c["mean"] == pytest.approx(sum(gaps) / 2)
     paths = {r["path"] for r in res["speed"]}
     assert {"residual + resnet6+LSTM", "rgb + resnet50+LSTM"} <= paths
     md = (run / "results.md").read_text()
     assert "MIC − MI, ResNet6" in md and "clips/s" in md and "Verdict (accuracy)" in md
-    assert "sha256" in md and "UAR" in md
+    assert "sha256" in md and "UAR" in md and "against the majority baseline" in md
 
 
 def test_evaluate_lists_what_it_leaves_out(tiny_run, tmp_path, capsys):
