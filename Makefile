@@ -42,7 +42,8 @@ table: build
 # The precondition at 24 epochs (README "Does identity hurt here?"), coupling 1, seed 0, 10 folds:
 # MIC − MI and MIC on the study's set, MIC − MI on the same set without the identity style
 # (--style 0); about 70 min on the 2-core CPU, resumable. Another set: PRE_SET (more
-# synthetic.py options), PRE_DATA and PRE_OUT (its folders); PRE_TRAIN: more train.py options.
+# synthetic.py options), PRE_DATA and PRE_OUT (its folders; the style-off set goes to
+# PRE_DATA0, data/style0 for the study's set); PRE_TRAIN: more train.py options.
 # e.g. the last set of README's "Tuning tried on 2026-12-01":
 # make precondition PRE_SET="--style 3 --variability 1 --intensity-jitter 0.6" PRE_DATA=data/sv \
 #     PRE_OUT=runs/sv PRE_TRAIN="--cache runs/cache"
@@ -50,6 +51,7 @@ PRE_SET ?=
 PRE_TRAIN ?=
 PRE_DATA ?= data/study
 PRE_OUT ?= runs/long
+PRE_DATA0 ?= $(if $(filter data/study,$(PRE_DATA)),data/style0,$(PRE_DATA)-style0)
 LONG_ARGS := --dataset synthetic --epochs 24 --seed 0 --resume $(foreach f,0 1 2 3 4 5 6 7 8 9,--fold $(f)) \
 	--backbone resnet6 --hidden 64 --size 48 --num-segments 4 --accumulate --batch-size 16 \
 	--schedule 5:3e-4 --workers 1 $(PRE_TRAIN)
@@ -58,10 +60,10 @@ SYN := --subjects 80 --coupling 1 --id-subjects 0 --jobs 2 --seed 0 $(PRE_SET)
 precondition: build
 	test -f $(PRE_DATA)/c1-raw/synthetic.json || \
 		$(PY) synthetic.py --out $(PRE_DATA)/c1-raw --force $(SYN)
-	test -f $(PRE_DATA)-style0/c1-raw/synthetic.json || \
-		$(PY) synthetic.py --out $(PRE_DATA)-style0/c1-raw --force $(SYN) --style 0
+	test -f $(PRE_DATA0)/c1-raw/synthetic.json || \
+		$(PY) synthetic.py --out $(PRE_DATA0)/c1-raw --force $(SYN) --style 0
 	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 --no-mi
-	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA)-style0/c1 --out $(PRE_OUT)-style0/c1 --no-mi
+	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA0)/c1 --out $(PRE_OUT)-style0/c1 --no-mi
 	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1
 	$(PY) evaluate.py $(PRE_OUT)-style0/c1 --no-speed
 	$(PY) evaluate.py $(PRE_OUT)/c1 --no-speed --against $(PRE_OUT)-style0/c1

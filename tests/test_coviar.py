@@ -178,7 +178,12 @@ def test_kernels_check_their_input():
         _kernels.mv_field(rec, 0, 8)
     bad_map = np.full((4, 4, 2), 99, np.int32)
     img = np.zeros((4, 4, 3), np.uint8)
-    with pytest.raises(ValueError, match="outside the frame"):
+    with pytest.raises(ValueError, match=r"outside the frame at pixel \(x=0, y=0\)"):
+        _kernels.residual(img, img, bad_map)
+    bad_map = np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1).astype(np.int32)
+    bad_map[2, 3] = (4, 2)  # the first pixel whose source is outside: (x=3, y=2)
+    bad_map[3, 1] = (-1, 0)
+    with pytest.raises(ValueError, match=r"outside the frame at pixel \(x=3, y=2\)"):
         _kernels.residual(img, img, bad_map)
     # A record far outside the frame writes nothing.
     far = np.array([[16, 16, -30000, -30000, 30000, 30000]], np.int32)

@@ -247,8 +247,8 @@ def test_mv_normalisation_exact(tmp_path: Path, accumulate: bool) -> None:
 @pytest.mark.parametrize("shape, size", [((3, 2, 49, 67), 24), ((2, 2, 30, 17), 56),
                                          ((1, 2, 112, 90), 112), ((4, 2, 301, 255), 112)])
 def test_two_channel_resize_is_torchs(shape: tuple, size: int) -> None:
-    """resize_frames pads motion-vector bytes to 4 channels for torch's fast path: the values
-    are those of interpolating the 2 channels."""
+    """resize_frames packs the motion-vector bytes of two frames into 4 channels for torch's
+    fast path: the values are those of interpolating each frame's 2 channels (odd counts too)."""
     t = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, np.uint8))
     want = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
                          antialias=True)
