@@ -489,6 +489,11 @@ def run_dir(args: argparse.Namespace, split: Split) -> Path:
     return args.out / args.name / (split.name + (f"-seed{args.seed}" if args.seed else ""))
 
 
+def finished(args: argparse.Namespace, split: Split) -> bool:
+    """A resumed run's split that holds its result: skipped."""
+    return args.resume and (run_dir(args, split) / "result.json").exists()
+
+
 def check_resume(config: dict, args: argparse.Namespace, identity: dict, path: Path) -> None:
     """Refuse to continue a checkpoint whose model, data or objective options differ."""
     now = options(args)
@@ -531,7 +536,7 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     result_path, ckpt_path = fold_dir / "result.json", fold_dir / "ckpt.pt"
     fold = split.name
-    if result_path.exists() and args.resume:
+    if finished(args, split):
         log0(f"{fold_dir}: already finished")
         return json.loads(result_path.read_text())
     train_ds, train_eval_ds, test_ds = make_datasets(args, split)
@@ -761,7 +766,7 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
         claim(args, splits, identity, claimed)
     everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False,
                              iframe=True, iframe_size=args.identity_size)
-    if args.resume and all((run_dir(args, s) / "result.json").exists() for s in splits):
+    if all(finished(args, s) for s in splits):
         log0("every split is finished: z_I not computed")
         z_i_all = torch.empty(0)
     else:
