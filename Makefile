@@ -39,20 +39,21 @@ study: build
 table: build
 	$(PY) study.py ablations --seeds 0
 
-# The precondition at 24 epochs (README "Does identity hurt here?"), coupling 1, seed 0, 10 folds:
-# MIC − MI and MIC on the study's set, MIC − MI on the same set without the identity style
-# (--style 0); about 70 min on the 2-core CPU, resumable. Another set: PRE_SET (more
-# synthetic.py options), PRE_DATA and PRE_OUT (its folders; the style-off set goes to
-# PRE_DATA0, data/style0 for the study's set); PRE_TRAIN: more train.py options.
-# e.g. the last set of README's "Tuning tried on 2026-12-01":
-# make precondition PRE_SET="--style 3 --variability 1 --intensity-jitter 0.6" PRE_DATA=data/sv \
-#     PRE_OUT=runs/sv PRE_TRAIN="--cache runs/cache"
-PRE_SET ?=
-PRE_TRAIN ?=
-PRE_DATA ?= data/study
-PRE_OUT ?= runs/long
+# The precondition (README "Does identity hurt here?"), 24 epochs, coupling 1, 10 folds × the
+# seeds PRE_SEEDS, on the set where it holds: 200 subjects, identity style × 3, each person's
+# version of an emotion varied more, many subtle sequences. MIC − MI and MIC on it, MIC − MI on
+# the same set without the identity style (--style 0); about 75 min a seed on the 2-core CPU
+# with the decode cache, resumable. Another set: PRE_SET (synthetic.py options), PRE_DATA and
+# PRE_OUT (its folders; the style-off set goes to PRE_DATA0), PRE_TRAIN (more train.py options).
+# The 80-subject set of the README's first 24-epoch table (style-off set at data/style0):
+# make precondition PRE_SET= PRE_DATA=data/study PRE_OUT=runs/long PRE_SEEDS=0 PRE_TRAIN=
+PRE_SET ?= --subjects 200 --style 3 --variability 1 --intensity-jitter 0.6
+PRE_TRAIN ?= --cache runs/cache
+PRE_DATA ?= data/sv200
+PRE_OUT ?= runs/sv200
+PRE_SEEDS ?= 0 1
 PRE_DATA0 ?= $(if $(filter data/study,$(PRE_DATA)),data/style0,$(PRE_DATA)-style0)
-LONG_ARGS := --dataset synthetic --epochs 24 --seed 0 --resume $(foreach f,0 1 2 3 4 5 6 7 8 9,--fold $(f)) \
+LONG_ARGS := --dataset synthetic --epochs 24 --resume $(foreach f,0 1 2 3 4 5 6 7 8 9,--fold $(f)) \
 	--backbone resnet6 --hidden 64 --size 48 --num-segments 4 --accumulate --batch-size 16 \
 	--schedule 5:3e-4 --workers 1 $(PRE_TRAIN)
 SYN := --subjects 80 --coupling 1 --id-subjects 0 --jobs 2 --seed 0 $(PRE_SET)
@@ -62,9 +63,12 @@ precondition: build
 		$(PY) synthetic.py --out $(PRE_DATA)/c1-raw --force $(SYN)
 	test -f $(PRE_DATA0)/c1-raw/synthetic.json || \
 		$(PY) synthetic.py --out $(PRE_DATA0)/c1-raw --force $(SYN) --style 0
-	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 --no-mi
-	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA0)/c1 --out $(PRE_OUT)-style0/c1 --no-mi
-	$(PY) train.py $(LONG_ARGS) --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1
+	for s in $(PRE_SEEDS); do \
+		$(PY) train.py $(LONG_ARGS) --seed $$s --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 --no-mi && \
+		$(PY) train.py $(LONG_ARGS) --seed $$s --root $(PRE_DATA0)/c1 --out $(PRE_OUT)-style0/c1 \
+			--no-mi && \
+		$(PY) train.py $(LONG_ARGS) --seed $$s --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 || exit 1; \
+	done
 	$(PY) evaluate.py $(PRE_OUT)-style0/c1 --no-speed
 	$(PY) evaluate.py $(PRE_OUT)/c1 --no-speed --against $(PRE_OUT)-style0/c1
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluate import PAIRED_HEAD, paired_cells
+
 ROOT = Path(__file__).resolve().parent
 
 # The reduced CPU configuration (the demo's model: ResNet6 + LSTM on accumulated residuals).
@@ -109,15 +111,10 @@ def coupling_study(args: argparse.Namespace) -> None:
         for v in r["variants"]:
             lines.append(f"| {c:g} | {v['variant']} | " + " | ".join(row_cells(v)) + " |")
     lines += ["", "Paired difference MIC − (MIC − MI) over folds × seeds:", "",
-              "| coupling | metric | splits | mean (points) | sd | 95 % CI | p |",
-              "|---|---|---|---|---|---|---|"]
+              "| coupling " + PAIRED_HEAD, "|---" * 8 + "|"]
     for c, r in results.items():
-        for d in r["comparisons"]:
-            if d["a"].startswith("mic+") or d["a"] == "mic":
-                lines.append(f"| {c:g} | {d['metric'].split('_')[0]} | {d['n']} | "
-                             f"{100 * d['mean']:+.2f} | {100 * d['sd']:.2f} | "
-                             f"[{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}] | "
-                             f"{d['p']:.3f} |")
+        lines += [f"| {c:g} " + paired_cells(d) for d in r["comparisons"]
+                  if d["a"].startswith("mic+") or d["a"] == "mic"]
     (args.out / "study.md").write_text("\n".join(lines) + "\n")
     plot(results, args.out / "study.png")
     print("\n".join(lines))

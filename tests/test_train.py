@@ -313,6 +313,24 @@ def test_paired_ci_agrees_with_the_t_test():
     b["accuracy_per_split"] = [x - 0.05 + 0.001 * k for k, x in enumerate(a["accuracy_per_split"])]
     c = evaluate.paired(a, b)
     assert c["p"] < 0.05 and c["ci95"][0] > 0 and "better" in evaluate.verdict(c)
+    assert "folds" not in c  # one seed: the splits are the folds
+
+
+def test_paired_over_seeds_averages_each_fold():
+    """A fold's seeds share their test subjects: with 2 seeds the verdict comes from the t-test
+    over the 3 folds (seeds averaged), which here holds 0 while the one over 6 splits does not."""
+    splits = [f"fold{k}{s}" for k in range(3) for s in ("", "-seed1")]
+    d = [0.10, 0.10, 0.08, 0.08, 0.03, 0.03]
+    a = {"variant": "a", "splits": splits, "accuracy_per_split": [0.5 + x for x in d]}
+    b = {"variant": "b", "splits": splits, "accuracy_per_split": [0.5] * 6}
+    c = evaluate.paired(a, b)
+    assert c["n"] == 6 and c["folds"] == 3 and c["mean"] == pytest.approx(0.07)
+    assert c["ci95"][0] > 0 and c["p"] < 0.05  # 6 splits: sd 0.0323, t(5) 2.571
+    half = 4.3026527 * 0.0360555 / 3 ** 0.5  # 3 folds [0.10, 0.08, 0.03]: sd 0.03606, t(2)
+    assert c["fold_ci95"] == pytest.approx([0.07 - half, 0.07 + half], abs=1e-6)
+    assert c["fold_p"] > 0.05 and c["fold_ci95"][0] < 0
+    assert "no difference shown" in evaluate.verdict(c) and "over 3 folds" in evaluate.verdict(c)
+    assert "| 3, [" in evaluate.paired_cells(c)
 
 
 def test_missing_dataset_says_what_to_do(tmp_path):
