@@ -42,7 +42,7 @@ table: build
 # The precondition (README "Does identity hurt here?"), 24 epochs, coupling 1, 10 folds × the
 # seeds PRE_SEEDS, on the set where it holds: 200 subjects, identity style × 3, each person's
 # version of an emotion varied more, many subtle sequences. MIC − MI and MIC on it, MIC − MI on
-# the same set without the identity style (--style 0); about 75 min a seed on the 2-core CPU
+# the same set without the identity style (--style 0); about 70 min a seed on the 2-core CPU
 # with the decode cache, resumable. Another set: PRE_SET (synthetic.py options), PRE_DATA and
 # PRE_OUT (its folders; the style-off set goes to PRE_DATA0), PRE_TRAIN (more train.py options).
 # The 80-subject set of the README's first 24-epoch table (style-off set at data/style0):

@@ -16,8 +16,9 @@ Writes RUN/results.json, RUN/results.md and RUN/<variant>/confusion.png:
   unseen-clip probe paired against the majority baseline over the splits (does z_E identify
   people the model never saw? MIC's precondition);
 - paired comparisons: for each variant against MIC − MI (same backbone) over the splits both
-  finished, the per-split difference (mean, sd, paired t-test and its 95 % CI), which the
-  verdict uses;
+  finished, the per-split difference of accuracy, UAR and the unseen-clip probe (mean, sd,
+  paired t-test and its 95 % CI; with several seeds also over the folds, seeds averaged), which
+  the verdict uses;
 - test-time speed measured here, in this run: MIC's test path (the reader + expression branch
   on residuals, no identity branch) for each trained backbone, against decoded frames +
   ResNet50+LSTM and the same backbone on RGB; one clip at a time.
@@ -208,13 +209,15 @@ def t_interval(diff: np.ndarray) -> tuple[float, float, list[float], float]:
 def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     """Per-split paired difference a − b over the splits both finished: mean, sd, paired t-test
     p-value and the t 95 % CI of the mean, which excludes 0 exactly when p < 0.05 (None with
-    fewer than 2 common splits). (A percentile bootstrap over 10 splits is too narrow: it called
-    −4.2 ± 7.6 points "worse" at p = 0.12.) With several seeds, a fold's splits share their
-    test subjects, so the test is also made over the folds, each the mean of its seeds
+    fewer than 2 common splits; a split where either value is not finite, a probe with no
+    subject of 2 clips say, is left out). (A percentile bootstrap over 10 splits is too narrow:
+    it called −4.2 ± 7.6 points "worse" at p = 0.12.) With several seeds, a fold's splits share
+    their test subjects, so the test is also made over the folds, each the mean of its seeds
     (`folds`, `fold_ci95`, `fold_p`); the verdict uses that one."""
     va = dict(zip(a["splits"], a[key], strict=True))
     vb = dict(zip(b["splits"], b[key], strict=True))
-    common = sorted(va.keys() & vb.keys())
+    common = sorted(s for s in va.keys() & vb.keys()
+                    if math.isfinite(va[s]) and math.isfinite(vb[s]))
     if len(common) < 2:
         return None
     diff = np.array([va[s] - vb[s] for s in common])
@@ -235,10 +238,11 @@ def verdict(c: dict) -> str:
     lo, hi = c.get("fold_ci95", c["ci95"])
     ci = "95 % CI" + (f" over {c['folds']} folds, seeds averaged," if "folds" in c else "")
     diff = f"{100 * c['mean']:+.2f} points"
+    up, down = ("higher", "lower") if c["metric"].startswith("probe") else ("better", "worse")
     if lo > 0:
-        return f"{c['a']} better than {c['b']} ({diff}, {ci} above 0)"
+        return f"{c['a']} {up} than {c['b']} ({diff}, {ci} above 0)"
     if hi < 0:
-        return f"{c['a']} worse than {c['b']} ({diff}, {ci} below 0)"
+        return f"{c['a']} {down} than {c['b']} ({diff}, {ci} below 0)"
     return f"no difference shown between {c['a']} and {c['b']} ({diff}, the {ci} contains 0)"
 
 
@@ -256,7 +260,8 @@ def paired_cells(c: dict) -> str:
 
 
 def comparisons(variants: list[dict]) -> list[dict]:
-    """Each variant against MIC − MI of the same backbone, on accuracy and UAR."""
+    """Each variant against MIC − MI of the same backbone, on accuracy, UAR and the identity
+    probe on unseen test clips (MIC's claim: its probe is lower)."""
     out = []
     by_name = {v["variant"]: v for v in variants}
     for v in variants:
@@ -264,7 +269,7 @@ def comparisons(variants: list[dict]) -> list[dict]:
         base = by_name.get("mic-mi" + (f"+resnet{backbone}" if sep else ""))
         if base is None or base is v:
             continue
-        for key in ("accuracy_per_split", "uar_per_split"):
+        for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split"):
             c = paired(v, base, key)
             if c is not None:
                 out.append(c)
@@ -275,12 +280,9 @@ def probe_over_majority(v: dict) -> dict | None:
     """Precondition (a) of MIC's claim as a test: the identity probe on unseen test clips
     against the majority baseline of the same splits, paired (splits without a probe left out)."""
     key = "probe_test_per_split"
-    pairs = [(s, p, m) for s, p, m in zip(v["splits"], v[key], v["probe_test_majority_per_split"],
-                                          strict=True) if math.isfinite(p) and math.isfinite(m)]
-    probe = {"variant": f"{v['variant']} probe", "splits": [s for s, _, _ in pairs],
-             key: [p for _, p, _ in pairs]}
-    return paired(probe, {**probe, "variant": "majority baseline", key: [m for *_, m in pairs]},
-                  key)
+    probe = {"variant": f"{v['variant']} probe", "splits": v["splits"], key: v[key]}
+    return paired(probe, {**probe, "variant": "majority baseline",
+                          key: v["probe_test_majority_per_split"]}, key)
 
 
 def against(run: Path, variants: list[dict], other: Path) -> list[dict]:

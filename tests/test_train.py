@@ -333,6 +333,20 @@ def test_paired_over_seeds_averages_each_fold():
     assert "| 3, [" in evaluate.paired_cells(c)
 
 
+def test_comparisons_pair_the_probe_leaving_out_splits_without_one():
+    """MIC's claim is a lower unseen-clip probe: comparisons pair it as they pair accuracy, over
+    the splits where both variants have a probe, and say "lower", not "worse"."""
+    nan = float("nan")
+    splits = [f"fold{k}" for k in range(4)]
+    mic = {"variant": "mic+resnet6", "splits": splits, "accuracy_per_split": [0.5] * 4,
+           "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.10, 0.12, nan, 0.09]}
+    base = {"variant": "mic-mi+resnet6", "splits": splits, "accuracy_per_split": [0.5] * 4,
+            "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.20, 0.21, 0.5, 0.20]}
+    (c,) = [c for c in evaluate.comparisons([mic, base]) if c["metric"] == "probe_test_per_split"]
+    assert c["n"] == 3 and c["mean"] == pytest.approx(-0.1)
+    assert c["ci95"][1] < 0 and "mic+resnet6 lower than mic-mi+resnet6" in evaluate.verdict(c)
+
+
 def test_missing_dataset_says_what_to_do(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "afew",
                           "--root", str(tmp_path / "afew")], capture_output=True, text=True)
