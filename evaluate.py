@@ -212,8 +212,9 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     fewer than 2 common splits; a split where either value is not finite, a probe with no
     subject of 2 clips say, is left out). (A percentile bootstrap over 10 splits is too narrow:
     it called −4.2 ± 7.6 points "worse" at p = 0.12.) With several seeds, a fold's splits share
-    their test subjects, so the test is also made over the folds, each the mean of its seeds
-    (`folds`, `fold_ci95`, `fold_p`); the verdict uses that one."""
+    their test subjects, so the test is also made over the folds (`a["folds"]`, each split's
+    recorded fold), each the mean of its seeds (`folds`, `fold_ci95`, `fold_p`); the verdict
+    uses that one."""
     va = dict(zip(a["splits"], a[key], strict=True))
     vb = dict(zip(b["splits"], b[key], strict=True))
     common = sorted(s for s in va.keys() & vb.keys()
@@ -224,9 +225,10 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     mean, sd, ci95, p = t_interval(diff)
     out = {"a": a["variant"], "b": b["variant"], "metric": key, "n": len(common),
            "mean": mean, "sd": sd, "ci95": ci95, "p": p}
+    fold = dict(zip(a["splits"], a["folds"], strict=True))
     by_fold: dict[str, list[float]] = {}
     for s, d in zip(common, diff, strict=True):
-        by_fold.setdefault(s.split("-seed")[0], []).append(float(d))
+        by_fold.setdefault(fold[s], []).append(float(d))
     if 2 <= len(by_fold) < len(common):
         _, _, out["fold_ci95"], out["fold_p"] = t_interval(
             np.array([np.mean(v) for v in by_fold.values()]))
@@ -280,7 +282,8 @@ def probe_over_majority(v: dict) -> dict | None:
     """Precondition (a) of MIC's claim as a test: the identity probe on unseen test clips
     against the majority baseline of the same splits, paired (splits without a probe left out)."""
     key = "probe_test_per_split"
-    probe = {"variant": f"{v['variant']} probe", "splits": v["splits"], key: v[key]}
+    probe = {"variant": f"{v['variant']} probe", "splits": v["splits"], "folds": v["folds"],
+             key: v[key]}
     return paired(probe, {**probe, "variant": "majority baseline",
                           key: v["probe_test_majority_per_split"]}, key)
 

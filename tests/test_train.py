@@ -301,7 +301,8 @@ def test_paired_ci_agrees_with_the_t_test():
     """The verdict's CI is the paired t interval: it excludes 0 exactly when p < 0.05, e.g. not
     for the c = 0.5 study cell (−4.2 ± 7.6 points over 10 splits, p = 0.12)."""
     splits = [f"fold{k}" for k in range(5)]
-    a = {"variant": "a", "splits": splits, "accuracy_per_split": [0.50, 0.60, 0.55, 0.40, 0.70]}
+    a = {"variant": "a", "splits": splits, "folds": splits,
+         "accuracy_per_split": [0.50, 0.60, 0.55, 0.40, 0.70]}
     b = {"variant": "b", "splits": splits, "accuracy_per_split": [0.45, 0.50, 0.56, 0.41, 0.60]}
     c = evaluate.paired(a, b)
     d = [0.05, 0.10, -0.01, -0.01, 0.10]  # by hand: mean 0.046, sd 0.05505, t(4) 2.776
@@ -321,7 +322,9 @@ def test_paired_over_seeds_averages_each_fold():
     over the 3 folds (seeds averaged), which here holds 0 while the one over 6 splits does not."""
     splits = [f"fold{k}{s}" for k in range(3) for s in ("", "-seed1")]
     d = [0.10, 0.10, 0.08, 0.08, 0.03, 0.03]
-    a = {"variant": "a", "splits": splits, "accuracy_per_split": [0.5 + x for x in d]}
+    folds = [f"fold{k}" for k in range(3) for _ in range(2)]
+    a = {"variant": "a", "splits": splits, "folds": folds,
+         "accuracy_per_split": [0.5 + x for x in d]}
     b = {"variant": "b", "splits": splits, "accuracy_per_split": [0.5] * 6}
     c = evaluate.paired(a, b)
     assert c["n"] == 6 and c["folds"] == 3 and c["mean"] == pytest.approx(0.07)
@@ -338,9 +341,11 @@ def test_comparisons_pair_the_probe_leaving_out_splits_without_one():
     the splits where both variants have a probe, and say "lower", not "worse"."""
     nan = float("nan")
     splits = [f"fold{k}" for k in range(4)]
-    mic = {"variant": "mic+resnet6", "splits": splits, "accuracy_per_split": [0.5] * 4,
+    mic = {"variant": "mic+resnet6", "splits": splits, "folds": splits,
+           "accuracy_per_split": [0.5] * 4,
            "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.10, 0.12, nan, 0.09]}
-    base = {"variant": "mic-mi+resnet6", "splits": splits, "accuracy_per_split": [0.5] * 4,
+    base = {"variant": "mic-mi+resnet6", "splits": splits, "folds": splits,
+            "accuracy_per_split": [0.5] * 4,
             "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.20, 0.21, 0.5, 0.20]}
     (c,) = [c for c in evaluate.comparisons([mic, base]) if c["metric"] == "probe_test_per_split"]
     assert c["n"] == 3 and c["mean"] == pytest.approx(-0.1)
