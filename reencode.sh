@@ -16,9 +16,12 @@
 # mpeg4 encoder takes only with -strict:v experimental (else it caps -g at 600), and no scene-cut
 # key frames.
 # Every output is written to <output>.part.<PID> and renamed when complete, so an interrupted run
-# never leaves a partial output under the final name; the next run removes such leftovers.
-# Outputs newer than their input are skipped. Ctrl-C / SIGTERM stop every job, print what was done
-# and exit 130 / 143. ffmpeg: $FFMPEG, else the one of the pip package imageio-ffmpeg as seen by
+# never leaves a partial output under the final name; the next run removes such leftovers (only
+# <an output it writes>.part.<PID of a dead process>). OUT/.reencode.sources records what each
+# output was made from (per input file: size, mtime, first and last 64 KiB); an output whose
+# input and itself are unchanged is skipped, any other is made again. A decode error in ffmpeg's
+# log fails the clip. IN and OUT must not lie inside one another. Ctrl-C / SIGTERM stop every
+# job, print what was done and exit 130 / 143. ffmpeg: $FFMPEG, else the one of the pip package imageio-ffmpeg as seen by
 # $PYTHON, by .venv/bin/python beside this script or by python3, else `ffmpeg` on PATH.
 # Exit status: 0 done, 1 something failed (each failure named), 2 wrong usage or nothing found.
 set -euo pipefail
@@ -56,30 +59,33 @@ find_ffmpeg() {
     }
 }
 
-# Record one outcome in $RESULTS (status<TAB>path<TAB>why) and print a progress line.
+# Record one outcome in $RESULTS (status<TAB>path<TAB>why) and print a progress line; line breaks
+# and tabs in names are written \n and \t, so that every outcome is one line.
 report() {
     local status=$1 path=$2 why=${3:-} rel n
+    rel=${path#"$OUT_ROOT"/}
+    rel=${rel#"$IN_ROOT"/}
+    path=${path//$'\n'/\\n} rel=${rel//$'\n'/\\n} why=${why//$'\n'/\\n}
+    path=${path//$'\t'/\\t} rel=${rel//$'\t'/\\t} why=${why//$'\t'/\\t}
     {
         flock 9 2>/dev/null || true # numbers the lines in order where flock(1) is installed
         printf '%s\t%s\t%s\n' "$status" "$path" "$why" >>"$RESULTS"
         n=$(wc -l <"$RESULTS")
     } 9>>"$RESULTS.lock"
-    rel=${path#"$OUT_ROOT"/}
-    rel=${rel#"$IN_ROOT"/}
     printf '[%d/%d] %-9s %s%s\n' "$n" "$TOTAL" "$status" "$rel" "${why:+ ($why)}"
 }
 
 # The frame size WxH of the video stream in ffmpeg's log $1: the input stream that "Stream
 # mapping" sends to the output (else the first video stream, for a log of `ffmpeg -i` alone),
 # read from its "Video:" line as the token NxM followed by "," or a blank, so that a codec tag
-# such as "(avc1 / 0x31637661)" is never taken for a size.
+# such as "(avc1 / 0x31637661)" is never taken for a size. The log may carry ffmpeg's "[info] ".
 stream_size() {
     local spec='[0-9]+:[0-9]+' line
     if line=$(grep -m1 -oE 'Stream #[0-9]+:[0-9]+ -> #0:0' "$1"); then
         spec=${line#Stream #}
         spec=${spec%% *}
     fi
-    line=$(grep -m1 -E "^ *Stream #$spec([[(][^:]*)?: Video: " "$1") || return 1
+    line=$(grep -m1 -E "^(\[info\] )? *Stream #$spec([[(][^:]*)?: Video: " "$1") || return 1
     [[ $line =~ [[:space:]]([1-9][0-9]*x[1-9][0-9]*)(,|[[:space:]]|$) ]] || return 1
     echo "${BASH_REMATCH[1]}"
 }
@@ -90,15 +96,29 @@ odd_note() {
     if ((w % 2 || h % 2)); then echo "odd size $1 padded to even"; fi
 }
 
-# The last line of ffmpeg's log $1 that says what went wrong.
+# What went wrong, from ffmpeg's log $1 (written with -loglevel level+info): "no space left on
+# device" where an error says so, else the first error (the cause: the errors after it, such as
+# "Nothing was written into output file", are its consequences) without addresses, e.g.
+# "[mpeg4] dimensions too large for MPEG-4"; nothing when the log holds no error.
 ffmpeg_error() {
-    grep -iE 'error|invalid|no such|not|unknown|denied' "$1" | grep -v 'Parsed_showinfo' |
-        tail -n 1 | tr '\t' ' '
+    local errors
+    errors=$(grep -E '\[(error|fatal|panic)\] ' "$1" | grep -v 'Parsed_showinfo') || return 0
+    if grep -qi 'no space left on device' <<<"$errors"; then
+        echo "no space left on device"
+        return
+    fi
+    head -n 1 <<<"$errors" | sed -E 's/ @ 0x[0-9a-fA-F]+\]/]/g; s/(^| )\[(error|fatal|panic)\] /\1/' |
+        tr '\t' ' '
+}
+
+# ffmpeg with each log line tagged with its level ("[error] "), for ffmpeg_error.
+run_ffmpeg() {
+    "$FFMPEG_BIN" -nostdin -hide_banner -loglevel level+info "$@"
 }
 
 # Encode the inputs given as arguments (and their filters) into $tmp with the MIC settings.
 encode() {
-    "$FFMPEG_BIN" -nostdin -hide_banner -y "$@" -an -sn -dn -q:v 1 -g 2147483647 \
+    run_ffmpeg -y "$@" -an -sn -dn -q:v 1 -g 2147483647 \
         -strict:v experimental -sc_threshold 1000000000 -c:v mpeg4 -f rawvideo "$tmp"
 }
 
@@ -116,6 +136,7 @@ encode_video() {
         why=$(ffmpeg_error "$log")
         return 1
     fi
+    log_clean || return 1
     if size=$(stream_size "$log"); then note=$(odd_note "$size"); fi
 }
 
@@ -125,13 +146,16 @@ encode_video() {
 # scaled to the first frame's size: with -reinit_filter 0 a size change inside a run goes through
 # `scale` set up on the first frame; with several runs that size is read first (ffmpeg -i).
 # showinfo logs each decoded frame, which is counted against the files and gives the sizes.
+# The lists name the frames through a link to the folder (a list is read line by line, and the
+# folder's name may hold a line break).
 encode_frames() {
     local -a frames inputs
     local f ext fmt prev="" k=-1 i list scale="scale=iw:ih" size graph="" labels="" decoded
-    local encoded sizes
+    local encoded sizes dir="$RUN_TMP/frames.$BASHPID.dir" err
     mapfile -d '' frames < <(list_frames "$src")
+    ln -s -- "$src" "$dir"
     for f in "${frames[@]}"; do
-        if [[ $f == *$'\n'* ]]; then
+        if [[ ${f##*/} == *$'\n'* ]]; then
             why="a frame name holds a line break: ${f##*/}"
             return 1
         fi
@@ -148,11 +172,11 @@ encode_frames() {
             prev=$fmt
         fi
         # concat's list syntax: within '...' only ' needs escaping, written '\''.
+        f="$dir/${f##*/}"
         printf "file '%s'\nduration 0.04\n" "${f//\'/\'\\\'\'}" >>"$list"
     done
     if ((k > 0)); then
-        "$FFMPEG_BIN" -nostdin -hide_banner -f image2 -pattern_type none -i "${frames[0]}" \
-            >"$log" 2>&1 || true
+        run_ffmpeg -f image2 -pattern_type none -i "${frames[0]}" >"$log" 2>&1 || true
         if ! size=$(stream_size "$log"); then
             why="cannot read ${frames[0]##*/}: $(ffmpeg_error "$log")"
             return 1
@@ -168,13 +192,16 @@ encode_frames() {
         why=$(ffmpeg_error "$log")
         return 1
     fi
-    decoded=$(grep -cE 'Parsed_showinfo_[0-9]+ @ [^]]*\] n: *[0-9]+ ' "$log")
+    decoded=$(grep -cE 'Parsed_showinfo_[0-9]+ @ [^]]*\] (\[info\] )?n: *[0-9]+ ' "$log")
     encoded=$(grep -oE 'frame= *[0-9]+' "$log" | tail -n 1 | grep -oE '[0-9]+')
     if [[ $decoded != "${#frames[@]}" || $encoded != "${#frames[@]}" ]]; then
-        why="read $decoded and wrote ${encoded:-0} of ${#frames[@]} frames: $(ffmpeg_error "$log")"
+        err=$(ffmpeg_error "$log")
+        why="read $decoded and wrote ${encoded:-0} of ${#frames[@]} frames${err:+: $err}"
         return 1
     fi
-    size=$(grep -m1 -E 'Parsed_showinfo_0 @ [^]]*\] n: *0 ' "$log" | grep -oE ' s:[0-9]+x[0-9]+')
+    log_clean || return 1
+    size=$(grep -m1 -E 'Parsed_showinfo_0 @ [^]]*\] (\[info\] )?n: *0 ' "$log" |
+        grep -oE ' s:[0-9]+x[0-9]+')
     size=${size# s:}
     sizes=$(grep -oE ' s:[0-9]+x[0-9]+ ' "$log" | grep -oE '[0-9]+x[0-9]+' | sort -u | paste -sd' ')
     if [[ $sizes == *" "* ]]; then
@@ -184,20 +211,53 @@ encode_frames() {
     note="${note:+$note; }$size"
 }
 
-# Whether $dst exists and is newer than what it is made from: $src, and for a frame folder every
-# frame (the folder's own time covers frames added, removed or renamed).
+# A successful ffmpeg run whose log $log holds an error (a frame cut short decodes, grey below
+# the cut, with "overread"): set `why` and fail.
+log_clean() {
+    why=$(ffmpeg_error "$log")
+    [[ -z $why ]] || { why="error in ffmpeg's log: $why"; return 1; }
+}
+
+# What $src is as one md5: its path under IN and, for each file its output is made from (the
+# video, the file copied, or every frame in order), its name, size, mtime (ns) and its first and
+# last 64 KiB (a fast hash: a clip copied over another with `cp -p` differs however old it is).
+made_of() {
+    local -a files=("$src")
+    if [[ $kind == frames ]]; then mapfile -d '' files < <(list_frames "$src"); fi
+    {
+        printf '%s\0' "${src#"$IN_ROOT"}" "${files[@]##*/}"
+        stat -L -c '%s %.9Y' -- "${files[@]}"
+        head -q -c 65536 -- "${files[@]}"
+        tail -q -c 65536 -- "${files[@]}"
+    } 2>/dev/null | md5sum | cut -d' ' -f1
+}
+
+# The size and mtime (ns) of $dst.
+stamp() {
+    stat -c '%s %.9Y' -- "$dst" 2>/dev/null
+}
+
+# Whether $dst is unchanged since it was made from $src as it is now ($sig), as OUT's record says.
 up_to_date() {
-    [[ -e $dst && ! $src -nt $dst ]] || return 1
-    [[ $kind != frames ]] ||
-        [[ -z $(find -L "$src" -mindepth 1 -maxdepth 1 -type f -newer "$dst" \
-            -regextype posix-extended -iregex ".*\.($IMAGE_EXT)" -print -quit) ]]
+    [[ -e $dst && -n ${MADE_FROM[$dst]:-} && ${MADE_FROM[$dst]} == "$sig $(stamp)" ]]
+}
+
+# Add to OUT's record that $dst was made from $sig (a later line of a destination wins).
+record() {
+    local now
+    now=$(stamp) || return 0
+    {
+        flock 9 2>/dev/null || true
+        printf '%s %s\t%s\0' "$sig" "$now" "${dst#"$OUT_ROOT"/}" >>"$MANIFEST"
+    } 9>>"$RESULTS.lock"
 }
 
 # One job: KIND (video|frames|copy) SRC DST. Runs in a background subshell; its output goes to
 # DST.part.<its PID> and is renamed to DST when complete.
 one() {
     set +e
-    local kind=$1 src=$2 dst=$3 tmp log note="" why="" size
+    local kind=$1 src=$2 dst=$3 tmp log note="" why="" size sig
+    sig=$(made_of)
     if up_to_date; then
         trap '' TERM
         report skipped "$dst"
@@ -212,6 +272,7 @@ one() {
     esac
     trap '' TERM # the rest is quick: an interrupt waits for the rename and the report
     if [[ -z $why ]] && [[ $kind == copy || -s $tmp ]] && mv -f -- "$tmp" "$dst"; then
+        record
         if [[ $kind == copy ]]; then report copied "$dst"; else report converted "$dst" "$note"; fi
     else
         rm -f -- "$tmp"
@@ -240,13 +301,16 @@ group_running() {
     return 1
 }
 
-# Remove the *.part.<PID> files in OUT whose process is gone (the leftovers of a killed run), but
-# never a file that is itself an output of this run.
+# Remove the <output>.part.<PID> files in OUT whose process is gone (the leftovers of a killed
+# run), for the outputs of this run and OUT's record only: never a user's file that merely looks
+# alike (downloads/x.tar.part.01), nor a file that is itself an output of this run.
 clean_leftovers() {
-    local f pid n=0
+    local f pid base n=0
     while IFS= read -r -d '' f; do
         pid=${f##*.part.}
-        [[ $pid =~ ^[0-9]+$ && -z ${owner[$f]:-} ]] || continue
+        base=${f%.part.*}
+        [[ $pid =~ ^[1-9][0-9]*$ && -z ${owner[$f]:-} ]] || continue
+        [[ -n ${owner[$base]:-} || $base == "$MANIFEST" ]] || continue
         running "$pid" && continue
         rm -f -- "$f"
         n=$((n + 1))
@@ -302,12 +366,15 @@ in_real=$(cd "$in" && pwd -P)
 out_real=$(cd "$out" && pwd -P)
 [[ $out_real != "$in_real" && $out_real != "$in_real"/* ]] ||
     { echo "reencode.sh: OUT must lie outside IN" >&2; exit 2; }
+[[ $in_real != "$out_real"/* ]] ||
+    { echo "reencode.sh: IN must lie outside OUT (outputs would be written over inputs)" >&2; exit 2; }
 FFMPEG_BIN=$(find_ffmpeg)
 RUN_TMP=$(mktemp -d)
 RESULTS=$RUN_TMP/results
 : >"$RESULTS"
 IN_ROOT=$in
 OUT_ROOT=$out
+MANIFEST=$out/.reencode.sources
 trap 'rm -rf "$RUN_TMP"' EXIT
 trap 'on_signal INT 130' INT
 trap 'on_signal TERM 143' TERM
@@ -335,7 +402,9 @@ while IFS= read -r -d '' entry; do
     s) ignored+=("$f" "OUT itself, reached through a symbolic link") ;;
     o) ignored+=("$f" "not a regular file") ;;
     *)
-        if [[ ${name,,} =~ \.($IMAGE_EXT)$ ]]; then
+        if [[ $out${f#"$in"} == "$MANIFEST" ]]; then
+            ignored+=("$f" "the name of the record reencode.sh keeps in OUT")
+        elif [[ ${name,,} =~ \.($IMAGE_EXT)$ ]]; then
             frame_dirs[${f%/*}]=1
         elif [[ ${name,,} =~ \.($VIDEO_EXT)$ ]]; then
             dst="$out${f#"$in"}"
@@ -372,6 +441,17 @@ if ((${#todo[@]} == 0)); then
     exit 2
 fi
 clean_leftovers
+# OUT's record of what each output was made from (NUL-ended lines "md5 size mtime<TAB>output"),
+# rewritten without the outputs that are gone.
+declare -A MADE_FROM=()
+if [[ -f $MANIFEST ]]; then
+    while IFS= read -r -d '' entry; do
+        MADE_FROM[$out/${entry#*$'\t'}]=${entry%%$'\t'*}
+    done <"$MANIFEST"
+fi
+for dst in "${!MADE_FROM[@]}"; do
+    if [[ -e $dst ]]; then printf '%s\t%s\0' "${MADE_FROM[$dst]}" "${dst#"$out"/}"; fi
+done >"$MANIFEST.part.$$" && mv -f -- "$MANIFEST.part.$$" "$MANIFEST"
 echo "reencode.sh: $TOTAL items from $in to $out with $jobs jobs ($FFMPEG_BIN)"
 for ((i = 0; i < ${#ignored[@]}; i += 2)); do report ignored "${ignored[@]:i:2}"; done
 for ((i = 0; i < ${#clash[@]}; i += 2)); do report failed "${clash[@]:i:2}"; done

@@ -428,3 +428,128 @@ def test_ffmpeg_found_through_python_without_venv_or_python3(tmp_path):
     bad = reencode(tmp_path / "in", tmp_path / "out", env={**env, "FFMPEG": "/no/such/ffmpeg"},
                    script=script)
     assert bad.returncode == 2 and "FFMPEG=/no/such/ffmpeg is not an executable" in bad.stderr
+
+
+# What must never happen: outputs over inputs, a user's file removed, a stale output kept, a
+# damaged input converted silently, a failure misnamed.
+
+
+def test_in_inside_out_is_refused(tmp_path):
+    """IN inside OUT would write outputs over inputs (o/sub/sub/labels.txt -> o/sub/labels.txt):
+    refused before anything is written, as OUT inside IN is."""
+    out = tmp_path / "o"
+    src = out / "sub"
+    (src / "sub").mkdir(parents=True)
+    (src / "labels.txt").write_text("mine\n")
+    (src / "sub" / "labels.txt").write_text("other\n")
+    make_clip(src / "sub" / "keep.avi", width=48, height=32, frames=4, container="avi")
+    run = reencode(src, out)
+    assert run.returncode == 2 and "IN must lie outside OUT" in run.stderr, run.stdout + run.stderr
+    assert (src / "labels.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in src.rglob("*")) == ["keep.avi", "labels.txt", "labels.txt",
+                                                       "sub"]
+
+
+def test_only_its_own_leftovers_are_removed(tmp_path):
+    """Only `<an output this run writes>.part.<PID>` of a dead process is a leftover: a user's
+    downloads/MAFW.tar.part.01 (PID 01 is no PID) or other.part.4242424 (no output of IN) stay."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "downloads").mkdir(parents=True)
+    (src / "downloads" / "MAFW.tar").write_text("tar\n")
+    (src / "a.txt").write_text("a\n")
+    (out / "downloads").mkdir(parents=True)
+    mine = [out / "downloads" / "MAFW.tar.part.01", out / "downloads" / "other.part.4242424"]
+    for p in mine:
+        p.write_text("mine\n")
+    (out / "a.txt.part.999999999").write_text("half")  # PIDs never reach 999999999
+    run = reencode(src, out)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "removed 1 unfinished output" in run.stdout
+    assert parts(out) == sorted(mine) and all(p.read_text() == "mine\n" for p in mine)
+
+
+def test_an_input_replaced_by_an_older_one_is_rebuilt(tmp_path):
+    """`cp -p` of an older file over an input (a longer clip, another label file, another frame)
+    leaves the input older than its output: still rebuilt, as what the output was made from is
+    recorded; an unchanged input is skipped."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    older = tmp_path / "older"
+    make_clip(older / "long.avi", width=48, height=32, frames=9, container="avi")
+    (older / "labels.txt").write_text("7\n")
+    grey_frames(older, ["9.png"])
+    make_clip(src / "a.avi", width=48, height=32, frames=4, container="avi")
+    (src / "labels.txt").write_text("3\n")
+    grey_frames(src / "seq", ["1.png", "2.png", "3.png"])
+    assert reencode(src, out).returncode == 0
+    assert "converted 0 copied 0 skipped 3 " in reencode(src, out).stdout
+    shutil.copy2(older / "long.avi", src / "a.avi")
+    shutil.copy2(older / "labels.txt", src / "labels.txt")
+    shutil.copy2(older / "9.png", src / "seq" / "2.png")
+    run = reencode(src, out)
+    assert "converted 2 copied 1 skipped 0 " in run.stdout, run.stdout + run.stderr
+    assert len(decoded(out / "a.mp4")[0]) == 9
+    assert (out / "labels.txt").read_text() == "7\n"
+    means = decoded(out / "seq.mp4")[0]
+    assert abs(means[1] - means[0]) < 1 < means[2] - means[1]  # 9.png has 1.png's grey level
+
+
+def noise_jpeg(path: Path, seed: int) -> None:
+    """A 128x96 JPEG of noise (quality 90), as a real photograph compresses: tens of KiB."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+def test_a_jpeg_cut_in_half_fails_its_folder(tmp_path):
+    """A frame that decodes only partly (its lower half grey, ffmpeg logs a decode error) fails
+    its folder, named with ffmpeg's message, rather than being converted."""
+    seq = tmp_path / "in" / "seq"
+    for i in range(4):
+        noise_jpeg(seq / f"{i}.jpg", i)
+    cut = seq / "2.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    run = reencode(tmp_path / "in", tmp_path / "out")
+    assert run.returncode == 1 and "failed 1" in run.stdout, run.stdout + run.stderr
+    assert "seq.mp4: error in ffmpeg's log: [mjpeg] overread" in run.stderr, run.stderr
+    assert not (tmp_path / "out" / "seq.mp4").exists()
+
+
+def test_too_large_a_frame_says_so(tmp_path):
+    """MPEG-4 Part 2 takes sides below 8192: the reason is the encoder's, not the consequence
+    ffmpeg logs last ("Nothing was written into output file")."""
+    grey_frames(tmp_path / "in" / "wide", ["1.png"], [(9000, 16)])
+    run = reencode(tmp_path / "in", tmp_path / "out")
+    assert run.returncode == 1
+    assert "wide.mp4: [mpeg4] dimensions too large for MPEG-4" in run.stderr, run.stderr
+
+
+def test_a_full_disk_says_so(tmp_path):
+    """The real ffmpeg writing to /dev/full (every write fails with ENOSPC, as on a full disk):
+    the reason given is "no space left on device"."""
+    make_clip(tmp_path / "in" / "a.avi", width=48, height=32, frames=6, container="avi")
+    full = tmp_path / "ffmpeg-on-a-full-disk"
+    full.write_text(f'#!/bin/bash\nexec {imageio_ffmpeg.get_ffmpeg_exe()} "${{@:1:$#-1}}" '
+                    "/dev/full\n")
+    full.chmod(0o755)
+    run = reencode(tmp_path / "in", tmp_path / "out", env={**os.environ, "FFMPEG": str(full)})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "a.mp4: no space left on device\n" in run.stderr, run.stderr
+
+
+def test_names_with_line_breaks_keep_the_list_whole(tmp_path):
+    """A frame folder whose name holds a line break is converted; one holding a frame whose name
+    does fails; either way every progress line counts [k/3] and the failure list is one line per
+    failure."""
+    src = tmp_path / "in"
+    grey_frames(src / "a\nb", ["1.png", "2.png"])
+    grey_frames(src / "c\nd", ["1.png", "x\ny.png"])
+    (src / "e.txt").write_text("e\n")
+    run = reencode(src, tmp_path / "out")
+    assert run.returncode == 1
+    progress = [ln for ln in run.stdout.splitlines() if ln.startswith("[")]
+    assert sorted(ln.split()[0] for ln in progress) == ["[1/3]", "[2/3]", "[3/3]"], run.stdout
+    assert "converted 1 copied 1 skipped 0 ignored 0 failed 1" in run.stdout
+    failures = run.stderr.splitlines()[-2:]
+    assert failures[0] == "reencode.sh: failed:", run.stderr
+    assert failures[1].endswith("/c\\nd.mp4: a frame name holds a line break: x\\ny.png")
+    assert len(decoded(tmp_path / "out" / "a\nb.mp4")[0]) == 2
