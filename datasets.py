@@ -206,6 +206,11 @@ class Index:
         self.problems.setdefault(kind, []).append(item)
 
 
+def _digits(text: str) -> bool:
+    """Whether ``text`` is ASCII digits only ("²".isdigit() is True, yet int("²") fails)."""
+    return text.isascii() and text.isdigit()
+
+
 def is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in path.iterdir())
 
@@ -219,7 +224,7 @@ def frame_files(folder: Path) -> list[Path]:
     """The image frames of a frame folder in the order reencode.sh encodes them (``sort -V``:
     numbers compared as numbers, so 2.jpg comes before 10.jpg), hidden files left out."""
     def key(p: Path) -> list:
-        return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", p.name)]
+        return [(0, int(t), "") if _digits(t) else (1, 0, t) for t in re.split(r"([0-9]+)", p.name)]
 
     return sorted((p for p in visible_paths(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS),
                   key=key)
@@ -371,18 +376,29 @@ def _mmi_emotion(annotation: ET.Element) -> str | None:
     return None
 
 
-def _read_selection(path: Path, classes: tuple[str, ...]) -> dict[str, tuple[int, str]]:
+def _read_selection(
+    path: Path, classes: tuple[str, ...], index: Index
+) -> dict[str, tuple[int, str] | None]:
     """MMI selection CSV ``sid,label,subject`` -> {sid: (label, subject or "")}; label is the
-    MMI Emotion code 1..6 or a class name."""
-    out: dict[str, tuple[int, str]] = {}
+    MMI Emotion code 1..6 or a class name. A line with another label is a problem (with its
+    file:line) and its sid maps to None."""
+    out: dict[str, tuple[int, str] | None] = {}
+    named = _named_label(classes)
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        for row in reader:
             sid, text = (row.get("sid") or "").strip(), (row.get("label") or "").strip()
             if not sid:
                 continue
-            label = int(text) - 1 if text.isdigit() else classes.index(text.lower())
-            if not 0 <= label < len(classes):
-                raise ValueError(f"{path}: label {text!r} of {sid} is not 1..{len(classes)}")
+            label = int(text) - 1 if _digits(text) else named(text)
+            if label is None or not 0 <= label < len(classes):
+                index.problem(
+                    "bad selection line",
+                    f"{path}:{reader.line_num} (label {text!r} of {sid} is not 1..{len(classes)} "
+                    f"nor one of {', '.join(classes)})",
+                )
+                out[sid] = None
+                continue
             out[sid] = (label, (row.get("subject") or "").strip())
     return out
 
@@ -398,10 +414,10 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
     if not sessions.is_dir():
         raise FileNotFoundError(f"{sessions} not found: is {root} a (re-encoded) MMI tree?")
     classes = CLASSES["mmi"]
-    pinned = _read_selection(selection, classes) if selection else None
     index = Index("mmi")
+    pinned = _read_selection(selection, classes, index) if selection else None
     dirs = visible_paths(p for p in sessions.iterdir() if p.is_dir())
-    dirs.sort(key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
+    dirs.sort(key=lambda p: (0, int(p.name), "") if _digits(p.name) else (1, 0, p.name))
     clips = [p for d in dirs for p in visible_paths(d.iterdir()) if p.suffix.lower() == ".mp4"]
     raw = [
         p
@@ -415,8 +431,10 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
     for clip in clips:
         sid, rel = clip.stem, str(clip.relative_to(root))
         found.add(sid)
-        if pinned is not None and sid not in pinned:
-            index.problem("not in selection", rel)
+        pin = pinned.get(sid) if pinned is not None else None
+        if pinned is not None and pin is None:
+            if sid not in pinned:  # else its bad selection line is listed
+                index.problem("not in selection", rel)
             continue
         session_xml = clip.parent / "session.xml"
         session = _xml(session_xml, index) if session_xml.exists() else None
@@ -428,8 +446,8 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
         if view not in (0, 2):
             index.problem(f"unsupported view {view}", rel)
             continue
-        if pinned is not None:
-            label, pinned_subject = pinned[sid]
+        if pin is not None:
+            label, pinned_subject = pin
             subject = pinned_subject or subject
         else:
             annotation = clip.with_suffix(".xml")
@@ -438,8 +456,8 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
             if value is None:
                 index.problem("unlabelled sequence", rel)
                 continue
-            if not value.isdigit() or not 1 <= int(value) <= len(classes):
-                index.problem("unknown label", f"{rel} (Emotion {value!r})")
+            if not _digits(value) or not 1 <= int(value) <= len(classes):
+                index.problem("unknown label", f"{rel} (Emotion {value!r} in {annotation.name})")
                 continue
             label = int(value) - 1
         if subject is None:
@@ -553,7 +571,7 @@ def _read_dfew_splits(root: Path, index: Index) -> list[Listed]:
                 for row in reader:
                     where = f"{found[0].relative_to(root)}:{reader.line_num}"
                     name = (row["video_name"] or "").strip()
-                    if not name.isdigit():
+                    if not _digits(name):
                         index.problem("bad clip name", f"{name!r} at {where}")
                         continue
                     out.append(Listed(f"{int(name):05d}", row["label"] or "", str(k), role, where))
@@ -954,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.min_prob,
                 args.device,
             )
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         total = len(res.boxes) + len(res.no_face) + len(res.unreadable)

@@ -106,10 +106,17 @@ def crop_tree(
     ``fmt`` "video": ``dst/<path minus suffix>.avi`` (MPEG-4 Part 2, q 2); "frames":
     ``dst/<path minus suffix>/000001.png ...``; both are what ``reencode.sh`` takes. ``size``
     resizes the crops to size × size. Other files are copied. ``dst/crops.csv`` lists every clip
-    with its box (empty when no face was found). See ``face_box`` for the box."""
+    with its box (empty when no face was found). See ``face_box`` for the box. ``dst`` and
+    ``src`` inside one another (or one folder) is a ``ValueError`` before anything is read."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a directory")
+    top, out = src.resolve(), dst.resolve()
+    if out.is_relative_to(top) or top.is_relative_to(out):
+        raise ValueError(
+            f"--out {dst} and --in {src} must not lie inside one another nor be one folder: the "
+            "crops would be written over or among the originals"
+        )
     clips, others = [], []
     for d, dirs, files in os.walk(src):
         dirs[:] = sorted(x for x in dirs if not x.startswith("."))

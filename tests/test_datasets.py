@@ -25,6 +25,7 @@ from tests.trees import (
     ferv39k_tree,
     frame_folder,
     mafw_tree,
+    mmi_session,
     read_csv,
 )
 
@@ -467,3 +468,52 @@ def test_bad_index_stops_the_reader_before_any_clip(ckplus: Path, tmp_path: Path
         match=f"(?s){bad}: 1 bad row.*line {len(rows) + 1}: subject S005 in fold 5 and in fold 0",
     ):
         reader.ClipDataset(ckplus, index_csv=bad, folds=["0"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Digits that are not ASCII digits ("²".isdigit() is True, int("²") fails): bad lines, listed
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_superscript_clip_name_is_a_bad_line(tmp_path: Path) -> None:
+    """DFEW video_name "²": listed with its file:line, the other clips indexed."""
+    split = tmp_path / "EmoLabel_DataSplit" / "test(single-labeled)" / "set_1.csv"
+    split.parent.mkdir(parents=True)
+    split.write_text("video_name,label\n1,3\n²,2\n")
+    clip(tmp_path / "Clip" / "clip_224x224" / "00001.mp4", 32, 32, frames=3)
+    index = ds.build_index("dfew", tmp_path)
+    assert [e.path for e in index.entries] == ["Clip/clip_224x224/00001.mp4"]
+    assert index.problems["bad clip name"] == [
+        "'²' at EmoLabel_DataSplit/test(single-labeled)/set_1.csv:3"]
+    assert ds.main(["--dataset", "dfew", "--root", str(tmp_path)]) == 0
+
+
+def test_mmi_bad_emotion_and_selection_labels_are_listed(mmi: Path, tmp_path: Path) -> None:
+    """An MMI Emotion "²" (its clip and .xml named) and selection labels "Happiness", "²", "0"
+    (each with the selection file:line) are listed; the other clips are indexed."""
+    root = tmp_path / "mmi"
+    mmi_session(root, 1, "S001-001", 0, 1, "1")
+    mmi_session(root, 2, "S002-002", 0, "²", "2")  # type: ignore[arg-type]
+    index = ds.build_index("mmi", root)
+    assert [Path(e.path).stem for e in index.entries] == ["S001-001"]
+    assert index.problems["unknown label"] == [
+        "Sessions/2/S002-002.mp4 (Emotion '²' in S002-002.xml)"]
+    sel = tmp_path / "selection.csv"
+    sel.write_text("sid,label,subject\nS001-001,Happiness,\nS001-002,²,\nS002-003,0,\n"
+                   "S003-006,fear,\n")
+    index = ds.build_index("mmi", mmi, selection=str(sel))
+    assert [Path(e.path).stem for e in index.entries] == ["S003-006"]
+    assert index.problems["bad selection line"] == [
+        f"{sel}:{n} (label {text!r} of {sid} is not 1..6 nor one of {', '.join(ds.CLASSES['mmi'])})"
+        for n, text, sid in ((2, "Happiness", "S001-001"), (3, "²", "S001-002"),
+                             (4, "0", "S002-003"))]
+    assert len(index.problems["not in selection"]) == 3  # the bad lines' clips are not
+    assert ds.main(["--dataset", "mmi", "--root", str(mmi), "--selection", str(sel),
+                    "--out", str(tmp_path / "i.csv")]) == 0
+
+
+def test_frame_names_with_superscripts_sort(tmp_path: Path) -> None:
+    """A frame named "1²2.png" sorts with "²" as text, as `sort -V` takes it."""
+    for name in ("1²2.png", "1.png", "10.png", "2.png"):
+        Image.new("L", (4, 4)).save(tmp_path / name)
+    assert [p.name for p in ds.frame_files(tmp_path)] == ["1.png", "1²2.png", "2.png", "10.png"]

@@ -93,3 +93,22 @@ def test_frame_folder_read_in_reencode_order(tmp_path: Path) -> None:
     assert listing == [p.name for p in files]
     frames, _ = faces.read_frames(folder)
     assert [int(round(f.mean() / 20)) for f in frames] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("out", ["same", "inside", "outside"])
+def test_crop_refuses_out_and_in_inside_one_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    """OUT equal to IN (which would write crops over the originals), OUT inside IN, IN inside
+    OUT: one line, status 2, before any clip is read; nothing written."""
+    top = tmp_path / "top"
+    src = {"same": top, "inside": top, "outside": top / "raw"}[out]
+    dst = {"same": top, "inside": top / "crops", "outside": top}[out]
+    rng = np.random.default_rng(0)
+    faces.write_video(src / "a.avi", [rng.integers(0, 256, (48, 64, 3), np.uint8)] * 3, 25)
+    (src / "notes.txt").write_text("mine\n")
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    assert ds.main(["crop", "--in", str(src), "--out", str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "must not lie inside" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in top.rglob("*") if p.is_file()} == before
