@@ -21,8 +21,9 @@
 # output was made from (per input file: size, mtime, first and last 64 KiB); an output whose
 # input and itself are unchanged is skipped, any other is made again. A decode error in ffmpeg's
 # log fails the clip. IN and OUT must not lie inside one another. Ctrl-C / SIGTERM stop every
-# job, print what was done and exit 130 / 143. ffmpeg: $FFMPEG, else the one of the pip package imageio-ffmpeg as seen by
-# $PYTHON, by .venv/bin/python beside this script or by python3, else `ffmpeg` on PATH.
+# job, print what was done and exit 130 / 143. ffmpeg: $FFMPEG, else the one of the pip package
+# imageio-ffmpeg as seen by $PYTHON, by .venv/bin/python beside this script or by python3, else
+# `ffmpeg` on PATH.
 # Exit status: 0 done, 1 something failed (each failure named), 2 wrong usage or nothing found.
 set -euo pipefail
 
@@ -107,8 +108,8 @@ ffmpeg_error() {
         echo "no space left on device"
         return
     fi
-    head -n 1 <<<"$errors" | sed -E 's/ @ 0x[0-9a-fA-F]+\]/]/g; s/(^| )\[(error|fatal|panic)\] /\1/' |
-        tr '\t' ' '
+    head -n 1 <<<"$errors" | tr '\t' ' ' |
+        sed -E 's/ @ 0x[0-9a-fA-F]+\]/]/g; s/(^| )\[(error|fatal|panic)\] /\1/'
 }
 
 # ffmpeg with each log line tagged with its level ("[error] "), for ffmpeg_error.
@@ -367,7 +368,7 @@ out_real=$(cd "$out" && pwd -P)
 [[ $out_real != "$in_real" && $out_real != "$in_real"/* ]] ||
     { echo "reencode.sh: OUT must lie outside IN" >&2; exit 2; }
 [[ $in_real != "$out_real"/* ]] ||
-    { echo "reencode.sh: IN must lie outside OUT (outputs would be written over inputs)" >&2; exit 2; }
+    { echo "reencode.sh: IN must lie outside OUT (outputs would overwrite inputs)" >&2; exit 2; }
 FFMPEG_BIN=$(find_ffmpeg)
 RUN_TMP=$(mktemp -d)
 RESULTS=$RUN_TMP/results
