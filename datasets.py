@@ -867,11 +867,12 @@ def index_custom(root: Path, annotations: Path, classes: Sequence[str] | None = 
     """Index the clips an annotation CSV lists (header; columns ``path,label`` and optionally
     ``subject`` and ``split``): each raw ``path`` (relative to the raw tree, which ``root``
     mirrors) is looked for where reencode.sh writes it (``reencoded_path``). Classes: the label
-    names found, sorted, unless ``classes`` fixes them and their order. The protocol: the
-    ``split`` column (train, val, test) when there is one, else 5 subject-independent folds by
-    ``subject`` (sorted subject i -> fold 1 + i mod 5; a clip is its own subject without the
-    column). Every line that gives no clip is a problem: a bad line, an unknown label or split,
-    a clip listed twice, a clip not re-encoded or missing; so is a clip on disk in no line."""
+    names of the clips indexed, sorted, unless ``classes`` fixes them and their order. The
+    protocol: the ``split`` column (train, val, test) when there is one, else 5
+    subject-independent folds by ``subject`` (sorted subject i -> fold 1 + i mod 5; a clip is
+    its own subject without the column). Every line that gives no clip is a problem: a bad
+    line, an unknown label or split, a clip listed twice, a clip not re-encoded or missing; so
+    is a clip on disk in no line."""
     if not annotations.is_file():
         raise FileNotFoundError(f"annotation file {annotations} not found")
     with open(annotations, newline="", encoding="utf-8-sig") as f:
@@ -883,9 +884,7 @@ def index_custom(root: Path, annotations: Path, classes: Sequence[str] | None = 
                              f"(and optionally subject, split), found {','.join(header)!r}")
         lines = [(f"{annotations.name}:{reader.line_num}", row) for row in reader]
     has_split = "split" in header
-    found = sorted({(row["label"] or "").strip() for _, row in lines} - {""})
-    names = tuple(classes) if classes else tuple(found)
-    index = Index("custom", classes=names)
+    index = Index("custom")
     candidates: list[Entry] = []
     raw: list[Path] = []
     listed: dict[str, str] = {}
@@ -895,7 +894,7 @@ def index_custom(root: Path, annotations: Path, classes: Sequence[str] | None = 
         if not path or not label or not _inside(path):
             index.problem("bad annotation line", f"{where} ({path!r}, {label!r})")
             continue
-        if label not in names:
+        if classes and label not in classes:
             index.problem("unknown label", f"{where} ({label!r} not in --classes)")
             continue
         if has_split and split not in CUSTOM_SPLITS:
@@ -913,7 +912,7 @@ def index_custom(root: Path, annotations: Path, classes: Sequence[str] | None = 
                 index.problem("missing clip", f"{where} ({path}: no {rel})")
             continue
         subject = (row.get("subject") or "").strip() or rel
-        e = Entry(rel, subject, names.index(label), label, "custom")
+        e = Entry(rel, subject, -1, label, "custom")
         e.fold = split
         candidates.append(e)
     _report_raw(index, root, raw, candidates)
@@ -922,6 +921,9 @@ def index_custom(root: Path, annotations: Path, classes: Sequence[str] | None = 
         if rel not in listed and not any(part.startswith(".") for part in Path(rel).parts):
             index.problem("clip in no annotation line", rel)
     _measure(index, root, candidates)
+    index.classes = tuple(classes or sorted({e.label_name for e in index.entries}))
+    for e in index.entries:
+        e.label = index.classes.index(e.label_name)
     if not has_split:
         _assign_folds(index.entries, 5, first=1)
     return index

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 import identity_weights
 import mi
+import models
 from datasets import PROTOCOLS, SPECS, Split, prepare_text, protocol
 from evaluate import recall_metrics
 from models import DEFAULT_IDENTITY, IDENTITY_DIMS, MIC, RANDOM, FaceNetMobileNet, build_identity
@@ -101,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight L_CE by inverse class frequency (imbalanced sets: DFEW, MAFW, ...)")
     # model
     p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "resnet6"])
-    p.add_argument("--backbone-weights", help="ImageNet state dict for resnet50/resnet18")
+    p.add_argument("--backbone-weights",
+                   help="'imagenet' (torchvision's, downloaded once into torch's hub cache) or an "
+                        "ImageNet state-dict file")
     p.add_argument("--hidden", type=int, default=512, help="LSTM size")
     p.add_argument("--identity", choices=sorted(IDENTITY_DIMS),
                    help="identity network f_I (default: the one the weights are for; "
@@ -705,7 +708,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with ExitStack() as claimed:
             run_all(args, device, rank0, distributed, claimed)
-    except TrainingError as exc:
+    except (TrainingError, FileNotFoundError) as exc:
         sys.exit(f"train.py: {exc}")
     if distributed:
         dist.destroy_process_group()
@@ -716,6 +719,8 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
     """The whole run: data, f_I, its z_I once per clip, then every selected split."""
     if rank0:
         prepare_data(args)
+        if args.backbone_weights == models.IMAGENET:  # fetched (or refused) before any work
+            models.imagenet_weights(args.backbone)
         f_i = identity_network(args, device)
     if distributed:
         dist.barrier()
