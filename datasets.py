@@ -664,7 +664,7 @@ files and the face-aligned frames so that {raw}/EmoLabel_DataSplit/train(single-
         DFEW_CLASSES, "none", (Split("test", ("train",), ("test",)),), False, _WILD,
         """FERV39k is licensed: request it from its authors (Wang et al., CVPR 2022) and unpack it
 so that {raw}/4_setups/All_scenes/train_All.csv, test_All.csv and
-{raw}/2_ClipsforFaceCrop/Action/Happy/0015/*.jpg ... exist, then:
+{raw}/2_ClipsforFaceCrop/Action/Happy/0015/ (frame folders) ... exist, then:
 
     ./reencode.sh {raw} {root}
     python datasets.py --dataset ferv39k --root {root}
