@@ -6,7 +6,8 @@ the per-pixel work is done by the C kernels in `coviar._kernels`. Differences fr
 containers (.mp4 .avi .mkv) are read as well as raw streams, `get_num_frames` is the true count
 (the original is one short), every failure raises a Python exception, `load_many` decodes a GOP
 once for many frames, and `load_clip` returns several representations (optionally cropped) from
-that one decode. """
+that one decode.
+"""
 
 from __future__ import annotations
 
