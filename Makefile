@@ -22,16 +22,14 @@ build: $(STAMP) coviar_ext/coviar/_kernels.c
 # evaluate.py (paired difference, held-out MI, identity probes, speed). Re-running it resumes
 # (finished folds are kept). `make demo DEMO_FOLDS="0 1 2 3 4 5 6 7 8 9"` runs the whole protocol.
 DEMO_FOLDS ?= 0 1 2 3 4
-DEMO_ARGS := --dataset synthetic --root data/synthetic --out runs/demo --synthetic-subjects 80 \
-	--backbone resnet6 --hidden 64 --size 48 --num-segments 4 --accumulate --batch-size 16 --epochs 8 \
-	--schedule 5:3e-4 --workers 1 --resume $(foreach f,$(DEMO_FOLDS),--fold $(f))
+DEMO_ARGS := @configs/demo.args --resume $(foreach f,$(DEMO_FOLDS),--fold $(f))
 
 demo: build
 	$(PY) train.py $(DEMO_ARGS)
 	$(PY) train.py $(DEMO_ARGS) --no-mi
 	$(PY) evaluate.py runs/demo
 
-# The claim measured on the synthetic set (study.py; README "The study"): coupling 0/0.5/1 ×
+# The claim measured on the synthetic set (study.py; docs/study.md): coupling 0/0.5/1 ×
 # MIC and MIC−MI × 5 folds × 2 seeds, and the paper's ablation rows at coupling 1.
 study: build
 	$(PY) study.py coupling
@@ -39,13 +37,13 @@ study: build
 table: build
 	$(PY) study.py ablations --seeds 0
 
-# The precondition (README "Does identity hurt here?"), 24 epochs, coupling 1, 10 folds × the
+# The precondition (docs/study.md, "Does identity hurt here?"), 24 epochs, coupling 1, 10 folds × the
 # seeds PRE_SEEDS, on the set where it holds: 200 subjects, identity style × 3, each person's
 # version of an emotion varied more, many subtle sequences. MIC − MI and MIC on it, MIC − MI on
 # the same set without the identity style (--style 0); about 70 min a seed on the 2-core CPU
 # with the decode cache, resumable. Another set: PRE_SET (synthetic.py options), PRE_DATA and
 # PRE_OUT (its folders; the style-off set goes to PRE_DATA0), PRE_TRAIN (more train.py options).
-# The 80-subject set of the README's first 24-epoch table (style-off set at data/style0):
+# The 80-subject set of the first 24-epoch table of docs/study.md (style-off set at data/style0):
 # make precondition PRE_SET= PRE_DATA=data/study PRE_OUT=runs/long PRE_SEEDS=0 PRE_TRAIN=
 PRE_SET ?= --subjects 200 --style 3 --variability 1 --intensity-jitter 0.6
 PRE_TRAIN ?= --cache runs/cache
@@ -53,9 +51,7 @@ PRE_DATA ?= data/sv200
 PRE_OUT ?= runs/sv200
 PRE_SEEDS ?= 0 1
 PRE_DATA0 ?= $(if $(filter data/study,$(PRE_DATA)),data/style0,$(PRE_DATA)-style0)
-LONG_ARGS := --dataset synthetic --epochs 24 --resume $(foreach f,0 1 2 3 4 5 6 7 8 9,--fold $(f)) \
-	--backbone resnet6 --hidden 64 --size 48 --num-segments 4 --accumulate --batch-size 16 \
-	--schedule 5:3e-4 --workers 1 $(PRE_TRAIN)
+LONG_ARGS := @configs/precondition.args $(PRE_TRAIN)
 SYN := --subjects 80 --coupling 1 --id-subjects 0 --jobs 2 --seed 0 $(PRE_SET)
 
 precondition: build

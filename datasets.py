@@ -5,10 +5,12 @@ Commands (``python datasets.py -h``)::
 
     python datasets.py --dataset ckplus --root DIR     # = python datasets.py index ...
     python datasets.py --dataset dfew --root DIR [--clips Clip/original]
+    python datasets.py --dataset custom --root DIR --annotations DIR/labels.csv [--classes a,b]
     python datasets.py crop --in RAW --out CROPPED     # MTCNN face crops (AFEW; faces.py)
 
-The clips of an index are read by ``reader.ClipDataset``; ``PROTOCOLS`` holds each dataset's
-train/test splits, ``APEX`` its apex rule.
+The clips of an index are read by ``reader.ClipDataset``; ``SPECS`` holds one record per dataset
+(``DatasetSpec``: classes, apex rule, protocol, clip folders, split reader, training defaults,
+how to prepare it).
 
 ``index`` reads DIR, the output of ``reencode.sh`` over a dataset as distributed (the same tree
 with every frame folder and video turned into a raw MPEG-4 Part 2 ``.mp4``, label and split
@@ -17,36 +19,32 @@ of them go to ``DIR/index_problems.txt``), and writes ``DIR/index.csv``::
 
     path,subject,label,label_name,num_frames,fold,dataset,view,crop,apex
 
-``path`` is relative to DIR; ``label`` a 0-based index into ``CLASSES[dataset]``; ``num_frames``
+``path`` is relative to DIR; ``label`` a 0-based index into the dataset's classes (``custom``:
+those of ``DIR/index_classes.txt``, written beside the index); ``num_frames``
 the frames of the clip's first GOP (all of them for ``reencode.sh`` output); ``fold`` 0-9 for
 the subject-independent 10-fold protocol of CK+/MMI/synthetic (sorted subject i -> fold i mod 10),
 ``train``/``val`` for AFEW, the set K (1-5) in which the clip is a test clip for DFEW and MAFW,
-``train``/``test`` for FERV39k; ``view`` the MMI camera view (0 frontal, 2 dual; 0 elsewhere);
+``train``/``test`` for FERV39k, 1-5 or the CSV's ``split`` for custom; ``view`` the MMI camera
+view (0 frontal, 2 dual; 0 elsewhere);
 ``crop`` ``none``/``left``/``right``, the half of the frame ``ClipDataset`` keeps (MMI dual
 view); ``apex`` the apex frame index (last frame for CK+/synthetic, middle for MMI, -1 for the
 clips in the wild: AFEW, DFEW, FERV39k, MAFW). ``read_index`` refuses a hand-edited index.csv
 whose rows break any of this (see its docstring).
 
-Class lists (label = position):
-
-* ckplus, synthetic: anger, contempt, disgust, fear, happy, sadness, surprise
-  (CK+ emotion codes 1..7, written ``   5.0000000e+00``; a label that is not an integer code
-  1..7 -- 0 neutral, 3.7, inf, nan, text -- is an unknown label).
-* mmi: anger, disgust, fear, happy, sadness, surprise (MMI Emotion metatag 1..6).
-* afew: angry, disgust, fear, happy, neutral, sad, surprise (the class folder names).
-* dfew: happy, sad, neutral, angry, surprise, disgust, fear (DFEW label codes 1..7).
-* ferv39k: the same names in the same order (FERV39k writes Happy ... Fear; the order is
-  DFEW's, as MAE-DFER's and DFER-CLIP's readers use, so that the two tables line up).
-* mafw: anger, disgust, fear, happiness, neutral, sadness, surprise, contempt, anxiety,
-  helplessness, disappointment (the order of MAFW's paper and of MAE-DFER's reader).
+How labels are read (the class lists are the specs'; label = position): CK+ emotion codes
+1..7, written ``   5.0000000e+00`` (a label that is not an integer code 1..7 -- 0 neutral, 3.7,
+inf, nan, text -- is an unknown label); MMI's Emotion metatag 1..6; AFEW's class folder names;
+DFEW's label codes 1..7; FERV39k's names (Happy ... Fear) in DFEW's order, as MAE-DFER's and
+DFER-CLIP's readers use them, so that the two tables line up; MAFW's names in the order of its
+paper and of MAE-DFER's reader; custom: the names of the annotation CSV.
 
 AFEW, DFEW, FERV39k and MAFW release no subject ids: a clip's subject is the clip itself.
 
-The released layouts of DFEW, FERV39k and MAFW, as confirmed in public material (read with the
-project's search tool; the datasets themselves are licensed and were not available here):
+The released layouts of DFEW, FERV39k and MAFW, as public material shows them (the datasets
+themselves are licensed and were not available to us):
 
-* DFEW -- the release's own README (v1.0, 10/17/2020; a copy in the code index, repository not
-  named by the search tool): ``Clip/original/XXXXX.mp4`` (16,372 clips),
+* DFEW -- the release's own README (v1.0, 10/17/2020, shipped with the dataset):
+  ``Clip/original/XXXXX.mp4`` (16,372 clips),
   ``Clip/clip_224x224/`` and ``Clip/clip_224x224_16f/`` (15,906 face-aligned clips, frame
   ``y`` of clip ``x`` named ``x_y.jpg``), ``EmoLabel_DataSplit/train(single_labeled)`` and
   ``test(single_labeled)`` with ``set_1.csv`` .. ``set_5.csv`` (11,697 single-labelled clips,
@@ -85,9 +83,10 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType
 
 import torch
 from tqdm import tqdm
@@ -96,41 +95,12 @@ import coviar
 
 CKPLUS_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
 DFEW_CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
-CLASSES: dict[str, tuple[str, ...]] = {
-    "ckplus": CKPLUS_CLASSES,
-    "synthetic": CKPLUS_CLASSES,
-    "mmi": ("anger", "disgust", "fear", "happy", "sadness", "surprise"),
-    "afew": ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
-    "dfew": DFEW_CLASSES,
-    "ferv39k": DFEW_CLASSES,
-    "mafw": (
-        "anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
-        "contempt", "anxiety", "helplessness", "disappointment",
-    ),
-}  # fmt: skip
-DATASETS = tuple(CLASSES)
+MAFW_CLASSES = (
+    "anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise",
+    "contempt", "anxiety", "helplessness", "disappointment",
+)  # fmt: skip
 COLUMNS = tuple("path subject label label_name num_frames fold dataset view crop apex".split())
 NUM_FOLDS = 10
-# The apex frame (the reconstruction target): last (CK+ and synthetic sequences end at the apex),
-# middle (MMI: neutral -> apex -> neutral), none (clips in the wild: no apex is known).
-APEX: dict[str, str] = {
-    "ckplus": "last",
-    "synthetic": "last",
-    "mmi": "middle",
-    "afew": "none",
-    "dfew": "none",
-    "ferv39k": "none",
-    "mafw": "none",
-}
-# Datasets whose protocol keeps every subject in one fold (index.csv is checked for it).
-SUBJECT_INDEPENDENT = frozenset({"ckplus", "synthetic", "mmi"})
-# Where the clips of the split-file datasets lie under ROOT, in order of preference (the first
-# that exists is used; ``--clips`` chooses another).
-CLIP_DIRS: dict[str, tuple[str, ...]] = {
-    "dfew": ("Clip/clip_224x224", "Clip/original", "Clip/clip_224x224_16f"),
-    "ferv39k": ("2_ClipsforFaceCrop",),
-    "mafw": ("data/clips", "data/frames"),
-}
 
 
 @dataclass(frozen=True)
@@ -149,17 +119,6 @@ def _kfold(k: int, first: int = 0) -> tuple[Split, ...]:
     return tuple(Split(f"fold{f}", tuple(g for g in folds if g != f), (f,)) for f in folds)
 
 
-# The protocols: subject-independent 10 folds (CK+, MMI, synthetic), AFEW Train -> Val, the
-# official 5 folds of DFEW and MAFW (fold k = the test clips of set_k), FERV39k train -> test.
-PROTOCOLS: dict[str, tuple[Split, ...]] = {
-    "ckplus": _kfold(NUM_FOLDS),
-    "synthetic": _kfold(NUM_FOLDS),
-    "mmi": _kfold(NUM_FOLDS),
-    "afew": (Split("val", ("train",), ("val",)),),
-    "dfew": _kfold(5, first=1),
-    "ferv39k": (Split("test", ("train",), ("test",)),),
-    "mafw": _kfold(5, first=1),
-}
 VIDEO_EXTS = frozenset(
     {".avi", ".mp4", ".m4v", ".mkv", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".webm"}
 )
@@ -201,6 +160,12 @@ class Index:
     entries: list[Entry] = field(default_factory=list)
     problems: dict[str, list[str]] = field(default_factory=dict)
     source: str = ""  # the clip folder read (DFEW, FERV39k, MAFW)
+    classes: tuple[str, ...] | None = None  # custom: the classes of the annotations
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes of the index (label = position)."""
+        return self.classes or SPECS[self.dataset].classes or ()
 
     def problem(self, kind: str, item: str) -> None:
         self.problems.setdefault(kind, []).append(item)
@@ -245,7 +210,7 @@ def _report_raw(index: Index, root: Path, raw: list[Path], found: list) -> None:
 def _measure(index: Index, root: Path, entries: list[Entry]) -> None:
     """Fill num_frames/apex (``APEX`` rule) by reading every clip (decoding its GOP 0 once);
     unreadable or too short clips become problems, the others go into ``index.entries``."""
-    apex = APEX[index.dataset]
+    apex = SPECS[index.dataset].apex
     for e in tqdm(entries, desc=f"reading {index.dataset} clips", unit="clip", leave=False):
         path = root / e.path
         try:
@@ -279,9 +244,9 @@ def integer_code(text: str) -> int | None:
     return int(x) if math.isfinite(x) and x.is_integer() else None
 
 
-def _assign_folds(entries: list[Entry]) -> None:
-    """Subject-independent 10 folds: sorted subject i -> fold i mod 10."""
-    fold = {s: i % NUM_FOLDS for i, s in enumerate(sorted({e.subject for e in entries}))}
+def _assign_folds(entries: list[Entry], k: int = NUM_FOLDS, first: int = 0) -> None:
+    """Subject-independent k folds: sorted subject i -> fold first + i mod k."""
+    fold = {s: first + i % k for i, s in enumerate(sorted({e.subject for e in entries}))}
     for e in entries:
         e.fold = str(fold[e.subject])
 
@@ -632,16 +597,149 @@ def _named_label(classes: tuple[str, ...]) -> Callable[[str], int | None]:
     return lambda text: names.get(text.strip().lower())
 
 
-SPLIT_READERS: dict[str, tuple[Callable[[Path, Index], list[Listed]], Callable[[str], int | None]]]
-SPLIT_READERS = {
-    "dfew": (_read_dfew_splits, _dfew_label),
-    "ferv39k": (_read_ferv39k_splits, _named_label(CLASSES["ferv39k"])),
-    "mafw": (_read_mafw_splits, _named_label(CLASSES["mafw"])),
-}
+# ----------------------------------------------------------------------------------------------
+# One record per dataset
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the tools know about one dataset, in one place (``SPECS[name]``):
+
+    ``classes`` (label = position; None: the index's own, written beside it: ``custom``),
+    ``apex`` (the reconstruction target: ``last`` frame, ``middle`` frame or ``none`` known),
+    ``protocol`` (its splits; ``protocol()`` keeps those an index has the folds of),
+    ``subject_independent`` (no subject in two numbered folds: checked by ``read_index``),
+    ``defaults`` (train.py's ``lr``, ``schedule``, ``epochs`` unless given), ``prepare`` (where
+    to get it and the commands that prepare it, ``{raw}``/``{root}`` to fill; train.py prints it
+    when the data is missing, the README shows it), ``clip_dirs`` (where the clips lie under
+    ROOT, first found used) and ``split_reader``/``label_of`` (the official split files and
+    their label text -> class index) for the datasets indexed from split files."""
+
+    classes: tuple[str, ...] | None
+    apex: str
+    protocol: tuple[Split, ...]
+    subject_independent: bool
+    defaults: Mapping[str, float | int | str]
+    prepare: str
+    clip_dirs: tuple[str, ...] = ()
+    split_reader: Callable[[Path, Index], list[Listed]] | None = None
+    label_of: Callable[[str], int | None] | None = None
+
+
+def _defaults(lr: float, schedule: str, epochs: int) -> Mapping[str, float | int | str]:
+    return MappingProxyType({"lr": lr, "schedule": schedule, "epochs": epochs})
+
+
+# Training defaults: the paper's settings (Liu et al. 2021) where it gives them; its
+# CK+/MMI learning rate, 1e-1 with Adam, diverges, so 1e-3 (`--lr 1e-1 --schedule 30:1e-2`
+# reproduces it as written); DFEW, FERV39k, MAFW and custom sets: ours (the paper has none).
+_LAB = _defaults(1e-3, "30:1e-4", 100)
+_WILD = _defaults(1e-4, "20:1e-5", 40)
+CUSTOM_SPLITS = ("train", "val", "test")
+SPECS: Mapping[str, DatasetSpec] = MappingProxyType({
+    "ckplus": DatasetSpec(
+        CKPLUS_CLASSES, "last", _kfold(NUM_FOLDS), True, _LAB,
+        """CK+ is licensed: request it at https://www.jeffcohn.net/Resources/ and unpack it so that
+{raw}/cohn-kanade-images/S005/001/S005_001_00000001.png ... and
+{raw}/Emotion/S005/001/S005_001_00000011_emotion.txt exist, then:
+
+    ./reencode.sh {raw} {root}
+    python datasets.py --dataset ckplus --root {root}
+    python train.py --dataset ckplus --root {root}"""),
+    "mmi": DatasetSpec(
+        ("anger", "disgust", "fear", "happy", "sadness", "surprise"), "middle",
+        _kfold(NUM_FOLDS), True, _LAB,
+        """MMI is licensed: request it at https://mmifacedb.eu/ and unpack the sessions so that
+{raw}/Sessions/2/session.xml, S001-002.avi and S001-002.xml exist, then:
+
+    ./reencode.sh {raw} {root}
+    python datasets.py --dataset mmi --root {root}
+    python train.py --dataset mmi --root {root}"""),
+    "afew": DatasetSpec(
+        ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"), "none",
+        (Split("val", ("train",), ("val",)),), False, _defaults(1e-4, "30:8e-6,60:1e-7", 100),
+        """AFEW 7.0 comes with the EmotiW challenge (https://sites.google.com/site/emotiwchallenge/).
+Put {raw}/Train_AFEW/Happy/000046280.avi ... and {raw}/Val_AFEW/Sad/... in place, then crop
+the faces (MTCNN), re-encode, index and train:
+
+    python datasets.py crop --in {raw} --out {raw}-faces
+    ./reencode.sh {raw}-faces {root}
+    python datasets.py --dataset afew --root {root}
+    python train.py --dataset afew --root {root}"""),
+    "dfew": DatasetSpec(
+        DFEW_CLASSES, "none", _kfold(5, first=1), False, _WILD,
+        """DFEW is licensed: request it at https://dfew-dataset.github.io/ and unpack the split
+files and the face-aligned frames so that {raw}/EmoLabel_DataSplit/train(single-labeled)/set_1.csv
+... and {raw}/Clip/clip_224x224/00001/00001_00001.jpg ... exist, then:
+
+    ./reencode.sh {raw} {root}
+    python datasets.py --dataset dfew --root {root}
+    python train.py --dataset dfew --root {root}""",
+        ("Clip/clip_224x224", "Clip/original", "Clip/clip_224x224_16f"),
+        _read_dfew_splits, _dfew_label),
+    "ferv39k": DatasetSpec(
+        DFEW_CLASSES, "none", (Split("test", ("train",), ("test",)),), False, _WILD,
+        """FERV39k is licensed: request it from its authors (Wang et al., CVPR 2022) and unpack it
+so that {raw}/4_setups/All_scenes/train_All.csv, test_All.csv and
+{raw}/2_ClipsforFaceCrop/Action/Happy/0015/ (frame folders) ... exist, then:
+
+    ./reencode.sh {raw} {root}
+    python datasets.py --dataset ferv39k --root {root}
+    python train.py --dataset ferv39k --root {root}""",
+        ("2_ClipsforFaceCrop",), _read_ferv39k_splits, _named_label(DFEW_CLASSES)),
+    "mafw": DatasetSpec(
+        MAFW_CLASSES, "none", _kfold(5, first=1), False, _WILD,
+        """MAFW is licensed: request it at https://mafw-database.github.io/MAFW/ and unpack it so
+that {raw}/Train & Test Set/single/no_caption/set_1/train.txt, test.txt ... and
+{raw}/data/clips/00025.mp4 ... exist, then crop the faces, re-encode, index and train:
+
+    python datasets.py crop --in {raw} --out {raw}-faces
+    ./reencode.sh {raw}-faces {root}
+    python datasets.py --dataset mafw --root {root}
+    python train.py --dataset mafw --root {root}""",
+        ("data/clips", "data/frames"), _read_mafw_splits, _named_label(MAFW_CLASSES)),
+    "synthetic": DatasetSpec(
+        CKPLUS_CLASSES, "last", _kfold(NUM_FOLDS), True, _defaults(1e-3, "20:1e-4", 30),
+        """The synthetic set is generated by train.py itself (synthetic.py -> {raw}, then
+reencode.sh -> {root} and datasets.py)."""),
+    "custom": DatasetSpec(
+        None, "none",
+        _kfold(5, first=1) + tuple(Split(s, ("train",), (s,)) for s in CUSTOM_SPLITS[1:]),
+        True, _LAB,
+        """Your own clips: videos or frame folders anywhere under {raw}, and a CSV with a header
+and the columns path,label (optionally subject and split: train, val, test) whose paths are
+relative to {raw}, e.g. {raw}/labels.csv holding "clips/a.avi,happy,P01" lines, then:
+
+    ./reencode.sh {raw} {root}
+    python datasets.py --dataset custom --root {root} --annotations {root}/labels.csv
+    python train.py --dataset custom --root {root}"""),
+})  # fmt: skip
+DATASETS = tuple(SPECS)
+# The fixed class lists (label = position), by dataset.
+CLASSES = MappingProxyType({n: s.classes for n, s in SPECS.items() if s.classes is not None})
+PROTOCOLS = MappingProxyType({n: s.protocol for n, s in SPECS.items()})
+
+
+def prepare_text(dataset: str, raw: str | Path, root: str | Path) -> str:
+    """Where to get ``dataset`` and the commands that prepare it (raw tree ``raw``, re-encoded
+    tree ``root``)."""
+    return SPECS[dataset].prepare.format(raw=raw, root=root)
+
+
+def protocol(dataset: str, index_csv: str | Path) -> tuple[Split, ...]:
+    """The splits of ``dataset`` that its index ``index_csv`` has the folds of: all of them for
+    the built-in datasets; for ``custom`` the 5 folds or train -> val / test, as indexed."""
+    splits = SPECS[dataset].protocol
+    if SPECS[dataset].classes is not None:
+        return splits
+    folds = {r["fold"] for r in read_index(index_csv)}
+    return tuple(s for s in splits if folds >= set(s.train + s.test))
 
 
 def _clip_dir(dataset: str, root: Path, clips: str | Path | None) -> Path:
-    """The folder of clips: ``clips`` (under ``root``) or the first of ``CLIP_DIRS`` there."""
+    """The folder of clips: ``clips`` (under ``root``) or the first of the spec's ``clip_dirs``
+    there."""
     if clips is not None:
         d = root / clips
         if not d.is_dir():
@@ -649,11 +747,11 @@ def _clip_dir(dataset: str, root: Path, clips: str | Path | None) -> Path:
         if not d.resolve().is_relative_to(root.resolve()):
             raise ValueError(f"clip folder {d} lies outside {root}: clip paths are relative to it")
         return root / d.resolve().relative_to(root.resolve())
-    for rel in CLIP_DIRS[dataset]:
+    for rel in SPECS[dataset].clip_dirs:
         if (root / rel).is_dir():
             return root / rel
     raise FileNotFoundError(
-        f"none of {', '.join(CLIP_DIRS[dataset])} in {root}: pass --clips DIR, the folder of "
+        f"none of {', '.join(SPECS[dataset].clip_dirs)} in {root}: pass --clips DIR, the folder of "
         "the clips under ROOT"
     )
 
@@ -676,13 +774,13 @@ def index_split_files(dataset: str, root: Path, clips: str | Path | None = None)
     test clip (kept: the fold protocol trains on it there), a clip listed twice in a file, a
     listed clip missing on disk or not re-encoded, a clip on disk in no split file, an
     unreadable clip."""
-    read, label_of = SPLIT_READERS[dataset]
-    classes = CLASSES[dataset]
+    spec = SPECS[dataset]
+    read, label_of, classes = spec.split_reader, spec.label_of, spec.classes
     index = Index(dataset)
     listed = read(root, index)
     clip_dir = _clip_dir(dataset, root, clips)
     index.source = str(clip_dir.relative_to(root))
-    kfold = len(PROTOCOLS[dataset]) > 1
+    kfold = len(spec.protocol) > 1
     train_files = sorted({x.split for x in listed if x.role == "train"})  # sets with train files
     by_clip: dict[str, list[Listed]] = {}
     for x in listed:
@@ -753,15 +851,114 @@ def index_split_files(dataset: str, root: Path, clips: str | Path | None = None)
     return index
 
 
+# ----------------------------------------------------------------------------------------------
+# Your own data: an annotation CSV over a raw tree, indexed in reencode.sh's output of it
+# ----------------------------------------------------------------------------------------------
+
+
+def reencoded_path(raw: str) -> str:
+    """Where reencode.sh writes the raw clip ``raw`` (relative): a video ``a/b.avi`` becomes
+    ``a/b.mp4``, a frame folder ``a/b`` (or ``a/b/``) ``a/b.mp4``."""
+    path = PurePosixPath(raw.replace("\\", "/").rstrip("/"))
+    stem = path.with_suffix("") if path.suffix.lower() in VIDEO_EXTS else path
+    return f"{stem}.mp4"
+
+
+def classes_file(index_csv: str | Path) -> Path:
+    """The class list of a ``custom`` index, one name a line, beside it (``index_classes.txt``)."""
+    index_csv = Path(index_csv)
+    return index_csv.with_name(f"{index_csv.stem}_classes.txt")
+
+
+def index_classes(dataset: str, index_csv: str | Path) -> tuple[str, ...]:
+    """The classes of an index of ``dataset``: the spec's, or for ``custom`` its classes file."""
+    fixed = SPECS[dataset].classes
+    if fixed is not None:
+        return fixed
+    path = classes_file(index_csv)
+    if not path.is_file():
+        raise ValueError(f"{index_csv}: {path.name} not found beside it; re-run datasets.py")
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def index_custom(root: Path, annotations: Path, classes: Sequence[str] | None = None) -> Index:
+    """Index the clips an annotation CSV lists (header; columns ``path,label`` and optionally
+    ``subject`` and ``split``): each raw ``path`` (relative to the raw tree, which ``root``
+    mirrors) is looked for where reencode.sh writes it (``reencoded_path``). Classes: the label
+    names of the clips indexed, sorted, unless ``classes`` fixes them and their order. The
+    protocol: the ``split`` column (train, val, test) when there is one, else 5
+    subject-independent folds by ``subject`` (sorted subject i -> fold 1 + i mod 5; a clip is
+    its own subject without the column). Every line that gives no clip is a problem: a bad
+    line, an unknown label or split, a clip listed twice, a clip not re-encoded or missing; so
+    is a clip on disk in no line."""
+    if not annotations.is_file():
+        raise FileNotFoundError(f"annotation file {annotations} not found")
+    with open(annotations, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [c.strip().lower() for c in reader.fieldnames or ()]
+        reader.fieldnames = header
+        if not {"path", "label"} <= set(header):
+            raise ValueError(f"{annotations}: the header must name the columns path,label "
+                             f"(and optionally subject, split), found {','.join(header)!r}")
+        lines = [(f"{annotations.name}:{reader.line_num}", row) for row in reader]
+    has_split = "split" in header
+    index = Index("custom")
+    candidates: list[Entry] = []
+    raw: list[Path] = []
+    listed: dict[str, str] = {}
+    for where, row in lines:
+        path, label = (row["path"] or "").strip(), (row["label"] or "").strip()
+        split = (row.get("split") or "").strip().lower()
+        if not path or not label or not _inside(path):
+            index.problem("bad annotation line", f"{where} ({path!r}, {label!r})")
+            continue
+        if classes and label not in classes:
+            index.problem("unknown label", f"{where} ({label!r} not in --classes)")
+            continue
+        if has_split and split not in CUSTOM_SPLITS:
+            index.problem("unknown split", f"{where} ({split!r}: train, val or test)")
+            continue
+        rel = reencoded_path(path)
+        if rel in listed:
+            index.problem("clip listed twice", f"{where} ({path}, first at {listed[rel]})")
+            continue
+        listed[rel] = where
+        if not (root / rel).is_file():
+            if _is_raw(root / rel[: -len(".mp4")]):
+                raw.append(root / rel[: -len(".mp4")])
+            else:
+                index.problem("missing clip", f"{where} ({path}: no {rel})")
+            continue
+        subject = (row.get("subject") or "").strip() or rel
+        e = Entry(rel, subject, -1, label, "custom")
+        e.fold = split
+        candidates.append(e)
+    _report_raw(index, root, raw, candidates)
+    for p in sorted(root.rglob("*.mp4")):
+        rel = p.relative_to(root).as_posix()
+        if rel not in listed and not any(part.startswith(".") for part in Path(rel).parts):
+            index.problem("clip in no annotation line", rel)
+    _measure(index, root, candidates)
+    index.classes = tuple(classes or sorted({e.label_name for e in index.entries}))
+    for e in index.entries:
+        e.label = index.classes.index(e.label_name)
+    if not has_split:
+        _assign_folds(index.entries, 5, first=1)
+    return index
+
+
 def build_index(
     dataset: str,
     root: str | Path,
     dual_view_half: str = "left",
     selection: str | None = None,
     clips: str | None = None,
+    annotations: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Index:
     """Index the re-encoded tree ``root`` of ``dataset`` (see the module docstring); ``clips``:
-    the clip folder under ``root`` (DFEW, FERV39k, MAFW; default: the first of ``CLIP_DIRS``)."""
+    the clip folder under ``root`` (DFEW, FERV39k, MAFW; default: the first of the spec's
+    ``clip_dirs``); ``annotations`` and ``classes``: ``custom``'s CSV and class order."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory")
@@ -771,13 +968,20 @@ def build_index(
         return index_mmi(root, dual_view_half, Path(selection) if selection else None)
     if dataset == "afew":
         return index_afew(root)
-    if dataset in SPLIT_READERS:
+    if dataset == "custom":
+        if annotations is None:
+            raise ValueError("--dataset custom needs --annotations FILE (CSV path,label[,...])")
+        return index_custom(root, Path(annotations), classes)
+    if dataset in SPECS and SPECS[dataset].split_reader is not None:
         return index_split_files(dataset, root, clips)
     raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
 
 
 def write_index(index: Index, path: str | Path) -> None:
-    """Write the rows of ``index`` to ``path`` (columns ``COLUMNS``)."""
+    """Write the rows of ``index`` to ``path`` (columns ``COLUMNS``), and a custom index's
+    classes to ``classes_file(path)``."""
+    if index.classes is not None:
+        classes_file(path).write_text("".join(f"{c}\n" for c in index.classes))
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(COLUMNS)
@@ -798,7 +1002,7 @@ def summary(index: Index, max_items: int | None = None) -> str:
     """Human-readable summary: clips per class, subjects, folds, every problem counted and
     listed (the first ``max_items`` of each kind when given)."""
     es = index.entries
-    classes = CLASSES[index.dataset]
+    classes = index.class_names
     lines = [
         f"{index.dataset}: {len(es)} clips, {len({e.subject for e in es})} subjects, "
         f"{len(classes)} classes" + (f" (clips from {index.source})" if index.source else "")
@@ -834,14 +1038,14 @@ FOLDS = {d: sorted({f for s in splits for f in s.train + s.test}, key=_fold_orde
          for d, splits in PROTOCOLS.items()}
 
 
-def _row_problem(row: dict[str, str]) -> str | None:
-    """What is wrong with one index.csv row on its own (None: nothing)."""
+def _row_problem(row: dict[str, str], classes: tuple[str, ...]) -> str | None:
+    """What is wrong with one index.csv row on its own (None: nothing); ``classes``: those of
+    the index's dataset."""
     if None in row or any(row[c] is None for c in COLUMNS):
         return "wrong number of fields"
     dataset = row["dataset"]
-    if dataset not in CLASSES:
+    if dataset not in SPECS:
         return f"unknown dataset {dataset!r} (one of {', '.join(DATASETS)})"
-    classes = CLASSES[dataset]
     label = _int(row["label"])
     if label is None or not 0 <= label < len(classes):
         return f"label {row['label']!r} is not an integer in 0..{len(classes) - 1} ({dataset})"
@@ -882,10 +1086,12 @@ def read_index(path: str | Path) -> list[dict[str, str]]:
         raise ValueError(f"{path}: no clip listed; re-run datasets.py")
     errors: list[str] = []
     first_dataset = rows[0][1]["dataset"]
+    classes = index_classes(first_dataset, path) if first_dataset in SPECS else ()
     clip_line: dict[str, int] = {}
     subject_fold: dict[str, tuple[str, int]] = {}
     for line, row in rows:
-        problem = _row_problem(row)
+        problem = _row_problem(row, classes if row["dataset"] == first_dataset
+                               else CLASSES.get(row["dataset"], ()))
         if problem is None and row["dataset"] != first_dataset:
             problem = f"dataset {row['dataset']!r} in an index of {first_dataset!r}"
         if problem is None:
@@ -893,7 +1099,8 @@ def read_index(path: str | Path) -> list[dict[str, str]]:
             if key in clip_line:
                 problem = f"clip {row['path']} listed twice (first at line {clip_line[key]})"
             clip_line.setdefault(key, line)
-        if problem is None and row["dataset"] in SUBJECT_INDEPENDENT:
+        if (problem is None and SPECS[row["dataset"]].subject_independent
+                and row["fold"].isdigit()):  # custom's train/val/test are the user's choice
             fold, at = subject_fold.setdefault(row["subject"], (row["fold"], line))
             if fold != row["fold"]:
                 problem = (
@@ -937,9 +1144,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--clips",
         help="DFEW/FERV39k/MAFW: the clip folder under ROOT (default: the first that exists of "
-        + "; ".join(f"{d}: {', '.join(v)}" for d, v in CLIP_DIRS.items())
+        + "; ".join(f"{d}: {', '.join(s.clip_dirs)}" for d, s in SPECS.items() if s.clip_dirs)
         + ")",
     )
+    p.add_argument("--annotations",
+                   help="custom: CSV with a header and the columns path,label[,subject][,split] "
+                        "(paths of the raw tree reencode.sh converted into ROOT)")
+    p.add_argument("--classes",
+                   help="custom: the class names in label order, comma-separated (default: the "
+                        "labels found, sorted)")
     c = sub.add_parser("crop", help="crop every clip of a tree to its face (MTCNN)")
     c.add_argument("--in", dest="src", required=True, help="raw tree (videos or frame folders)")
     c.add_argument("--out", dest="dst", required=True, help="output tree (for reencode.sh)")
@@ -986,9 +1199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("\n".join(f"  {item}" for item in items))
         return 0 if res.boxes else 1
     try:
-        index = build_index(
-            args.dataset, args.root, args.dual_view_half, args.selection, args.clips
-        )
+        classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        index = build_index(args.dataset, args.root, args.dual_view_half, args.selection,
+                            args.clips, args.annotations, classes)
     except (RawTreeError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ f_I maps the clip's I-frame to the identity feature z_I; the MI estimator T(z_E,
 mi.py. Test time needs only residuals → f_E → classifier (`MIC`); f_I is frozen and its
 features are computed once per clip outside `MIC`.
 
-ImageNet ResNets come from an explicit path or the local torch hub cache (never downloaded);
+ImageNet ResNets come from an explicit path, the local torch hub cache, or by name (`imagenet`:
+torchvision's weights, downloaded once into that cache);
 face-recognition weights are named or given by path (`build_identity`, `identity_weights.py`).
 """
 
@@ -15,6 +16,7 @@ import glob
 import logging
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -104,6 +106,21 @@ class ResNet6(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
+IMAGENET = "imagenet"
+
+
+def imagenet_weights(name: str) -> str:
+    """The file of torchvision's ImageNet weights (IMAGENET1K_V1) for backbone `name` (resnet6:
+    resnet18's) in torch's hub cache, downloaded there once where the machine is online; offline
+    and not cached, a FileNotFoundError naming the file and the folder to put it in."""
+    tv = "resnet18" if name == "resnet6" else name
+    url = torchvision.models.get_model_weights(tv).IMAGENET1K_V1.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        identity_weights.download(url, path)
+    return str(path)
+
+
 def _cached_imagenet_weights(name: str) -> str | None:
     """Torchvision checkpoint `<hub>/checkpoints/<name>-*.pth` (last in name order), if any."""
     found = sorted(glob.glob(os.path.join(torch.hub.get_dir(), "checkpoints", f"{name}-*.pth")))
@@ -131,13 +148,14 @@ def build_backbone(
     fc removed; `resnet6` (128-d): see `ResNet6`. Weights: `weights` (a torchvision state-dict
     path; for resnet6 its matching keys, e.g. from a resnet18 file) if given, else for
     resnet18/50 the torch hub cache `<torch.hub.get_dir()>/checkpoints/<name>-*.pth` if present,
-    else random init. `weights="random"` forces random init. Nothing is ever downloaded.
+    else random init. `weights="random"` forces random init; `weights="imagenet"` takes
+    torchvision's ImageNet weights (`imagenet_weights`, the only download).
     If `in_channels != 3` the first conv is rebuilt from the mean of its RGB filters.
     """
     if name not in BACKBONE_DIMS:
         raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONE_DIMS)}")
     net = ResNet6() if name == "resnet6" else getattr(torchvision.models, name)()
-    path = weights
+    path = imagenet_weights(name) if weights == IMAGENET else weights
     if weights is None and name != "resnet6":
         path = _cached_imagenet_weights(name)
         if path is None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 import coviar
-from datasets import CLASSES, read_index
+from datasets import index_classes, read_index
 from models import FACENET_SIZE, letterbox
 
 PICTURE, MV, RESIDUAL = coviar.PICTURE, coviar.MV, coviar.RESIDUAL
@@ -193,7 +193,7 @@ class ClipDataset(Dataset):
             )
         rows = read_index(index_csv)  # one known dataset, every row valid
         self.dataset = rows[0]["dataset"]
-        self.class_names: list[str] = list(CLASSES[self.dataset])
+        self.class_names: list[str] = list(index_classes(self.dataset, index_csv))
         self.num_classes = len(self.class_names)
         self.subjects: list[str] = sorted({r["subject"] for r in rows})
         self._subject_index = {s: i for i, s in enumerate(self.subjects)}

@@ -4,9 +4,11 @@
     python train.py --dataset ckplus --root data/ckplus --fold 3   # one fold
     python train.py --dataset afew --root data/afew                # Train_AFEW -> Val_AFEW
     python train.py --dataset synthetic                            # generates the set first
+    python train.py @configs/demo.args --fold 0                    # options from a file
     torchrun --nproc_per_node 2 train.py ...                       # DistributedDataParallel
 
-Objective of the expression branch (MISSION.md section 1): L_CE + α·MI(z_E; z_I) + β·L_rec.
+Objective of the expression branch (Liu et al. 2021, arXiv 2010.10637): L_CE + α·MI(z_E; z_I) +
+β·L_rec.
 T_θ, the MI estimator's network, takes `--t-steps` steps per encoder step on pairs it is not
 scored on: a memory of the detached (z_E, z_I) pairs of recent batches (`--mi-memory`) that holds
 only T_θ's own share of the training clips (`--mi-split`); the MI term is T_θ's estimate on the
@@ -50,64 +52,22 @@ from tqdm import tqdm
 
 import identity_weights
 import mi
-from datasets import PROTOCOLS, Split
+import models
+from datasets import PROTOCOLS, SPECS, Split, prepare_text, protocol
 from evaluate import recall_metrics
 from models import DEFAULT_IDENTITY, IDENTITY_DIMS, MIC, RANDOM, FaceNetMobileNet, build_identity
 from reader import SCALES, ClipDataset, DecodeCache, collate, worker_init
 
 ROOT = Path(__file__).resolve().parent
 
-# Per-dataset defaults (MISSION.md section 1; DFEW, FERV39k and MAFW: ours, the paper has none).
-# The report's CK+/MMI learning rate, 1e-1 with Adam, does not train (the loss diverges);
-# `--lr 1e-1 --schedule 30:1e-2` reproduces it as written.
-DEFAULTS = {
-    "ckplus": dict(lr=1e-3, schedule="30:1e-4", epochs=100),
-    "mmi": dict(lr=1e-3, schedule="30:1e-4", epochs=100),
-    "afew": dict(lr=1e-4, schedule="30:8e-6,60:1e-7", epochs=100),
-    "dfew": dict(lr=1e-4, schedule="20:1e-5", epochs=40),
-    "ferv39k": dict(lr=1e-4, schedule="20:1e-5", epochs=40),
-    "mafw": dict(lr=1e-4, schedule="20:1e-5", epochs=40),
-    "synthetic": dict(lr=1e-3, schedule="20:1e-4", epochs=30),
-}
 # Options that may differ when a run is resumed (everything else must match its checkpoint).
 RESUMABLE = ("epochs", "workers", "cache", "device", "resume", "fold", "out", "root")
-PREPARE = {
-    "ckplus": """CK+ is licensed: request it at https://www.jeffcohn.net/Resources/ , unpack it so
-that {raw}/cohn-kanade-images/S005/001/*.png and {raw}/Emotion/S005/001/*_emotion.txt exist, then:
-    ./reencode.sh {raw} {root}
-    python datasets.py --dataset ckplus --root {root}""",
-    "mmi": """MMI is licensed: request it at https://mmifacedb.eu/ , unpack the Sessions/ folders
-into {raw}/Sessions/<n>/ (session.xml, <sid>.avi, <sid>.xml), then:
-    ./reencode.sh {raw} {root}
-    python datasets.py --dataset mmi --root {root}""",
-    "afew": """AFEW 7.0 comes with the EmotiW challenge (https://sites.google.com/site/emotiwchallenge/).
-Put Train_AFEW/<Emotion>/*.avi and Val_AFEW/<Emotion>/*.avi under {raw}, then crop the faces,
-re-encode and index:
-    python datasets.py crop --in {raw} --out {raw}-faces
-    ./reencode.sh {raw}-faces {root}
-    python datasets.py --dataset afew --root {root}""",
-    "dfew": """DFEW is licensed: request it at https://dfew-dataset.github.io/ , unpack the split
-files and the face-aligned frame folders so that {raw}/EmoLabel_DataSplit/train(single-labeled)/
-set_1.csv and {raw}/Clip/clip_224x224/00001/*.jpg exist, then:
-    ./reencode.sh {raw} {root}
-    python datasets.py --dataset dfew --root {root}""",
-    "ferv39k": """FERV39k is licensed: request it from its authors (CVPR 2022), unpack it so that
-{raw}/4_setups/All_scenes/train_All.csv and {raw}/2_ClipsforFaceCrop/<scene>/<emotion>/<clip>/
-exist, then:
-    ./reencode.sh {raw} {root}
-    python datasets.py --dataset ferv39k --root {root}""",
-    "mafw": """MAFW is licensed: request it at https://mafw-database.github.io/MAFW/ , unpack the
-split files (single/no_caption/set_K/train.txt, test.txt) and data/clips/ under {raw}, then crop
-the faces, re-encode and index:
-    python datasets.py crop --in {raw} --out {raw}-faces
-    ./reencode.sh {raw}-faces {root}
-    python datasets.py --dataset mafw --root {root}""",
-}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=sorted(PROTOCOLS))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
+                                fromfile_prefix_chars="@")
+    p.convert_arg_line_to_args = args_of_line
+    p.add_argument("--dataset", required=True, choices=sorted(SPECS))
     p.add_argument("--root", help="indexed data folder (default: data/<dataset>)")
     p.add_argument("--fold", action="append",
                    help="test fold(s) of the protocol (repeatable; default: all): 0..9 for "
@@ -142,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight L_CE by inverse class frequency (imbalanced sets: DFEW, MAFW, ...)")
     # model
     p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "resnet6"])
-    p.add_argument("--backbone-weights", help="ImageNet state dict for resnet50/resnet18")
+    p.add_argument("--backbone-weights",
+                   help="'imagenet' (torchvision's, downloaded once into torch's hub cache) or an "
+                        "ImageNet state-dict file")
     p.add_argument("--hidden", type=int, default=512, help="LSTM size")
     p.add_argument("--identity", choices=sorted(IDENTITY_DIMS),
                    help="identity network f_I (default: the one the weights are for; "
@@ -178,13 +140,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.identity_weights = DEFAULT_IDENTITY[1]
     if args.identity_size is None:  # our own pretraining on 128-px synthetic faces: 80 px
         args.identity_size = 80 if args.identity_weights == "pretrain" else 160
-    for key, value in DEFAULTS[args.dataset].items():
+    for key, value in SPECS[args.dataset].defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.root = Path(args.root or f"data/{args.dataset}")
     args.out = Path(args.out)
     args.name = args.name or variant_name(args)
     return args
+
+
+def args_of_line(line: str) -> list[str]:
+    """The arguments of one line of an `@FILE` of options (configs/*.args): split on white space,
+    from a `#` on a comment."""
+    return line.split("#", 1)[0].split()
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -300,7 +268,7 @@ def prepare_data(args: argparse.Namespace) -> None:
         has_mp4 = args.root.is_dir() and any(args.root.rglob("*.mp4"))
         what = (f"{args.root} holds videos but no index.csv: run\n"
                 f"    python datasets.py --dataset {args.dataset} --root {args.root}"
-                if has_mp4 else PREPARE[args.dataset].format(raw=raw, root=args.root))
+                if has_mp4 else prepare_text(args.dataset, raw, args.root))
         sys.exit(f"train.py: no {args.dataset} data in {args.root}.\n{what}")
     py = sys.executable
     if not (raw / "synthetic.json").exists():
@@ -740,7 +708,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with ExitStack() as claimed:
             run_all(args, device, rank0, distributed, claimed)
-    except TrainingError as exc:
+    except (TrainingError, FileNotFoundError) as exc:
         sys.exit(f"train.py: {exc}")
     if distributed:
         dist.destroy_process_group()
@@ -751,6 +719,8 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
     """The whole run: data, f_I, its z_I once per clip, then every selected split."""
     if rank0:
         prepare_data(args)
+        if args.backbone_weights == models.IMAGENET:  # fetched (or refused) before any work
+            models.imagenet_weights(args.backbone)
         f_i = identity_network(args, device)
     if distributed:
         dist.barrier()
@@ -761,7 +731,8 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
                 "size": args.identity_size}
     log0(f"identity network f_I: {args.identity}, weights {f_i.weights} "
          f"(sha256 {f_i.weights_sha256})")
-    splits = [s for s in PROTOCOLS[args.dataset] if args.fold is None or s.test[0] in args.fold]
+    splits = [s for s in protocol(args.dataset, args.root / "index.csv")
+              if args.fold is None or s.test[0] in args.fold]
     if rank0:
         claim(args, splits, identity, claimed)
     everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False,

@@ -7,7 +7,7 @@ interleaved, as the median CPU time of this process (one torch thread; CPU time,
 so that other jobs on a shared machine weigh less; glibc keeping freed memory as in train.py's
 DataLoader workers, `reader.worker_init`):
 
-* the decode floor, as the issue defines it: PyAV decoding every frame with motion-vector export
+* the plain decode floor: PyAV decoding every frame with motion-vector export
   (``flags2 +export_mvs``) and converting every frame to BGR: ``av.open(path)``, then
   ``frame.to_ndarray(format="bgr24")``, the obvious PyAV code;
 * a stricter floor: the same work without avoidable overhead, as coviar does it (the format of
@@ -148,8 +148,8 @@ def old_reader(tmp: Path) -> ModuleType | str:
     return importlib.import_module("old_reader")
 
 
-def floor_issue(path: Path) -> None:
-    """The decode floor as the issue defines it, written as PyAV is usually called."""
+def floor_plain(path: Path) -> None:
+    """The plain decode floor, written as PyAV is usually called."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.codec_context.options = {"flags2": "+export_mvs"}
@@ -219,7 +219,7 @@ def main() -> int:
             for i, row in enumerate(sets[("after", "residuals")].rows):
                 path = root / row["path"]
                 cases: dict[str, Callable[[], object]] = {
-                    "floor": lambda path=path: floor_issue(path),
+                    "floor": lambda path=path: floor_plain(path),
                     "strict": lambda path=path: floor_strict(path),
                     "no export": lambda path=path: floor_strict(path, export=False),
                 }
@@ -245,7 +245,7 @@ def report(results: dict[str, dict[str, list[tuple[float, float, float]]]],
     ok = True
     names = ["floor", "strict", "no export"] + [
         f"{when} / {row}" for row in ROWS for when in (*readers, "cache")]
-    labels = {"floor": "decode floor (issue: av.open, to_ndarray)",
+    labels = {"floor": "plain decode floor (av.open, to_ndarray)",
               "strict": "strict floor (format named, one swscale)",
               "no export": "strict floor without MV export"}
     for name in names:

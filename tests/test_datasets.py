@@ -352,7 +352,8 @@ def test_kfold_protocols() -> None:
         for k, s in enumerate(splits, 1):
             assert s.test == (str(k),) and set(s.train) == {str(j) for j in range(1, 6)} - {str(k)}
     assert ds.PROTOCOLS["ferv39k"] == (ds.Split("test", ("train",), ("test",)),)
-    assert set(ds.APEX) == set(ds.CLASSES) == set(ds.PROTOCOLS)
+    assert {s.apex for s in ds.SPECS.values()} == {"last", "middle", "none"}
+    assert set(ds.CLASSES) == set(ds.SPECS) - {"custom"} and set(ds.PROTOCOLS) == set(ds.SPECS)
 
 
 def test_raw_dfew_videos_are_refused(tmp_path: Path) -> None:

@@ -1,5 +1,9 @@
 """Tests of models.py: shapes, gradient flow, frozen identity branch, weight loading."""
 
+import urllib.error
+import urllib.request
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -88,6 +92,29 @@ def test_resnet6_initialises_from_resnet18_file(tmp_path):
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
     net, _ = build_backbone("resnet6", weights=str(tmp_path / "r18.pth"))
     assert torch.equal(net.layer2[0].downsample[0].weight, ref.layer2[0].downsample[0].weight)
+
+
+def test_imagenet_weights_by_name_from_the_hub_cache(tmp_path):
+    """`imagenet` loads torchvision's file from torch's hub cache (resnet6: resnet18's keys)."""
+    ref = torchvision.models.resnet18()
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), cached)
+    net, _ = build_backbone("resnet18", weights=models.IMAGENET)
+    assert torch.equal(net.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    small, _ = build_backbone("resnet6", weights=models.IMAGENET)
+    assert torch.equal(small.layer2[0].conv1.weight, ref.layer2[0].conv1.weight)
+
+
+def test_imagenet_weights_offline_name_the_file_and_folder(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    with pytest.raises(FileNotFoundError, match=rf"resnet50-0676ba61.pth is not in {folder} and "
+                                                r"could not be downloaded from https://download"):
+        build_backbone("resnet50", weights=models.IMAGENET)
 
 
 def test_backbone_without_weights_warns(caplog):

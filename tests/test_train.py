@@ -386,3 +386,18 @@ def test_identity_weights_that_cannot_be_had_stop_the_run(data, monkeypatch, tmp
                     "--identity-weights", "facenet-mobilenet"])
     assert str(tmp_path / "hub") in str(stop.value) and "\n" not in str(stop.value)
     assert not (tmp_path / "r").exists()
+
+
+def test_imagenet_weights_offline_is_one_line(data, tmp_path):
+    """Offline and not cached, `--backbone-weights imagenet` stops before any work with one line
+    naming the file and the folder (the download is refused by a proxy that answers nothing)."""
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9"}
+    res = subprocess.run(train_cmd(data, tmp_path / "run", "--backbone", "resnet18",
+                                   "--backbone-weights", "imagenet"),
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"train.py: resnet18-f37072fd.pth is not in {folder} and could not be downloaded")
+    assert not (tmp_path / "run").exists()

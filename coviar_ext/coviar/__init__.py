@@ -1,11 +1,12 @@
 """`coviar`: I-frames, motion vectors and residuals of MPEG-4 Part 2 video.
 
 A drop-in for pytorch-coviar's loader (Wu et al., CVPR 2018) with the same semantics
-(MISSION.md section 3): decoding is PyAV's bundled FFmpeg, the per-pixel work is done by the C
-kernels in `coviar._kernels`. Differences from the original: containers (.mp4 .avi .mkv) are read
-as well as raw streams, `get_num_frames` is the true count (the original is one short), every
-failure raises a Python exception, `load_many` decodes a GOP once for many frames, and
-`load_clip` returns several representations (optionally cropped) from that one decode.
+(chaoyuaw/pytorch-coviar, ``data_loader/coviar_data_loader.c``): decoding is PyAV's bundled FFmpeg,
+the per-pixel work is done by the C kernels in `coviar._kernels`. Differences from the original:
+containers (.mp4 .avi .mkv) are read as well as raw streams, `get_num_frames` is the true count
+(the original is one short), every failure raises a Python exception, `load_many` decodes a GOP
+once for many frames, and `load_clip` returns several representations (optionally cropped) from
+that one decode.
 """
 
 from __future__ import annotations
