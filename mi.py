@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -34,6 +35,11 @@ EVAL_BATCH = 512  # held-out batch of heldout_mi (and so estimate_mi)
 def log_mean_exp(t: Tensor, dim: int = 0) -> Tensor:
     """``log(mean(exp(t)))`` along ``dim``, as ``logsumexp − log n`` (no overflow)."""
     return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])
+
+
+def masked_log_mean_exp(t: Tensor, mask: Tensor) -> Tensor:
+    """``log(mean(exp(t[mask])))`` over every entry where ``mask`` holds (at least one)."""
+    return torch.logsumexp(t[mask], dim=0) - math.log(int(mask.sum()))
 
 
 def dv_bound(t_joint: Tensor, t_marginal: Tensor) -> Tensor:
@@ -97,26 +103,62 @@ class StatisticsNetwork(nn.Module):
         return self.fc_out(h).squeeze(-1)
 
 
+class SeparableCritic(nn.Module):
+    """T_θ(z_E, z_I) = g(z_E)·h(z_I) with linear g, h onto ``hidden`` dimensions: a separable
+    critic (Poole et al. 2019) of rank ``hidden``. It sees only the linear dependence of z_E and
+    z_I, but it learns it from a few hundred clips where the MLP memorises them, and every pair
+    of n × m costs one matrix product."""
+
+    def __init__(self, d_e: int, d_i: int, hidden: int = 32):
+        super().__init__()
+        self.g = nn.Linear(d_e, hidden)
+        self.h = nn.Linear(d_i, hidden)
+
+    def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
+        """Scores ``(n,)``: ``T(z_e[k], z_i[k])``."""
+        return (self.g(z_e) * self.h(z_i)).sum(-1)
+
+    def all_pairs(self, z_e: Tensor, z_i: Tensor) -> Tensor:
+        """Scores ``(n, m)`` of every pair: ``[k, j] = T(z_e[k], z_i[j])``."""
+        return self.g(z_e) @ self.h(z_i).T
+
+
+CRITICS: dict[str, type[nn.Module]] = {"mlp": StatisticsNetwork, "separable": SeparableCritic}
+
+
 class _CriticEstimator(nn.Module):
     """Shared part of the critic-based bounds: T_θ and its joint / marginal scores."""
 
-    def __init__(self, d_e: int, d_i: int, hidden: int, marginal: str):
+    def __init__(self, d_e: int, d_i: int, hidden: int, marginal: str, critic: str = "mlp"):
         super().__init__()
         if marginal not in MARGINALS:
             raise ValueError(f"marginal must be one of {MARGINALS}, got {marginal!r}")
-        self.T = StatisticsNetwork(d_e, d_i, hidden)
+        if critic not in CRITICS:
+            raise ValueError(f"critic must be one of {', '.join(CRITICS)}, got {critic!r}")
+        self.T = CRITICS[critic](d_e, d_i, hidden)
         self.marginal = marginal
 
     def scores(self, z_e: Tensor, z_i: Tensor) -> tuple[Tensor, Tensor]:
         """Scores of the n joint pairs and of the marginal pairs (rolled: n, all pairs: n(n−1))."""
         if self.marginal == "roll":
-            h_e, h_i = self.T.embed(z_e, z_i)
-            return self.T.score(h_e, h_i), self.T.score(h_e, shift_marginal(h_i))
+            return self.T(z_e, z_i), self.T(z_e, shift_marginal(z_i))
         n = z_e.shape[0]
         _check_batch(n)
         t = self.T.all_pairs(z_e, z_i)
         off_diagonal = ~torch.eye(n, dtype=torch.bool, device=t.device)
         return t.diagonal(), t[off_diagonal]
+
+    def joint_scores(self, z_e: Tensor, z_i: Tensor) -> Tensor:
+        """``(n,)`` scores of the row-wise pairs ``T(z_e[k], z_i[k])``."""
+        return self.T(z_e, z_i)
+
+    def pair_scores(self, z_e: Tensor, z_i: Tensor) -> Tensor:
+        """``(n, m)`` scores of every pair ``T(z_e[k], z_i[j])``."""
+        return self.T.all_pairs(z_e, z_i)
+
+    def critic_loss(self, t_joint: Tensor, t_pairs: Tensor, mask: Tensor) -> Tensor:
+        """Loss of T_θ from joint scores and the masked marginal pairs: the negative bound."""
+        return -self.bound(t_joint, t_pairs, mask)
 
 
 class MINE(_CriticEstimator):
@@ -133,8 +175,9 @@ class MINE(_CriticEstimator):
         hidden: int = 1024,
         ema_rate: float = 0.01,
         marginal: str = "roll",
+        critic: str = "mlp",
     ):
-        super().__init__(d_e, d_i, hidden, marginal)
+        super().__init__(d_e, d_i, hidden, marginal, critic)
         if not 0.0 < ema_rate <= 1.0:
             raise ValueError(f"ema_rate must be in (0, 1], got {ema_rate}")
         self.ema_rate = ema_rate
@@ -144,6 +187,16 @@ class MINE(_CriticEstimator):
     def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """DV estimate ``mean T(joint) − log mean e^T(marginal)`` (nats)."""
         return dv_bound(*self.scores(z_e, z_i))
+
+    def bound(self, t_joint: Tensor, t_pairs: Tensor, mask: Tensor) -> Tensor:
+        """DV estimate with the marginal pairs ``t_pairs[mask]``."""
+        return t_joint.mean() - masked_log_mean_exp(t_pairs, mask)
+
+    def critic_loss(self, t_joint: Tensor, t_pairs: Tensor, mask: Tensor) -> Tensor:
+        """``loss_T``'s bias-corrected loss with the marginal pairs ``t_pairs[mask]``."""
+        lme = masked_log_mean_exp(t_pairs, mask)
+        log_m = self._moving_log_mean(lme.detach())
+        return -(t_joint.mean() - (log_m + torch.exp(lme - log_m) - 1.0))
 
     @torch.no_grad()
     def _moving_log_mean(self, lme: Tensor) -> Tensor:
@@ -175,8 +228,9 @@ class NWJ(_CriticEstimator):
     Unbiased in the batch but of high variance at large MI.
     """
 
-    def __init__(self, d_e: int, d_i: int, hidden: int = 1024, marginal: str = "all_pairs"):
-        super().__init__(d_e, d_i, hidden, marginal)
+    def __init__(self, d_e: int, d_i: int, hidden: int = 1024, marginal: str = "all_pairs",
+                 critic: str = "mlp"):
+        super().__init__(d_e, d_i, hidden, marginal, critic)
 
     def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """NWJ estimate (nats)."""
@@ -187,17 +241,20 @@ class NWJ(_CriticEstimator):
         """Negative bound: T_θ makes the bound tight."""
         return -self(z_e, z_i)
 
+    def bound(self, t_joint: Tensor, t_pairs: Tensor, mask: Tensor) -> Tensor:
+        """NWJ estimate with the marginal pairs ``t_pairs[mask]``."""
+        return t_joint.mean() - torch.exp(masked_log_mean_exp(t_pairs, mask) - 1.0)
 
-class InfoNCE(nn.Module):
+
+class InfoNCE(_CriticEstimator):
     """InfoNCE / CPC lower bound (van den Oord et al. 2018) over all n² pairs of the batch.
 
     ``mean_k [T_kk − log mean_j e^{T_kj}]``: low variance, but it can never exceed ``log n``
     (n = batch size), so it saturates when the true MI is larger than that.
     """
 
-    def __init__(self, d_e: int, d_i: int, hidden: int = 1024):
-        super().__init__()
-        self.T = StatisticsNetwork(d_e, d_i, hidden)
+    def __init__(self, d_e: int, d_i: int, hidden: int = 1024, critic: str = "mlp"):
+        super().__init__(d_e, d_i, hidden, "all_pairs", critic)
 
     def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """InfoNCE estimate (nats), at most ``log n``."""
@@ -208,6 +265,12 @@ class InfoNCE(nn.Module):
     def loss_T(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """Negative bound (the usual cross-entropy of the contrastive classification)."""
         return -self(z_e, z_i)
+
+    def bound(self, t_joint: Tensor, t_pairs: Tensor, mask: Tensor) -> Tensor:
+        """InfoNCE with row k's negatives ``t_pairs[k][mask[k]]`` (rows without one count 0)."""
+        rows = torch.cat([t_joint[:, None], t_pairs.masked_fill(~mask, -math.inf)], dim=1)
+        lme = torch.logsumexp(rows, dim=1) - torch.log1p(mask.sum(1).to(rows.dtype))
+        return (t_joint - lme).mean()
 
 
 class CLUB(nn.Module):
@@ -220,10 +283,17 @@ class CLUB(nn.Module):
     is a quantity to minimise, not an MI value.
     """
 
-    def __init__(self, d_e: int, d_i: int, hidden: int = 1024):
+    def __init__(self, d_e: int, d_i: int, hidden: int = 1024, critic: str = "mlp"):
         super().__init__()
-        self.mu = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
-        self.logvar = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
+        if critic == "mlp":
+            self.mu = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
+            self.logvar = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
+        elif critic == "linear":  # q(z_I | z_E) = N(A z_E + b, diag σ²): exact for Gaussians
+            self.mu = nn.Linear(d_e, d_i)
+            self.log_sigma2 = nn.Parameter(torch.zeros(d_i))
+            self.logvar = lambda z_e: self.log_sigma2.expand(len(z_e), -1)
+        else:
+            raise ValueError(f"CLUB's q is 'mlp' or 'linear', got {critic!r}")
 
     def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """CLUB estimate (nats) over the n joint and the n(n−1) marginal pairs of the batch."""
@@ -238,9 +308,29 @@ class CLUB(nn.Module):
 
     def loss_T(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """Negative log-likelihood of z_I under q(z_I | z_E) (nats per sample)."""
+        return -self.joint_scores(z_e, z_i).mean()
+
+    def joint_scores(self, z_e: Tensor, z_i: Tensor) -> Tensor:
+        """``(n,)`` log-likelihoods ``log q(z_i[k] | z_e[k])``."""
         mu, logvar = self.mu(z_e), self.logvar(z_e)
         nll = (z_i - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)
-        return 0.5 * nll.sum(1).mean()
+        return -0.5 * nll.sum(1)
+
+    def pair_scores(self, z_e: Tensor, z_i: Tensor) -> Tensor:
+        """``(n, m)`` log-likelihoods ``log q(z_i[j] | z_e[k])``, in O(n·m) memory (matmuls)."""
+        mu, logvar = self.mu(z_e), self.logvar(z_e)
+        w = torch.exp(-logvar)
+        sq = (w * mu**2).sum(1, keepdim=True) - 2 * (w * mu) @ z_i.T + w @ (z_i**2).T
+        const = logvar.sum(1, keepdim=True) + z_e.new_tensor(z_i.shape[1] * math.log(2 * math.pi))
+        return -0.5 * (sq + const)
+
+    def bound(self, t_joint: Tensor, t_pairs: Tensor, mask: Tensor) -> Tensor:
+        """CLUB estimate with the marginal pairs ``t_pairs[mask]``."""
+        return t_joint.mean() - t_pairs[mask].mean()
+
+    def critic_loss(self, t_joint: Tensor, t_pairs: Tensor, mask: Tensor) -> Tensor:
+        """q's negative log-likelihood on the joint pairs (the marginal pairs play no part)."""
+        return -t_joint.mean()
 
 
 ESTIMATORS: dict[str, type[nn.Module]] = {
@@ -300,19 +390,37 @@ class PairMemory:
             for old, t in zip((self.z_e, self.z_i, self.ids), new, strict=True)
         )
 
+    def _free(self, exclude: Tensor) -> Tensor:
+        """Indices of the stored pairs whose clip id is not in ``exclude``."""
+        if self.ids is None:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.nonzero(~torch.isin(self.ids, exclude.to(self.ids.device))).flatten()
+
+    def usable(self, exclude: Tensor) -> int:
+        """How many stored pairs are not of the clips ``exclude``."""
+        return len(self._free(exclude))
+
     def sample(
         self, n: int, exclude: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor] | None:
         """Up to ``n`` random stored pairs whose clip id is not in ``exclude`` (the current
         batch), or None when fewer than 2 such pairs are stored."""
-        if self.ids is None:
-            return None
-        free = torch.nonzero(~torch.isin(self.ids, exclude.to(self.ids.device))).flatten()
+        free = self._free(exclude)
         if len(free) < 2:
             return None
         pick = torch.randperm(len(free), generator=generator)[:n].to(free.device)
         idx = free[pick]
         return self.z_e[idx], self.z_i[idx]
+
+
+def agreed_count(n: int, device: torch.device | None = None) -> int:
+    """``n`` made the same on every rank (their minimum) under torch.distributed, else ``n``: ranks
+    that all-reduce T_θ's gradients must take the same number of steps."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return n
+    t = torch.tensor(n, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t)
 
 
 def train_critic(
@@ -332,26 +440,25 @@ def train_critic(
 
     With a ``memory``: each update draws a batch of ``len(z_e)`` pairs from it, leaving out the
     clips of the current batch (``ids``), so T_θ never trains on the pairs it then scores; then
-    the current pairs join the memory (no update while it holds fewer than 2 usable pairs).
-    Without: every update uses the current batch, the MIC paper's procedure (T_θ can memorise
-    the batch it scores). ``critic`` (bool per pair, see ``critic_clips``): only these pairs join
-    the memory. ``sync`` runs after each backward (DDP: average the gradients)."""
+    the current pairs join the memory (no update while it holds fewer than 2 usable pairs on any
+    rank: ranks agree on the count, ``agreed_count``). Without: every update uses the current
+    batch, the MIC paper's procedure (T_θ can memorise the batch it scores). ``critic`` (bool per
+    pair, see ``critic_clips``): only these pairs join the memory. ``sync`` runs after each
+    backward (DDP: average the gradients)."""
     z_e, z_i = z_e.detach(), z_i.detach()
-    done = 0
+    if memory is not None and agreed_count(memory.usable(ids), z_e.device) < 2:
+        steps = 0
     for _ in range(steps):
         pairs = (z_e, z_i) if memory is None else memory.sample(len(z_e), ids, generator)
-        if pairs is None:
-            break
         opt_t.zero_grad(set_to_none=True)
         estimator.loss_T(*pairs).backward()
         if sync is not None:
             sync(estimator)
         opt_t.step()
-        done += 1
     if memory is not None:
         keep = slice(None) if critic is None else critic
         memory.push(z_e[keep], z_i[keep], ids[keep])
-    return done
+    return steps
 
 
 def mi_penalty(estimator: nn.Module, z_e: Tensor, z_i: Tensor) -> Tensor:
@@ -362,6 +469,98 @@ def mi_penalty(estimator: nn.Module, z_e: Tensor, z_i: Tensor) -> Tensor:
     encoder push the estimate further down would reward it for fooling T_θ, not for removing
     identity (measured: benchmarks/mi_game.py)."""
     return estimator(z_e, z_i).clamp(min=0.0)
+
+
+class ClipTable:
+    """The training set as T_θ sees it (the default procedure): every training clip's fixed z_I
+    beside the latest detached z_E the encoder gave it, and its subject and label.
+
+    z_I is computed once per clip, so marginal partners can come from the whole table rather than
+    the batch: the MI term of a batch (``penalty``) scores its clips against ``negatives`` z_I
+    drawn from every training clip of another subject (and, ``conditional``, of the same label:
+    I(z_E; z_I | y)), a low-variance estimate. T_θ learns (``train_critic``) only on its own share
+    of the clips (``own``, see ``critic_clips``), on batches of their stored pairs with all the
+    batch's admissible pairs as marginals; the MI term is computed on the other clips, so T_θ is
+    always scored on pairs it never trained on. ``placebo``: z_I permuted across the clips (within
+    a label when conditional), true MI 0 by construction: the control that separates removing
+    identity from injecting noise."""
+
+    def __init__(self, z_i: Tensor, subjects: Tensor, labels: Tensor, own: Tensor,
+                 conditional: bool = False, placebo: bool = False, dims: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        n = len(z_i)
+        if not len(subjects) == len(labels) == len(own) == n:
+            raise ValueError("z_i, subjects, labels and own need one entry per clip")
+        self.subjects, self.labels = subjects.long(), labels.long()
+        self.own, self.conditional = own.bool(), conditional
+        if placebo:
+            perm = torch.randperm(n, generator=generator)
+            if conditional:  # within each label: the conditional MI is 0 too
+                for y in self.labels.unique():
+                    members = torch.nonzero(self.labels == y).flatten()
+                    perm[members] = members[torch.randperm(len(members), generator=generator)]
+            z_i = z_i[perm.to(z_i.device)]
+        z_i = z_i.detach().float()
+        if dims is not None and dims < z_i.shape[1]:  # whitened principal components of z_I
+            z_i = _standardise(z_i, z_i[:0], dims)[0]
+        self.z_i = z_i
+        self.z_e: Tensor | None = None
+        self.seen = torch.zeros(n, dtype=torch.bool)
+
+    def update(self, ids: Tensor, z_e: Tensor) -> None:
+        """Store the batch's z_E (detached) as its clips' latest."""
+        if self.z_e is None:
+            self.z_e = z_e.new_zeros(len(self.z_i), z_e.shape[1], dtype=torch.float32)
+        self.z_e[ids.to(self.z_e.device)] = z_e.detach().float()
+        self.seen[ids.cpu()] = True
+
+    def partners(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """``(len(rows), len(cols))`` bool: clip ``cols[j]``'s z_I is a marginal partner of clip
+        ``rows[k]``'s z_E (another subject; the same label when conditional)."""
+        rows, cols = rows.cpu(), cols.cpu()
+        ok = self.subjects[rows][:, None] != self.subjects[cols][None, :]
+        if self.conditional:
+            ok &= self.labels[rows][:, None] == self.labels[cols][None, :]
+        return ok
+
+    def train_critic(self, estimator: nn.Module, opt_t: torch.optim.Optimizer, steps: int,
+                     batch_size: int, generator: torch.Generator | None = None,
+                     sync: Callable[[nn.Module], None] | None = None) -> int:
+        """Up to ``steps`` updates of T_θ, each on ``batch_size`` random stored pairs of its own
+        clips; returns how many were taken (0 on every rank while any rank has fewer than 2
+        stored own clips: ``agreed_count``)."""
+        ready = torch.nonzero(self.seen & self.own).flatten()
+        if self.z_e is None or agreed_count(len(ready), self.z_i.device) < 2:
+            return 0
+        done = 0
+        for _ in range(steps):
+            idx = ready[torch.randperm(len(ready), generator=generator)[:batch_size]]
+            mask = self.partners(idx, idx).to(self.z_i.device)
+            if agreed_count(int(mask.any()), self.z_i.device) == 0:
+                break  # no admissible marginal pair in this batch on some rank
+            z_e, z_i = self.z_e[idx.to(self.z_i.device)], self.z_i[idx.to(self.z_i.device)]
+            opt_t.zero_grad(set_to_none=True)
+            estimator.critic_loss(estimator.joint_scores(z_e, z_i),
+                                  estimator.pair_scores(z_e, z_i), mask).backward()
+            if sync is not None:
+                sync(estimator)
+            opt_t.step()
+            done += 1
+        return done
+
+    def penalty(self, estimator: nn.Module, ids: Tensor, z_e: Tensor, negatives: int,
+                generator: torch.Generator | None = None) -> Tensor | None:
+        """The MI term of the batch's clips ``ids`` (their z_E with its gradient): T_θ's bound on
+        their joint pairs against ``negatives`` random table clips as marginal partners, or None
+        when no partner is admissible."""
+        cols = torch.randperm(len(self.z_i), generator=generator)[:negatives]
+        mask = self.partners(ids, cols).to(z_e.device)
+        if not mask.any():
+            return None
+        z_i = self.z_i[ids.to(self.z_i.device)]
+        return estimator.bound(estimator.joint_scores(z_e, z_i),
+                               estimator.pair_scores(z_e, self.z_i[cols.to(self.z_i.device)]),
+                               mask)
 
 
 def critic_clips(ids: Tensor, fraction: float) -> Tensor:
