@@ -39,24 +39,30 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
+from av.video.frame import PictureType
 import numpy as np
 import torch
+from PIL import Image
 
 import coviar
-from datasets import CLASSES, COLUMNS, frame_files
-from faces import face_box, read_frames, write_video
+from datasets import CLASSES, COLUMNS, FOLDS, frame_files
+from faces import VideoWriter, detect_indices, face_box, read_frames, write_video
 from models import MIC, RANDOM
 from reader import ClipDataset, collate
 
@@ -64,6 +70,8 @@ ROOT = Path(__file__).resolve().parent
 CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden", "with_mv",
                "d_i", "size", "input", "data_bn")
 BATCH = 16  # windows per forward pass
+DETECT_FRAMES = 16  # frames MTCNN looks at (faces.face_box's default, as `datasets.py crop`)
+FF_QP2LAMBDA = 118  # libavcodec's lambda of quantiser 1
 SYNTHETIC_WARNING = ("this model was trained on the synthetic set only: it has seen no real "
                      "face, so its predictions on real faces mean little")
 
@@ -146,39 +154,22 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
 
 
 class Source:
-    """The frames of the user's video as items of reencode.sh's input tree: the whole video or
-    any run of its frames, each as reencode.sh would take those frames alone.
+    """The frames of the user's video (without face crop) as items of reencode.sh's input tree:
+    the whole video or any run of its frames, each as reencode.sh would take those frames alone.
 
-    * a folder of frames without face crop: a folder of links to the frame files (renamed to
-      their order, so that every item is read in that order);
-    * a video without face crop: the file itself for the whole video; for a run of frames, its
-      decoded frames written losslessly (FFV1), in their own pixel format;
-    * with face crop: the cropped frames, MPEG-4 Part 2 at q 2 (`faces.write_video`, as
-      `datasets.py crop` writes AFEW's crops)."""
+    * a folder of frames: a folder of links to the frame files (renamed to their order, so that
+      every item is read in that order);
+    * a video: the file itself for the whole video; for a run of frames, its decoded frames
+      written losslessly (FFV1), in their own pixel format."""
 
-    def __init__(self, video: Path, crop: bool, device: str, margin: float,
-                 min_prob: float) -> None:
+    def __init__(self, video: Path) -> None:
         self.video = video
-        self.files: list[Path] = []
-        self.frames: list[np.ndarray] = []
-        self.rate = 25.0
-        if not video.exists():
-            raise VideoError(f"{video}: no such file")
-        if video.is_dir():
-            self.files = frame_files(video)
-            if not self.files:
-                raise VideoError(f"{video}: a folder without image frames")
-        if crop:
-            self.frames, self.rate = _face_crops(video, device, margin, min_prob)
+        self.files = _check_input(video)
 
     def write(self, dst: Path, runs: dict[str, Window | None]) -> None:
         """Write item `name` of `dst` for each run of frames (None: the whole video)."""
         dst.mkdir(parents=True, exist_ok=True)
-        if self.frames:
-            for name, w in runs.items():
-                part = self.frames if w is None else self.frames[w.start : w.end]
-                write_video(dst / f"{name}.avi", part, self.rate)
-        elif self.files:
+        if self.files:
             for name, w in runs.items():
                 (dst / name).mkdir()
                 part = self.files if w is None else self.files[w.start : w.end]
@@ -228,26 +219,189 @@ class Source:
                              f"has at least {last}")
 
 
-def _face_crops(video: Path, device: str, margin: float,
-                min_prob: float) -> tuple[list[np.ndarray], float]:
-    """The frames of `video` cropped to its face box, and the frame rate."""
+def _check_input(video: Path) -> list[Path]:
+    """The frame files of a folder (none for a video file), after the checks every input gets:
+    it exists, a folder holds at least 2 frames, a file holds a video stream."""
+    if not video.exists():
+        raise VideoError(f"{video}: no such file")
+    if video.is_dir():
+        files = frame_files(video)
+        if len(files) < 2:
+            raise VideoError(f"{video}: a folder of {len(files)} image frame(s); predict.py "
+                             "needs at least 2 frames")
+        return files
     try:
-        frames, rate = read_frames(video)
-    except (OSError, ValueError, IndexError, av.error.FFmpegError) as exc:
+        with av.open(str(video)) as container:
+            streams = len(container.streams.video)
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
         raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: {exc})") from exc
-    if not frames:
-        raise VideoError(f"{video}: holds no frame")
+    if not streams:
+        raise VideoError(f"{video}: no video stream (audio only?)")
+    return []
+
+
+def _rgb_frames(video: Path) -> Iterator[np.ndarray]:
+    """The RGB frames of a video file, device or frame folder, one at a time (in the order of
+    `faces.read_frames`); a decoding error is a VideoError."""
+    if video.is_dir():
+        for f in frame_files(video):
+            yield np.asarray(Image.open(f).convert("RGB"))
+        return
+    try:
+        with av.open(str(video), format="v4l2" if _is_device(video) else None) as container:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
+        raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: {exc})") from exc
+
+
+def _is_device(video: Path) -> bool:
+    return str(video).startswith("/dev/")
+
+
+def _frame_rate(video: Path) -> float:
+    """Frames per second of a video (25 for a frame folder, as reencode.sh encodes it)."""
+    if video.is_dir():
+        return 25.0
+    with av.open(str(video), format="v4l2" if _is_device(video) else None) as container:
+        return float(container.streams.video[0].average_rate or 25)
+
+
+def _detector(device: str) -> Any:
     from facenet_pytorch import MTCNN  # here: importing it (torchvision) costs seconds
 
-    detector = MTCNN(select_largest=True, post_process=False, device=device)
-    box = face_box(frames, detector, margin=margin, min_prob=min_prob)
+    return MTCNN(select_largest=True, post_process=False, device=device)
+
+
+def find_face(video: Path, frames: Sequence[np.ndarray], device: str, margin: float,
+              min_prob: float) -> tuple[int, int, int, int]:
+    """The face box of a video (`faces.face_box`: MTCNN on 16 evenly spaced frames)."""
+    box = face_box(frames, _detector(device), margin=margin, min_prob=min_prob)
     if box is None:
         raise NoFaceError(
             f"{video}: no face found (MTCNN, probability >= {min_prob}); lower --min-prob, or "
             "pass --no-crop if the video already shows a face filling the frame"
         )
+    return box
+
+
+class _Picked(Sequence):
+    """The frames `faces.face_box` looks at, of a video of `n` frames, as a sequence of n."""
+
+    def __init__(self, n: int, frames: dict[int, np.ndarray]) -> None:
+        self.n, self.frames = n, frames
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.frames[i]
+
+
+def stream_box(video: Path, device: str, margin: float,
+               min_prob: float) -> tuple[int, int, int, int]:
+    """The face box of a video read as a stream, in constant memory. A file or folder: the box
+    of the whole video, as without --stream (a first decode counts the frames, a second keeps
+    the 16 detected on); a device: the box of its first 16 frames (read again from there)."""
+    if _is_device(video):
+        first = list(itertools.islice(_rgb_frames(video), DETECT_FRAMES))
+        return find_face(video, first, device, margin, min_prob)
+    if video.is_dir():
+        n = len(frame_files(video))
+    else:
+        n = 0
+        try:
+            with av.open(str(video)) as container:
+                for _ in container.decode(container.streams.video[0]):
+                    n += 1
+        except (OSError, ValueError, av.error.FFmpegError) as exc:
+            raise VideoError(f"{video}: not a readable video ({exc})") from exc
+    picks = set(detect_indices(n, DETECT_FRAMES)) | {0}
+    kept = {i: f for i, f in enumerate(_rgb_frames(video)) if i in picks}
+    return find_face(video, _Picked(n, kept), device, margin, min_prob)
+
+
+def _mpeg4(width: int, height: int, rate: Fraction) -> Any:
+    """reencode.sh's encoder through the library: `-q:v 1` (a fixed quantiser: the qscale flag
+    and global_quality 1 x FF_QP2LAMBDA), `-g 2147483647 -strict:v experimental -sc_threshold
+    1000000000 -c:v mpeg4`, its threads as ffmpeg's (automatic)."""
+    enc = av.CodecContext.create("mpeg4", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base, enc.framerate = 1 / rate, rate
+    enc.qscale, enc.global_quality = True, FF_QP2LAMBDA
+    enc.gop_size = 2**31 - 1
+    enc.options = {"strict": "experimental", "sc_threshold": "1000000000"}
+    return enc
+
+
+def reencode_avi(src: Path | BinaryIO, out: Path) -> int:
+    """Write to `out` the stream reencode.sh makes of the even-sized video `src` (written by
+    `faces.VideoWriter`), in this process: its frames decoded and encoded again with
+    reencode.sh's settings (`_mpeg4`). The stream is reencode.sh's byte for byte but for the
+    encoder's name in the header's user data (this libavcodec's version, not ffmpeg's: tested).
+    Returns the number of frames."""
+    data = bytearray()
+    enc = None
+    n = 0
+    with av.open(src if isinstance(src, io.IOBase) else str(src), format="avi") as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or Fraction(25)
+        for frame in container.decode(stream):
+            if enc is None:
+                enc = _mpeg4(frame.width, frame.height, rate)
+            frame.pts, frame.time_base = n, enc.time_base
+            frame.pict_type = PictureType.NONE  # the decoder's I-frames are no forced key frames
+            n += 1
+            for packet in enc.encode(frame):
+                data += bytes(packet)
+    if enc is not None:
+        for packet in enc.encode(None):
+            data += bytes(packet)
+    out.write_bytes(data)
+    return n
+
+
+def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int, int, int],
+                 rate: float, window: int, stride: int,
+                 out: Path) -> Iterator[tuple[str, Window | None]]:
+    """Re-encode the face crops of `frames` of `video` into `out`, as reencode.sh would
+    each window's crops alone (`faces.write_video` of them, then `reencode_avi`) and the whole
+    video's: yields (name, window) as each `out/<name>.mp4` is written, the windows of
+    `plan_windows` in order and then ("video", None), the whole video. Memory: a window of crops.
+    """
     x0, y0, x1, y1 = box
-    return [f[y0:y1, x0:x1] for f in frames], rate
+    recent: deque[np.ndarray] = deque(maxlen=window + 1)
+    whole = out / "video.avi"
+    writer = VideoWriter(whole, rate)
+    n, last = 0, -1
+
+    def encoded(w: Window, crops: list[np.ndarray]) -> tuple[str, Window]:
+        buf = io.BytesIO()
+        write_video(buf, crops, rate, format="avi")
+        buf.seek(0)
+        name = f"w{w.start:08d}"
+        reencode_avi(buf, out / f"{name}.mp4")
+        return name, w
+
+    try:
+        for frame in frames:
+            crop = frame[y0:y1, x0:x1]
+            writer.write(crop)
+            recent.append(crop)
+            n += 1
+            s = n - 1 - window  # a window is written once a frame follows it: the last one
+            if s >= 0 and s % stride == 0:  # (ending at the last frame) is planned at the end
+                yield encoded(Window(s, s + window), list(recent)[:window])
+                last = s
+    finally:
+        writer.close()
+    if n < 2:
+        raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
+    if n > window and last + window < n:
+        yield encoded(Window(n - window, n), list(recent)[-window:])
+    reencode_avi(whole, out / "video.mp4")
+    whole.unlink()
+    yield "video", None
 
 
 def reencode(src: Path, out: Path, video: Path) -> None:
@@ -308,8 +462,8 @@ def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> C
         rows.writeheader()
         for name, n in clips.items():
             rows.writerow(dict(path=f"{name}.mp4", subject="video", label=0, label_name=label,
-                               num_frames=n, fold=0, dataset=dataset, view=0, crop="none",
-                               apex=-1))
+                               num_frames=n, fold=FOLDS[dataset][0], dataset=dataset, view=0,
+                               crop="none", apex=-1))
     return ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
                        representation=config["input"], with_mv=config["with_mv"],
                        accumulate=config.get("accumulate", False), apex=False)
@@ -332,6 +486,27 @@ def _entry(classes: list[str], p: np.ndarray) -> dict[str, Any]:
             "prediction": classes[int(p.argmax())]}
 
 
+def _settings(config: dict[str, Any], window: int | None,
+              stride: int | None) -> tuple[int, int]:
+    """The window and stride (defaults: 2 x num_segments, half a window), checked."""
+    window = 2 * config["num_segments"] if window is None else window
+    stride = max(1, window // 2) if stride is None else stride
+    if window < 2 or stride < 1:
+        raise PredictError(f"window must be >= 2 and stride >= 1, not {window} and {stride}")
+    return window, stride
+
+
+def _result(video: Path, checkpoint: str | Path, config: dict[str, Any], n: int,
+            probs: np.ndarray) -> dict[str, Any]:
+    """The whole video's part of the JSON result."""
+    classes = list(config["class_names"])
+    result: dict[str, Any] = {"video": str(video), "checkpoint": str(checkpoint),
+                              "classes": classes, "frames": n, **_entry(classes, probs)}
+    if config.get("dataset") == "synthetic":
+        result["warning"] = SYNTHETIC_WARNING
+    return result
+
+
 def predict_video(video: str | Path, checkpoint: str | Path, window: int | None = None,
                   stride: int | None = None, crop: bool = True, device: str = "cpu",
                   margin: float = 0.3, min_prob: float = 0.9) -> dict[str, Any]:
@@ -339,35 +514,76 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
 
     `window` defaults to 2 × num_segments frames, `stride` to half a window."""
     model, config = load_model(checkpoint, device)
-    window = 2 * config["num_segments"] if window is None else window
-    stride = max(1, window // 2) if stride is None else stride
-    if window < 2 or stride < 1:
-        raise PredictError(f"window must be >= 2 and stride >= 1, not {window} and {stride}")
+    window, stride = _settings(config, window, stride)
     video = Path(video)
-    source = Source(video, crop, device, margin, min_prob)
     with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
-        src, out = Path(tmp) / "in", Path(tmp) / "out"
-        source.write(src / "whole", {"video": None})
-        reencode(src / "whole", out, video)
-        n = _stream(out / "video.mp4", video)
-        windows = plan_windows(n, window, stride)
-        names = {f"w{w.start:08d}": w for w in windows}
-        if windows:
-            source.write(src / "windows", names)
-            reencode(src / "windows", out, video)
+        out = Path(tmp) / "out"
+        if crop:
+            _check_input(video)
+            try:
+                frames, rate = read_frames(video)
+            except (OSError, ValueError, av.error.FFmpegError) as exc:
+                raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: "
+                                 f"{exc})") from exc
+            if len(frames) < 2:
+                raise VideoError(f"{video}: {len(frames)} frame(s); predict.py needs at least 2 "
+                                 "frames")
+            box = find_face(video, frames, device, margin, min_prob)
+            out.mkdir()
+            made = list(crop_streams(video, frames, box, rate, window, stride, out))
+            del frames
+            names = {name: w for name, w in made if w is not None}
+            n = _stream(out / "video.mp4", video)
+        else:
+            source, src = Source(video), Path(tmp) / "in"
+            source.write(src / "whole", {"video": None})
+            reencode(src / "whole", out, video)
+            n = _stream(out / "video.mp4", video)
+            if n < 2:
+                raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
+            names = {f"w{w.start:08d}": w for w in plan_windows(n, window, stride)}
+            if names:
+                source.write(src / "windows", names)
+                reencode(src / "windows", out, video)
         clips = {"video": n} | {name: _stream(out / f"{name}.mp4", video, w.end - w.start)
                                 for name, w in names.items()}
         probs = classify(model, clip_dataset(out, clips, config), device)
-    classes = list(config["class_names"])
-    result: dict[str, Any] = {"video": str(video), "checkpoint": str(checkpoint),
-                              "classes": classes, "frames": n, **_entry(classes, probs[0])}
-    if windows:
+    result = _result(video, checkpoint, config, n, probs[0])
+    if names:
+        classes = result["classes"]
         result.update(window=window, stride=stride, windows=[
             {"start_frame": w.start, "end_frame": w.end, **_entry(classes, p)}
-            for w, p in zip(windows, probs[1:], strict=True)])
-    if config.get("dataset") == "synthetic":
-        result["warning"] = SYNTHETIC_WARNING
+            for w, p in zip(names.values(), probs[1:], strict=True)])
     return result
+
+
+def predict_stream(video: str | Path, checkpoint: str | Path, window: int | None = None,
+                   stride: int | None = None, device: str = "cpu", margin: float = 0.3,
+                   min_prob: float = 0.9) -> Iterator[dict[str, Any]]:
+    """`predict_video` as a stream, in constant memory (the frames of a window): yields each
+    window's entry as soon as its frames are in, then the whole video's result (without
+    "windows"). A video file or folder gets the windows and probabilities of `predict_video`
+    (within 1e-6: one window per batch); a device (/dev/video0) the face box of its first
+    frames."""
+    model, config = load_model(checkpoint, device)
+    window, stride = _settings(config, window, stride)
+    video = Path(video)
+    if not _is_device(video):
+        _check_input(video)
+    box = stream_box(video, device, margin, min_prob)
+    classes = list(config["class_names"])
+    with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
+        out = Path(tmp)
+        made = crop_streams(video, _rgb_frames(video), box, _frame_rate(video), window, stride,
+                            out)
+        for name, w in made:
+            n = _stream(out / f"{name}.mp4", video, None if w is None else w.end - w.start)
+            probs = classify(model, clip_dataset(out, {name: n}, config), device)[0]
+            if w is None:
+                yield _result(video, checkpoint, config, n, probs)
+            else:
+                yield {"start_frame": w.start, "end_frame": w.end, **_entry(classes, probs)}
+                (out / f"{name}.mp4").unlink()
 
 
 def plot_probabilities(result: dict[str, Any], out: str | Path) -> None:
@@ -413,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", type=int, metavar="N",
                    help="frames between window starts (default: half a window)")
     p.add_argument("--plot", metavar="PNG", help="write a plot of the probabilities")
+    p.add_argument("--stream", action="store_true",
+                   help="print one JSON line per window as soon as it is ready, then one for the "
+                   "whole video, in constant memory (long videos, a camera: /dev/video0)")
     p.add_argument("--no-crop", action="store_true",
                    help="no face detection: the video already is a face crop")
     p.add_argument("--margin", type=float, default=0.3,
@@ -422,7 +641,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     args = p.parse_args(argv)
+    if args.stream and (args.no_crop or args.plot):
+        p.error("--stream goes with the face crop and without --plot")
     try:
+        if args.stream:
+            for line in predict_stream(args.video, args.checkpoint, args.window, args.stride,
+                                       args.device, args.margin, args.min_prob):
+                print(json.dumps(line), flush=True)
+            return 0
         result = predict_video(args.video, args.checkpoint, args.window, args.stride,
                                not args.no_crop, args.device, args.margin, args.min_prob)
     except PredictError as exc:
@@ -430,9 +656,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if "warning" in result:
         print(f"predict.py: warning: {result['warning']}", file=sys.stderr)
+    print(json.dumps(result, indent=1), flush=True)
     if args.plot:
-        plot_probabilities(result, args.plot)
-    print(json.dumps(result, indent=1))
+        try:
+            plot_probabilities(result, args.plot)
+        except OSError as exc:
+            print(f"predict.py: error: cannot write the plot {args.plot}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
     return 0
 
 
