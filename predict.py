@@ -3,16 +3,18 @@
     python predict.py VIDEO --checkpoint runs/mic/mic/fold0/ckpt.pt
     python predict.py long.mp4 --checkpoint CKPT --window 16 --stride 8 --plot probs.png
     python predict.py face_crop.avi --checkpoint CKPT --no-crop
+    python predict.py /dev/video0 --checkpoint CKPT --stream      # a camera, one line a window
 
 VIDEO is any video PyAV/FFmpeg reads (H.264 .mp4, .avi, .mkv, ...) or a folder of frames (CK+,
 frames in natural name order: 2 before 10). It goes through the same path as the training data
-of AFEW: the face is found with MTCNN and one box per video is kept (`faces.face_box`: the
-median of the detections, enlarged by --margin), every frame is cropped to it and written as
-MPEG-4 Part 2 (`faces.write_video`), and `reencode.sh` turns that into the stream coviar reads.
-With --no-crop (videos that already show a face filling the frame, as CK+ and MMI) the video
-goes to `reencode.sh` as it is. The clip is then read by `reader.ClipDataset` in test mode (TSN
-centre sampling, the centred square of the shorter side resized to the model's size), over a
-temporary index: the very reader of training and evaluation.
+of AFEW: the face is found with MTCNN and one box per video is kept (`faces.face_box`: MTCNN
+runs on 16 evenly spaced frames only, as `datasets.py crop`; the box is the median of those
+detections, enlarged by --margin), every frame is cropped to it and written as MPEG-4 Part 2
+(`faces.write_video`), and that is re-encoded into the stream coviar reads with reencode.sh's
+settings. With --no-crop (videos that already show a face filling the frame, as CK+ and MMI) the
+video goes to `reencode.sh` as it is. The clip is then read by `reader.ClipDataset` in test mode
+(TSN centre sampling, the centred square of the shorter side resized to the model's size), over
+a temporary index: the very reader of training and evaluation.
 
 Output (stdout, JSON): {"video", "checkpoint", "classes", "frames", "probabilities" (class ->
 probability), "prediction"} for the whole video (num_segments residual frames sampled over all of
@@ -21,18 +23,26 @@ it). A video longer than --window frames also gets "window", "stride" and "windo
 The default window is 2 × num_segments frames (16 for 8 segments: about the length of a CK+
 neutral-to-apex sequence, which is what the models are trained on); the default stride is half
 a window. A checkpoint trained on the synthetic set adds "warning" (also said on stderr).
+With --stream (face crop only) each window's entry is printed as one JSON line as soon as its
+frames are in, and the whole video's result (without "windows") as the last line, in constant
+memory (a window of crops): for long videos and cameras. A file or folder gets the same windows
+and probabilities (within 1e-6) as without --stream, at the cost of two more decodes (counting
+the frames, then the 16 MTCNN looks at); a device gets the face box of its first 16 frames.
 
 Each window is represented as a training clip is: its source frames (the face crops, the frame
-files, or the decoded frames of the video written losslessly) are re-encoded on their own by
-reencode.sh, so that its first frame is an I-frame and its residuals refer to its own frames,
-not to frames before the window. A window's input is bit-identical to that of the same frames
-given alone (tested: a clip alone and preceded by 200 frames of a still face). The cost is one
-ffmpeg run per window (all cores in parallel); a larger --stride makes fewer.
+files, or the decoded frames of the video written losslessly) are re-encoded on their own, so
+that its first frame is an I-frame and its residuals refer to its own frames, not to frames
+before the window. A window's input is bit-identical to that of the same frames given alone
+(tested: a clip alone and preceded by other frames). Face crops are re-encoded in this process
+(`reencode_avi`: reencode.sh's encoder and settings through PyAV; the stream is reencode.sh's
+byte for byte but for the encoder's version string, tested), window by window as the frames
+are read; with --no-crop the windows go through one reencode.sh run (all cores in parallel).
 
-Frame indices are those of the re-encoded video (the frames of the input, in order). The face
-crop decodes the whole video into memory once (about frames × width × height × 3 bytes).
-Errors (no face, unreadable video, a file that is not a train.py checkpoint) are reported on
-stderr with exit status 1.
+Frame indices are those of the re-encoded video (the frames of the input, in order). Without
+--stream the face crop decodes the whole video into memory once (about frames × width × height
+× 3 bytes). Errors (no face, unreadable video, no video stream, fewer than 2 frames, a file that
+is not a train.py checkpoint, a plot that cannot be written) are reported on stderr in one line
+with exit status 1; the JSON is printed before the plot is written.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,9 +66,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import av
-from av.video.frame import PictureType
 import numpy as np
 import torch
+from av.video.frame import PictureType
 from PIL import Image
 
 import coviar
@@ -105,6 +116,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_records(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
@@ -144,6 +156,24 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: its weights do not match its config: {exc}") from exc
     return model.to(device).eval(), config
+
+
+def _check_records(path: Path) -> None:
+    """Refuse, before loading, a checkpoint archive whose records expand far beyond the file:
+    torch.save stores them uncompressed, so more than twice the file's size (and 64 MiB) or more
+    than coviar.MAX_RESULT_BYTES (half the memory) is a compressed record, not train.py's."""
+    if not zipfile.is_zipfile(path):
+        return  # torch.load names what else it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: a damaged checkpoint archive ({exc})") from exc
+    size = path.stat().st_size
+    if total > min(max(2 * size, 64 << 20), coviar.MAX_RESULT_BYTES):
+        raise CheckpointError(f"{path}: its records expand to {total / 2**20:.0f} MiB from a "
+                              f"{size / 2**20:.1f} MiB file; torch.save writes them uncompressed, "
+                              "so this is no train.py checkpoint: refused before loading")
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:
@@ -640,7 +670,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="MTCNN face probability, as `datasets.py crop` (default 0.9)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads of torch (default 1: the work is many small operations, "
+                   "which more threads slow down, a lot on a busy machine)")
     args = p.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
     if args.stream and (args.no_crop or args.plot):
         p.error("--stream goes with the face crop and without --plot")
     try:
