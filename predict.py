@@ -160,8 +160,9 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
 
 def _check_records(path: Path) -> None:
     """Refuse, before loading, a checkpoint archive whose records expand far beyond the file:
-    torch.save stores them uncompressed, so more than twice the file's size (and 64 MiB) or more
-    than coviar.MAX_RESULT_BYTES (half the memory) is a compressed record, not train.py's."""
+    torch.save stores them uncompressed, so records of more than twice the file's size (at
+    least 64 MiB, at most coviar.MAX_RESULT_BYTES: half the memory) are compressed ones, not
+    train.py's."""
     if not zipfile.is_zipfile(path):
         return  # torch.load names what else it is
     try:
@@ -347,7 +348,8 @@ def stream_box(video: Path, device: str, margin: float,
         except (OSError, ValueError, av.error.FFmpegError) as exc:
             raise VideoError(f"{video}: not a readable video ({exc})") from exc
     picks = set(detect_indices(n, DETECT_FRAMES)) | {0}
-    kept = {i: f for i, f in enumerate(_rgb_frames(video)) if i in picks}
+    head = itertools.islice(_rgb_frames(video), max(picks) + 1)
+    kept = {i: f for i, f in enumerate(head) if i in picks}
     return find_face(video, _Picked(n, kept), device, margin, min_prob)
 
 
