@@ -8,12 +8,13 @@ MTCNN's weights ship inside the facenet-pytorch wheel, so this runs offline.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -45,6 +46,12 @@ def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
     return frames, rate
 
 
+def detect_indices(num_frames: int, detect_frames: int = 16) -> list[int]:
+    """The frames `face_box` detects faces in: up to ``detect_frames`` evenly spaced ones."""
+    picks = np.linspace(0, num_frames - 1, min(detect_frames, num_frames)).round()
+    return [int(i) for i in np.unique(picks)]
+
+
 def face_box(
     frames: Sequence[np.ndarray],
     detector: Any,
@@ -58,8 +65,8 @@ def face_box(
     ``detect_frames`` evenly spaced frames; the box is the per-coordinate median of the
     detections kept (probability >= ``min_prob``), made square on its longer side, enlarged by
     ``margin`` (0.3 = 30 %), of even side, shifted inside the frame (shrunk if larger)."""
-    picks = np.unique(np.linspace(0, len(frames) - 1, min(detect_frames, len(frames))).round())
-    boxes, probs = detector.detect(np.stack([frames[int(i)] for i in picks]))
+    picks = detect_indices(len(frames), detect_frames)
+    boxes, probs = detector.detect(np.stack([frames[i] for i in picks]))
     found = [
         b[0]
         for b, p in zip(boxes, probs, strict=True)
@@ -76,19 +83,47 @@ def face_box(
     return left, top, left + side, top + side
 
 
-def write_video(path: Path, frames: Sequence[np.ndarray], rate: float, q: int = 2) -> None:
-    """Write RGB frames as MPEG-4 Part 2 (fixed quantiser ``q``) with PyAV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        stream: Any = out.add_stream("mpeg4", rate=round(rate) or 25)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.options = {"qmin": str(q), "qmax": str(q)}
-        for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
+class VideoWriter:
+    """RGB frames to MPEG-4 Part 2 (fixed quantiser ``q``) with PyAV, one at a time: a path or a
+    binary file (then ``format``, e.g. "avi"); the stream is set up on the first frame."""
+
+    def __init__(self, path: Path | BinaryIO, rate: float, q: int = 2,
+                 format: str | None = None) -> None:
+        self.out = av.open(path if isinstance(path, io.IOBase) else str(path), "w",
+                           format=format)
+        self.rate, self.q = round(rate) or 25, q
+        self.stream: Any = None
+        self.count = 0
+
+    def write(self, img: np.ndarray) -> None:
+        if self.stream is None:
+            self.stream = self.out.add_stream("mpeg4", rate=self.rate)
+            h, w = img.shape[:2]
+            self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
+            self.stream.codec_context.options = {"qmin": str(self.q), "qmax": str(self.q)}
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        frame.pts = self.count
+        self.count += 1
+        self.out.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        """Flush the encoder and close the file."""
+        if self.stream is not None:
+            self.out.mux(self.stream.encode())
+        self.out.close()
+
+
+def write_video(path: Path | BinaryIO, frames: Iterable[np.ndarray], rate: float, q: int = 2,
+                format: str | None = None) -> None:
+    """Write RGB frames as MPEG-4 Part 2 (fixed quantiser ``q``) with PyAV (`VideoWriter`)."""
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    writer = VideoWriter(path, rate, q, format)
+    try:
+        for img in frames:
+            writer.write(img)
+    finally:
+        writer.close()
 
 
 def crop_tree(

@@ -3,16 +3,18 @@
     python predict.py VIDEO --checkpoint runs/mic/mic/fold0/ckpt.pt
     python predict.py long.mp4 --checkpoint CKPT --window 16 --stride 8 --plot probs.png
     python predict.py face_crop.avi --checkpoint CKPT --no-crop
+    python predict.py /dev/video0 --checkpoint CKPT --stream      # a camera, one line a window
 
 VIDEO is any video PyAV/FFmpeg reads (H.264 .mp4, .avi, .mkv, ...) or a folder of frames (CK+,
 frames in natural name order: 2 before 10). It goes through the same path as the training data
-of AFEW: the face is found with MTCNN and one box per video is kept (`faces.face_box`: the
-median of the detections, enlarged by --margin), every frame is cropped to it and written as
-MPEG-4 Part 2 (`faces.write_video`), and `reencode.sh` turns that into the stream coviar reads.
-With --no-crop (videos that already show a face filling the frame, as CK+ and MMI) the video
-goes to `reencode.sh` as it is. The clip is then read by `reader.ClipDataset` in test mode (TSN
-centre sampling, the centred square of the shorter side resized to the model's size), over a
-temporary index: the very reader of training and evaluation.
+of AFEW: the face is found with MTCNN and one box per video is kept (`faces.face_box`: MTCNN
+runs on 16 evenly spaced frames only, as `datasets.py crop`; the box is the median of those
+detections, enlarged by --margin), every frame is cropped to it and written as MPEG-4 Part 2
+(`faces.write_video`), and that is re-encoded into the stream coviar reads with reencode.sh's
+settings. With --no-crop (videos that already show a face filling the frame, as CK+ and MMI) the
+video goes to `reencode.sh` as it is. The clip is then read by `reader.ClipDataset` in test mode
+(TSN centre sampling, the centred square of the shorter side resized to the model's size), over
+a temporary index: the very reader of training and evaluation.
 
 Output (stdout, JSON): {"video", "checkpoint", "classes", "frames", "probabilities" (class ->
 probability), "prediction"} for the whole video (num_segments residual frames sampled over all of
@@ -21,42 +23,57 @@ it). A video longer than --window frames also gets "window", "stride" and "windo
 The default window is 2 × num_segments frames (16 for 8 segments: about the length of a CK+
 neutral-to-apex sequence, which is what the models are trained on); the default stride is half
 a window. A checkpoint trained on the synthetic set adds "warning" (also said on stderr).
+With --stream (face crop only) each window's entry is printed as one JSON line as soon as its
+frames are in, and the whole video's result (without "windows") as the last line, in constant
+memory (a window of crops): for long videos and cameras. A file or folder gets the same windows
+and probabilities (within 1e-6) as without --stream, at the cost of two more decodes (counting
+the frames, then the 16 MTCNN looks at); a device gets the face box of its first 16 frames.
 
 Each window is represented as a training clip is: its source frames (the face crops, the frame
-files, or the decoded frames of the video written losslessly) are re-encoded on their own by
-reencode.sh, so that its first frame is an I-frame and its residuals refer to its own frames,
-not to frames before the window. A window's input is bit-identical to that of the same frames
-given alone (tested: a clip alone and preceded by 200 frames of a still face). The cost is one
-ffmpeg run per window (all cores in parallel); a larger --stride makes fewer.
+files, or the decoded frames of the video written losslessly) are re-encoded on their own, so
+that its first frame is an I-frame and its residuals refer to its own frames, not to frames
+before the window. A window's input is bit-identical to that of the same frames given alone
+(tested: a clip alone and preceded by other frames). Face crops are re-encoded in this process
+(`reencode_avi`: reencode.sh's encoder and settings through PyAV; the stream is reencode.sh's
+byte for byte but for the encoder's version string, tested), window by window as the frames
+are read; with --no-crop the windows go through one reencode.sh run (all cores in parallel).
 
-Frame indices are those of the re-encoded video (the frames of the input, in order). The face
-crop decodes the whole video into memory once (about frames × width × height × 3 bytes).
-Errors (no face, unreadable video, a file that is not a train.py checkpoint) are reported on
-stderr with exit status 1.
+Frame indices are those of the re-encoded video (the frames of the input, in order). Without
+--stream the face crop decodes the whole video into memory once (about frames × width × height
+× 3 bytes). Errors (no face, unreadable video, no video stream, fewer than 2 frames, a file that
+is not a train.py checkpoint, a plot that cannot be written) are reported on stderr in one line
+with exit status 1; the JSON is printed before the plot is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
 import torch
+from av.video.frame import PictureType
+from PIL import Image
 
 import coviar
-from datasets import CLASSES, COLUMNS, frame_files
-from faces import face_box, read_frames, write_video
+from datasets import CLASSES, COLUMNS, FOLDS, frame_files
+from faces import VideoWriter, detect_indices, face_box, read_frames, write_video
 from models import MIC, RANDOM
 from reader import ClipDataset, collate
 
@@ -64,6 +81,8 @@ ROOT = Path(__file__).resolve().parent
 CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden", "with_mv",
                "d_i", "size", "input", "data_bn")
 BATCH = 16  # windows per forward pass
+DETECT_FRAMES = 16  # frames MTCNN looks at (faces.face_box's default, as `datasets.py crop`)
+FF_QP2LAMBDA = 118  # libavcodec's lambda of quantiser 1
 SYNTHETIC_WARNING = ("this model was trained on the synthetic set only: it has seen no real "
                      "face, so its predictions on real faces mean little")
 
@@ -97,6 +116,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_records(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
@@ -138,6 +158,25 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     return model.to(device).eval(), config
 
 
+def _check_records(path: Path) -> None:
+    """Refuse, before loading, a checkpoint archive whose records expand far beyond the file:
+    torch.save stores them uncompressed, so records of more than twice the file's size (at
+    least 64 MiB, at most coviar.MAX_RESULT_BYTES: half the memory) are compressed ones, not
+    train.py's."""
+    if not zipfile.is_zipfile(path):
+        return  # torch.load names what else it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: a damaged checkpoint archive ({exc})") from exc
+    size = path.stat().st_size
+    if total > min(max(2 * size, 64 << 20), coviar.MAX_RESULT_BYTES):
+        raise CheckpointError(f"{path}: its records expand to {total / 2**20:.0f} MiB from a "
+                              f"{size / 2**20:.1f} MiB file; torch.save writes them uncompressed, "
+                              "so this is no train.py checkpoint: refused before loading")
+
+
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:
     try:
         os.link(src, dst)
@@ -146,39 +185,22 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
 
 
 class Source:
-    """The frames of the user's video as items of reencode.sh's input tree: the whole video or
-    any run of its frames, each as reencode.sh would take those frames alone.
+    """The frames of the user's video (without face crop) as items of reencode.sh's input tree:
+    the whole video or any run of its frames, each as reencode.sh would take those frames alone.
 
-    * a folder of frames without face crop: a folder of links to the frame files (renamed to
-      their order, so that every item is read in that order);
-    * a video without face crop: the file itself for the whole video; for a run of frames, its
-      decoded frames written losslessly (FFV1), in their own pixel format;
-    * with face crop: the cropped frames, MPEG-4 Part 2 at q 2 (`faces.write_video`, as
-      `datasets.py crop` writes AFEW's crops)."""
+    * a folder of frames: a folder of links to the frame files (renamed to their order, so that
+      every item is read in that order);
+    * a video: the file itself for the whole video; for a run of frames, its decoded frames
+      written losslessly (FFV1), in their own pixel format."""
 
-    def __init__(self, video: Path, crop: bool, device: str, margin: float,
-                 min_prob: float) -> None:
+    def __init__(self, video: Path) -> None:
         self.video = video
-        self.files: list[Path] = []
-        self.frames: list[np.ndarray] = []
-        self.rate = 25.0
-        if not video.exists():
-            raise VideoError(f"{video}: no such file")
-        if video.is_dir():
-            self.files = frame_files(video)
-            if not self.files:
-                raise VideoError(f"{video}: a folder without image frames")
-        if crop:
-            self.frames, self.rate = _face_crops(video, device, margin, min_prob)
+        self.files = _check_input(video)
 
     def write(self, dst: Path, runs: dict[str, Window | None]) -> None:
         """Write item `name` of `dst` for each run of frames (None: the whole video)."""
         dst.mkdir(parents=True, exist_ok=True)
-        if self.frames:
-            for name, w in runs.items():
-                part = self.frames if w is None else self.frames[w.start : w.end]
-                write_video(dst / f"{name}.avi", part, self.rate)
-        elif self.files:
+        if self.files:
             for name, w in runs.items():
                 (dst / name).mkdir()
                 part = self.files if w is None else self.files[w.start : w.end]
@@ -228,26 +250,190 @@ class Source:
                              f"has at least {last}")
 
 
-def _face_crops(video: Path, device: str, margin: float,
-                min_prob: float) -> tuple[list[np.ndarray], float]:
-    """The frames of `video` cropped to its face box, and the frame rate."""
+def _check_input(video: Path) -> list[Path]:
+    """The frame files of a folder (none for a video file), after the checks every input gets:
+    it exists, a folder holds at least 2 frames, a file holds a video stream."""
+    if not video.exists():
+        raise VideoError(f"{video}: no such file")
+    if video.is_dir():
+        files = frame_files(video)
+        if len(files) < 2:
+            raise VideoError(f"{video}: a folder of {len(files)} image frame(s); predict.py "
+                             "needs at least 2 frames")
+        return files
     try:
-        frames, rate = read_frames(video)
-    except (OSError, ValueError, IndexError, av.error.FFmpegError) as exc:
+        with av.open(str(video)) as container:
+            streams = len(container.streams.video)
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
         raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: {exc})") from exc
-    if not frames:
-        raise VideoError(f"{video}: holds no frame")
+    if not streams:
+        raise VideoError(f"{video}: no video stream (audio only?)")
+    return []
+
+
+def _rgb_frames(video: Path) -> Iterator[np.ndarray]:
+    """The RGB frames of a video file, device or frame folder, one at a time (in the order of
+    `faces.read_frames`); a decoding error is a VideoError."""
+    if video.is_dir():
+        for f in frame_files(video):
+            yield np.asarray(Image.open(f).convert("RGB"))
+        return
+    try:
+        with av.open(str(video), format="v4l2" if _is_device(video) else None) as container:
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24")
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
+        raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: {exc})") from exc
+
+
+def _is_device(video: Path) -> bool:
+    return str(video).startswith("/dev/")
+
+
+def _frame_rate(video: Path) -> float:
+    """Frames per second of a video (25 for a frame folder, as reencode.sh encodes it)."""
+    if video.is_dir():
+        return 25.0
+    with av.open(str(video), format="v4l2" if _is_device(video) else None) as container:
+        return float(container.streams.video[0].average_rate or 25)
+
+
+def _detector(device: str) -> Any:
     from facenet_pytorch import MTCNN  # here: importing it (torchvision) costs seconds
 
-    detector = MTCNN(select_largest=True, post_process=False, device=device)
-    box = face_box(frames, detector, margin=margin, min_prob=min_prob)
+    return MTCNN(select_largest=True, post_process=False, device=device)
+
+
+def find_face(video: Path, frames: Sequence[np.ndarray], device: str, margin: float,
+              min_prob: float) -> tuple[int, int, int, int]:
+    """The face box of a video (`faces.face_box`: MTCNN on 16 evenly spaced frames)."""
+    box = face_box(frames, _detector(device), margin=margin, min_prob=min_prob)
     if box is None:
         raise NoFaceError(
             f"{video}: no face found (MTCNN, probability >= {min_prob}); lower --min-prob, or "
             "pass --no-crop if the video already shows a face filling the frame"
         )
+    return box
+
+
+class _Picked(Sequence):
+    """The frames `faces.face_box` looks at, of a video of `n` frames, as a sequence of n."""
+
+    def __init__(self, n: int, frames: dict[int, np.ndarray]) -> None:
+        self.n, self.frames = n, frames
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.frames[i]
+
+
+def stream_box(video: Path, device: str, margin: float,
+               min_prob: float) -> tuple[int, int, int, int]:
+    """The face box of a video read as a stream, in constant memory. A file or folder: the box
+    of the whole video, as without --stream (a first decode counts the frames, a second keeps
+    the 16 detected on); a device: the box of its first 16 frames (read again from there)."""
+    if _is_device(video):
+        first = list(itertools.islice(_rgb_frames(video), DETECT_FRAMES))
+        return find_face(video, first, device, margin, min_prob)
+    if video.is_dir():
+        n = len(frame_files(video))
+    else:
+        n = 0
+        try:
+            with av.open(str(video)) as container:
+                for _ in container.decode(container.streams.video[0]):
+                    n += 1
+        except (OSError, ValueError, av.error.FFmpegError) as exc:
+            raise VideoError(f"{video}: not a readable video ({exc})") from exc
+    picks = set(detect_indices(n, DETECT_FRAMES)) | {0}
+    head = itertools.islice(_rgb_frames(video), max(picks) + 1)
+    kept = {i: f for i, f in enumerate(head) if i in picks}
+    return find_face(video, _Picked(n, kept), device, margin, min_prob)
+
+
+def _mpeg4(width: int, height: int, rate: Fraction) -> Any:
+    """reencode.sh's encoder through the library: `-q:v 1` (a fixed quantiser: the qscale flag
+    and global_quality 1 x FF_QP2LAMBDA), `-g 2147483647 -strict:v experimental -sc_threshold
+    1000000000 -c:v mpeg4`, its threads as ffmpeg's (automatic)."""
+    enc = av.CodecContext.create("mpeg4", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base, enc.framerate = 1 / rate, rate
+    enc.qscale, enc.global_quality = True, FF_QP2LAMBDA
+    enc.gop_size = 2**31 - 1
+    enc.options = {"strict": "experimental", "sc_threshold": "1000000000"}
+    return enc
+
+
+def reencode_avi(src: Path | BinaryIO, out: Path) -> int:
+    """Write to `out` the stream reencode.sh makes of the even-sized video `src` (written by
+    `faces.VideoWriter`), in this process: its frames decoded and encoded again with
+    reencode.sh's settings (`_mpeg4`). The stream is reencode.sh's byte for byte but for the
+    encoder's name in the header's user data (this libavcodec's version, not ffmpeg's: tested).
+    Returns the number of frames."""
+    data = bytearray()
+    enc = None
+    n = 0
+    with av.open(src if isinstance(src, io.IOBase) else str(src), format="avi") as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or Fraction(25)
+        for frame in container.decode(stream):
+            if enc is None:
+                enc = _mpeg4(frame.width, frame.height, rate)
+            frame.pts, frame.time_base = n, enc.time_base
+            frame.pict_type = PictureType.NONE  # the decoder's I-frames are no forced key frames
+            n += 1
+            for packet in enc.encode(frame):
+                data += bytes(packet)
+    if enc is not None:
+        for packet in enc.encode(None):
+            data += bytes(packet)
+    out.write_bytes(data)
+    return n
+
+
+def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int, int, int],
+                 rate: float, window: int, stride: int,
+                 out: Path) -> Iterator[tuple[str, Window | None]]:
+    """Re-encode the face crops of `frames` of `video` into `out`, as reencode.sh would
+    each window's crops alone (`faces.write_video` of them, then `reencode_avi`) and the whole
+    video's: yields (name, window) as each `out/<name>.mp4` is written, the windows of
+    `plan_windows` in order and then ("video", None), the whole video. Memory: a window of crops.
+    """
     x0, y0, x1, y1 = box
-    return [f[y0:y1, x0:x1] for f in frames], rate
+    recent: deque[np.ndarray] = deque(maxlen=window + 1)
+    whole = out / "video.avi"
+    writer = VideoWriter(whole, rate)
+    n, last = 0, -1
+
+    def encoded(w: Window, crops: list[np.ndarray]) -> tuple[str, Window]:
+        buf = io.BytesIO()
+        write_video(buf, crops, rate, format="avi")
+        buf.seek(0)
+        name = f"w{w.start:08d}"
+        reencode_avi(buf, out / f"{name}.mp4")
+        return name, w
+
+    try:
+        for frame in frames:
+            crop = frame[y0:y1, x0:x1]
+            writer.write(crop)
+            recent.append(crop)
+            n += 1
+            s = n - 1 - window  # a window is written once a frame follows it: the last one
+            if s >= 0 and s % stride == 0:  # (ending at the last frame) is planned at the end
+                yield encoded(Window(s, s + window), list(recent)[:window])
+                last = s
+    finally:
+        writer.close()
+    if n < 2:
+        raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
+    if n > window and last + window < n:
+        yield encoded(Window(n - window, n), list(recent)[-window:])
+    reencode_avi(whole, out / "video.mp4")
+    whole.unlink()
+    yield "video", None
 
 
 def reencode(src: Path, out: Path, video: Path) -> None:
@@ -308,8 +494,8 @@ def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> C
         rows.writeheader()
         for name, n in clips.items():
             rows.writerow(dict(path=f"{name}.mp4", subject="video", label=0, label_name=label,
-                               num_frames=n, fold=0, dataset=dataset, view=0, crop="none",
-                               apex=-1))
+                               num_frames=n, fold=FOLDS[dataset][0], dataset=dataset, view=0,
+                               crop="none", apex=-1))
     return ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
                        representation=config["input"], with_mv=config["with_mv"],
                        accumulate=config.get("accumulate", False), apex=False)
@@ -332,6 +518,27 @@ def _entry(classes: list[str], p: np.ndarray) -> dict[str, Any]:
             "prediction": classes[int(p.argmax())]}
 
 
+def _settings(config: dict[str, Any], window: int | None,
+              stride: int | None) -> tuple[int, int]:
+    """The window and stride (defaults: 2 x num_segments, half a window), checked."""
+    window = 2 * config["num_segments"] if window is None else window
+    stride = max(1, window // 2) if stride is None else stride
+    if window < 2 or stride < 1:
+        raise PredictError(f"window must be >= 2 and stride >= 1, not {window} and {stride}")
+    return window, stride
+
+
+def _result(video: Path, checkpoint: str | Path, config: dict[str, Any], n: int,
+            probs: np.ndarray) -> dict[str, Any]:
+    """The whole video's part of the JSON result."""
+    classes = list(config["class_names"])
+    result: dict[str, Any] = {"video": str(video), "checkpoint": str(checkpoint),
+                              "classes": classes, "frames": n, **_entry(classes, probs)}
+    if config.get("dataset") == "synthetic":
+        result["warning"] = SYNTHETIC_WARNING
+    return result
+
+
 def predict_video(video: str | Path, checkpoint: str | Path, window: int | None = None,
                   stride: int | None = None, crop: bool = True, device: str = "cpu",
                   margin: float = 0.3, min_prob: float = 0.9) -> dict[str, Any]:
@@ -339,35 +546,76 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
 
     `window` defaults to 2 × num_segments frames, `stride` to half a window."""
     model, config = load_model(checkpoint, device)
-    window = 2 * config["num_segments"] if window is None else window
-    stride = max(1, window // 2) if stride is None else stride
-    if window < 2 or stride < 1:
-        raise PredictError(f"window must be >= 2 and stride >= 1, not {window} and {stride}")
+    window, stride = _settings(config, window, stride)
     video = Path(video)
-    source = Source(video, crop, device, margin, min_prob)
     with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
-        src, out = Path(tmp) / "in", Path(tmp) / "out"
-        source.write(src / "whole", {"video": None})
-        reencode(src / "whole", out, video)
-        n = _stream(out / "video.mp4", video)
-        windows = plan_windows(n, window, stride)
-        names = {f"w{w.start:08d}": w for w in windows}
-        if windows:
-            source.write(src / "windows", names)
-            reencode(src / "windows", out, video)
+        out = Path(tmp) / "out"
+        if crop:
+            _check_input(video)
+            try:
+                frames, rate = read_frames(video)
+            except (OSError, ValueError, av.error.FFmpegError) as exc:
+                raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: "
+                                 f"{exc})") from exc
+            if len(frames) < 2:
+                raise VideoError(f"{video}: {len(frames)} frame(s); predict.py needs at least 2 "
+                                 "frames")
+            box = find_face(video, frames, device, margin, min_prob)
+            out.mkdir()
+            made = list(crop_streams(video, frames, box, rate, window, stride, out))
+            del frames
+            names = {name: w for name, w in made if w is not None}
+            n = _stream(out / "video.mp4", video)
+        else:
+            source, src = Source(video), Path(tmp) / "in"
+            source.write(src / "whole", {"video": None})
+            reencode(src / "whole", out, video)
+            n = _stream(out / "video.mp4", video)
+            if n < 2:
+                raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
+            names = {f"w{w.start:08d}": w for w in plan_windows(n, window, stride)}
+            if names:
+                source.write(src / "windows", names)
+                reencode(src / "windows", out, video)
         clips = {"video": n} | {name: _stream(out / f"{name}.mp4", video, w.end - w.start)
                                 for name, w in names.items()}
         probs = classify(model, clip_dataset(out, clips, config), device)
-    classes = list(config["class_names"])
-    result: dict[str, Any] = {"video": str(video), "checkpoint": str(checkpoint),
-                              "classes": classes, "frames": n, **_entry(classes, probs[0])}
-    if windows:
+    result = _result(video, checkpoint, config, n, probs[0])
+    if names:
+        classes = result["classes"]
         result.update(window=window, stride=stride, windows=[
             {"start_frame": w.start, "end_frame": w.end, **_entry(classes, p)}
-            for w, p in zip(windows, probs[1:], strict=True)])
-    if config.get("dataset") == "synthetic":
-        result["warning"] = SYNTHETIC_WARNING
+            for w, p in zip(names.values(), probs[1:], strict=True)])
     return result
+
+
+def predict_stream(video: str | Path, checkpoint: str | Path, window: int | None = None,
+                   stride: int | None = None, device: str = "cpu", margin: float = 0.3,
+                   min_prob: float = 0.9) -> Iterator[dict[str, Any]]:
+    """`predict_video` as a stream, in constant memory (the frames of a window): yields each
+    window's entry as soon as its frames are in, then the whole video's result (without
+    "windows"). A video file or folder gets the windows and probabilities of `predict_video`
+    (within 1e-6: one window per batch); a device (/dev/video0) the face box of its first
+    frames."""
+    model, config = load_model(checkpoint, device)
+    window, stride = _settings(config, window, stride)
+    video = Path(video)
+    if not _is_device(video):
+        _check_input(video)
+    box = stream_box(video, device, margin, min_prob)
+    classes = list(config["class_names"])
+    with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
+        out = Path(tmp)
+        made = crop_streams(video, _rgb_frames(video), box, _frame_rate(video), window, stride,
+                            out)
+        for name, w in made:
+            n = _stream(out / f"{name}.mp4", video, None if w is None else w.end - w.start)
+            probs = classify(model, clip_dataset(out, {name: n}, config), device)[0]
+            if w is None:
+                yield _result(video, checkpoint, config, n, probs)
+            else:
+                yield {"start_frame": w.start, "end_frame": w.end, **_entry(classes, probs)}
+                (out / f"{name}.mp4").unlink()
 
 
 def plot_probabilities(result: dict[str, Any], out: str | Path) -> None:
@@ -413,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", type=int, metavar="N",
                    help="frames between window starts (default: half a window)")
     p.add_argument("--plot", metavar="PNG", help="write a plot of the probabilities")
+    p.add_argument("--stream", action="store_true",
+                   help="print one JSON line per window as soon as it is ready, then one for the "
+                   "whole video, in constant memory (long videos, a camera: /dev/video0)")
     p.add_argument("--no-crop", action="store_true",
                    help="no face detection: the video already is a face crop")
     p.add_argument("--margin", type=float, default=0.3,
@@ -421,8 +672,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="MTCNN face probability, as `datasets.py crop` (default 0.9)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads of torch (default 1: the work is many small operations, "
+                   "which more threads slow down, a lot on a busy machine)")
     args = p.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    if args.stream and (args.no_crop or args.plot):
+        p.error("--stream goes with the face crop and without --plot")
     try:
+        if args.stream:
+            for line in predict_stream(args.video, args.checkpoint, args.window, args.stride,
+                                       args.device, args.margin, args.min_prob):
+                print(json.dumps(line), flush=True)
+            return 0
         result = predict_video(args.video, args.checkpoint, args.window, args.stride,
                                not args.no_crop, args.device, args.margin, args.min_prob)
     except PredictError as exc:
@@ -430,9 +692,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if "warning" in result:
         print(f"predict.py: warning: {result['warning']}", file=sys.stderr)
+    print(json.dumps(result, indent=1), flush=True)
     if args.plot:
-        plot_probabilities(result, args.plot)
-    print(json.dumps(result, indent=1))
+        try:
+            plot_probabilities(result, args.plot)
+        except OSError as exc:
+            print(f"predict.py: error: cannot write the plot {args.plot}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
     return 0
 
 

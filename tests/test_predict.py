@@ -7,8 +7,10 @@ bad checkpoints."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import av
@@ -18,7 +20,10 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+import coviar
+import faces
 import predict
+from datasets import CLASSES
 from models import MIC
 from tests.clips import has_libx264
 from tests.conftest import ROOT
@@ -146,8 +151,8 @@ def test_window_is_the_clip_alone(ckpt, tmp_path):
     window = predict.Window(200, 212)
     for a, b in ((alone, after), (lossless["alone"], lossless["after"])):
         src = tmp_path / f"src-{a.name}"
-        predict.Source(a, False, "cpu", 0.3, 0.9).write(src, {"alone": None})
-        predict.Source(b, False, "cpu", 0.3, 0.9).write(src, {"window": window})
+        predict.Source(a).write(src, {"alone": None})
+        predict.Source(b).write(src, {"window": window})
         predict.reencode(src, tmp_path / f"out-{a.name}", a)
         streams = [tmp_path / f"out-{a.name}" / f"{n}.mp4" for n in ("alone", "window")]
         assert streams[0].read_bytes() == streams[1].read_bytes(), a
@@ -231,7 +236,7 @@ def test_unreadable_videos_are_clear_errors(ckpt, tmp_path, capsys):
     text.write_text("not a video\n" * 20)
     cases = [([str(tmp_path / "missing.mp4")], "no such file"),
              ([str(text)], "not a readable video"),
-             ([str(text), "--no-crop"], "reencode.sh could not convert it")]
+             ([str(text), "--no-crop"], "not a readable video")]
     for args, message in cases:
         assert predict.main([*args, "--checkpoint", str(ckpt)]) == 1
         assert message in capsys.readouterr().err
@@ -258,3 +263,117 @@ def test_bad_checkpoints_are_clear_errors(ckpt, clips, tmp_path, capsys):
             torch.save(content, path)
         assert predict.main([str(clips["face"]), "--checkpoint", str(path)]) == 1, name
         assert messages[name] in capsys.readouterr().err, name
+
+
+def without_encoder_name(stream: bytes) -> bytes:
+    """An MPEG-4 Part 2 stream without its user data "Lavc<version>" (the encoder's name)."""
+    return re.sub(rb"\x00\x00\x01\xb2Lavc[0-9.]+\x00", b"", stream)
+
+
+def test_crop_windows_are_reencode_sh_of_the_crops_alone(tmp_path):
+    """Face-crop mode re-encodes in this process: a window's stream is what reencode.sh makes
+    of `faces.write_video` of that window's crops alone (the old path), byte for byte but for
+    the encoder's version string, here at 30 fps after 30 other frames; so is the whole
+    video's; and every stream is one GOP."""
+    clip = face_frames(12)
+    frames = [face_frames(40)[30]] * 30 + clip
+    box = (8, 4, 88, 84)
+    out = tmp_path / "out"
+    out.mkdir()
+    made = list(predict.crop_streams(tmp_path / "v", frames, box, 30.0, 12, 30, out))
+    assert [(n, w and (w.start, w.end)) for n, w in made] == [
+        ("w00000000", (0, 12)), ("w00000030", (30, 42)), ("video", None)]
+    src = tmp_path / "src"
+    crops = [f[4:84, 8:88] for f in frames]
+    faces.write_video(src / "alone.avi", crops[30:], 30.0)
+    faces.write_video(src / "video.avi", crops, 30.0)
+    predict.reencode(src, tmp_path / "ref", src)
+    for name, ref in (("w00000030", "alone"), ("video", "video")):
+        ours, theirs = (out / f"{name}.mp4").read_bytes(), (tmp_path / "ref" / f"{ref}.mp4")
+        assert ours != theirs.read_bytes()  # the encoder's name differs ...
+        assert without_encoder_name(ours) == without_encoder_name(theirs.read_bytes())  # only
+        assert len(coviar.gop_lengths(out / f"{name}.mp4")) == 1
+
+
+def test_stream_mode_gives_the_windows_as_lines(ckpt, clips, capsys):
+    """--stream on a file: one JSON line per window, then the whole video's; the same windows
+    and probabilities as without --stream."""
+    args = [str(clips["long"]), "--checkpoint", str(ckpt), "--window", "32", "--stride", "16"]
+    assert predict.main([*args, "--stream"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert predict.main(args) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert [(w["start_frame"], w["end_frame"]) for w in lines[:-1]] == [
+        (w["start_frame"], w["end_frame"]) for w in whole["windows"]] == [(0, 32), (16, 48),
+                                                                          (28, 60)]
+    assert lines[-1]["frames"] == 60 and "windows" not in lines[-1]
+    for a, b in zip(lines, [*whole["windows"], whole], strict=True):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1.5e-6)
+
+
+@pytest.mark.parametrize("dataset", sorted(CLASSES))
+def test_a_checkpoint_of_each_dataset(ckpt, clips, tmp_path, dataset):
+    """A checkpoint of every dataset predicts: its temporary index lists a fold of that dataset
+    and its classes."""
+    classes = list(CLASSES[dataset])
+    config = {**json.loads(torch.load(ckpt, weights_only=True)["config"]), "dataset": dataset,
+              "num_classes": len(classes), "class_names": classes}
+    model = MIC(len(classes), config["num_segments"], config["backbone"], config["hidden"],
+                decoder=config["decoder"], d_i=config["d_i"], size=config["size"],
+                backbone_weights="random")
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
+    out = predict.predict_video(clips["face"], path, window=64, crop=False)
+    check_probabilities(out, classes)
+
+
+def test_inputs_too_short_or_without_video_are_clear_errors(ckpt, tmp_path, capsys):
+    """One frame (a video, with and without the face crop; a folder) and an audio-only file:
+    one line each."""
+    one = encode(tmp_path / "one.mp4", face_frames(1), CODEC)
+    folder = write_frames(tmp_path / "one", face_frames(1))
+    audio = tmp_path / "audio.mkv"
+    with av.open(str(audio), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = 8000, 0
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    cases = [([str(one)], "at least 2 frames"), ([str(one), "--no-crop"], "at least 2 frames"),
+             ([str(folder), "--no-crop"], "at least 2 frames"),
+             ([str(audio)], "no video stream"), ([str(audio), "--no-crop"], "no video stream")]
+    for args, message in cases:
+        assert predict.main([*args, "--checkpoint", str(ckpt)]) == 1, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, args
+
+
+def test_plot_into_an_unwritable_place(ckpt, clips, tmp_path, capsys):
+    """A plot that cannot be written: one line, and the JSON was printed before."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    assert predict.main([str(clips["face"]), "--checkpoint", str(ckpt), "--window", "64",
+                         "--plot", str(blocker / "p.png")]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["frames"] == 12
+    lines = [ln for ln in captured.err.splitlines() if "warning" not in ln]
+    assert len(lines) == 1 and "cannot write the plot" in lines[0]
+
+
+def test_a_compressed_record_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    """A small checkpoint whose archive holds a record that deflates to far more than the file
+    (96 MiB here) is refused from the archive's directory, before torch.load reads it."""
+    small, path = tmp_path / "small.pt", tmp_path / "bomb.pt"
+    torch.save({"model": {"w": torch.zeros(4)}, "config": "{}"}, small)
+    with zipfile.ZipFile(small) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        with dst.open("archive/data/bomb", "w", force_zip64=True) as big:
+            zeros = bytes(1 << 20)
+            for _ in range(96):
+                big.write(zeros)
+    assert path.stat().st_size < 1 << 20
+    monkeypatch.setattr(predict.torch, "load", lambda *a, **k: pytest.fail("loaded"))
+    assert predict.main([str(tmp_path / "x.mp4"), "--checkpoint", str(path)]) == 1
+    assert "refused before loading" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""Speed of predict.py against decoding the same video to RGB (a benchmark, not a timed test).
+
+On a made clip of the size of a phone or webcam video (640x360, 20 s at 25 fps, H.264 where
+PyAV has libx264, else MPEG-4 Part 2; the astronaut's head of scikit-image moving and turning
+in front of a photo, with grain) and a checkpoint of `make demo`'s model (ResNet6, LSTM 64, 48 px,
+4 accumulated residual segments; untrained weights in train.py's format, whose speed is that of
+trained ones), measured in the same run, interleaved, median wall time of the repeats:
+
+* the floor: PyAV decoding every frame of the video to RGB (`frame.to_ndarray(format="rgb24")`);
+* `python predict.py VIDEO --checkpoint CKPT` at the defaults (face crop, 8-frame windows every
+  4 frames), the whole command with the interpreter's start and the imports;
+* the same with `--stream` (JSON lines) and with `--no-crop`.
+
+Printed: each time and its ratio to the floor. Target: predict.py at the defaults <= 5 x the
+floor (PASS/FAIL; the exit status is 1 if it fails).
+
+    .venv/bin/python benchmarks/predict.py [--seconds 20 --repeats 3]
+    .venv/bin/python benchmarks/predict.py --predict OLD/predict.py --cases defaults  # before
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from datasets import CLASSES  # noqa: E402
+from models import MIC  # noqa: E402
+from tests.clips import has_libx264  # noqa: E402
+
+MAX_RATIO = 5.0
+WIDTH, HEIGHT, RATE = 640, 360, 25
+# `make demo`'s model (Makefile DEMO_ARGS): what predict.py needs of train.py's config.
+DEMO = {"num_segments": 4, "backbone": "resnet6", "hidden": 64, "size": 48, "accumulate": True}
+
+
+def face_video(path: Path, seconds: float) -> Path:
+    """The astronaut's head (150 px) wandering and turning in front of scikit-image's coffee
+    photo panning slowly, with a camera's grain (sigma 3), 640x360."""
+    head = Image.fromarray(skdata.astronaut()[:230, 110:340]).resize((150, 150), Image.BICUBIC)
+    rng = np.random.default_rng(0)
+    frames = round(seconds * RATE)
+    photo = Image.fromarray(skdata.coffee())
+    background = np.asarray(photo.resize((WIDTH + frames // 8 + 1, HEIGHT), Image.BICUBIC))
+    codec = "libx264" if has_libx264() else "mpeg4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=RATE)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for i in range(frames):
+            t = i / RATE
+            img = background[:, i // 8 : i // 8 + WIDTH].copy()
+            x = round(245 + 150 * np.sin(0.5 * t))
+            y = round(105 + 50 * np.sin(0.8 * t))
+            img[y : y + 150, x : x + 150] = np.asarray(head.rotate(10 * np.sin(1.3 * t)))
+            img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    return path
+
+
+def demo_checkpoint(path: Path) -> Path:
+    """An untrained checkpoint of `make demo`'s model, in train.py's format."""
+    classes = list(CLASSES["synthetic"])
+    config = {"num_classes": len(classes), "class_names": classes, "with_mv": False,
+              "decoder": True, "d_i": 512, "input": "residual", "data_bn": True,
+              "dataset": "ckplus", **DEMO}
+    torch.manual_seed(0)
+    model = MIC(len(classes), DEMO["num_segments"], DEMO["backbone"], DEMO["hidden"],
+                decoder=True, d_i=512, size=DEMO["size"], backbone_weights="random")
+    torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
+    return path
+
+
+def decode_rgb(path: Path) -> int:
+    """Decode every frame of `path` to RGB with PyAV (the floor); the number of frames."""
+    n = 0
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frame.to_ndarray(format="rgb24")
+            n += 1
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the clip (default 20)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
+    p.add_argument("--predict", type=Path, default=ROOT / "predict.py",
+                   help="the predict.py to time (another version's, to compare)")
+    p.add_argument("--cases", default="defaults,--stream,--no-crop",
+                   help="comma-separated cases among defaults, --stream, --no-crop")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="mic-bench-predict-") as tmp:
+        video = face_video(Path(tmp) / "face.mp4", args.seconds)
+        ckpt = demo_checkpoint(Path(tmp) / "ckpt.pt")
+        frames = decode_rgb(video)
+        base = [sys.executable, str(args.predict), str(video), "--checkpoint", str(ckpt),
+                "--device", "cpu"]
+        cases = {"defaults": base, "--stream": [*base, "--stream"],
+                 "--no-crop": [*base, "--no-crop"]}
+        cases = {name: cases[name] for name in args.cases.split(",")}
+        times: dict[str, list[float]] = {"decode": [], **{name: [] for name in cases}}
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            decode_rgb(video)
+            times["decode"].append(time.perf_counter() - start)
+            for name, cmd in cases.items():
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - start)
+        floor = statistics.median(times["decode"])
+        with av.open(str(video)) as container:
+            codec = container.streams.video[0].codec_context.name
+        print(f"{args.predict}; clip: {frames} frames {WIDTH}x{HEIGHT} ({args.seconds:g} s, "
+              f"{codec}, {video.stat().st_size / 1e6:.2f} MB)")
+        print(f"{'case':<12} {'seconds':>8} {'x decode':>9} {'x real time':>12}")
+        for name, ts in times.items():
+            t = statistics.median(ts)
+            print(f"{name:<12} {t:8.2f} {t / floor:9.2f} {args.seconds / t:12.1f}")
+        if "defaults" not in times:
+            return 0
+        ratio = statistics.median(times["defaults"]) / floor
+        ok = ratio <= MAX_RATIO
+        print(f"{'PASS' if ok else 'FAIL'}: predict.py at the defaults = {ratio:.2f} x decoding "
+              f"to RGB (target <= {MAX_RATIO:g})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
