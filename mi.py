@@ -29,6 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 MARGINALS = ("roll", "all_pairs")
+# How T_θ learns and what the MI term scores (train.py --mi-procedure): ClipTable, PairMemory,
+# or the current batch (the MIC paper's).
+PROCEDURES = ("table", "memory", "paper")
+CRITIC_NAMES = ("mlp", "separable", "linear", "ridge")  # linear, ridge: CLUB's linear q
 EVAL_BATCH = 512  # held-out batch of heldout_mi (and so estimate_mi)
 
 
@@ -288,12 +292,30 @@ class CLUB(nn.Module):
         if critic == "mlp":
             self.mu = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
             self.logvar = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
-        elif critic == "linear":  # q(z_I | z_E) = N(A z_E + b, diag σ²): exact for Gaussians
+        elif critic in ("linear", "ridge"):  # q(z_I | z_E) = N(A z_E + b, diag σ²)
             self.mu = nn.Linear(d_e, d_i)
-            self.log_sigma2 = nn.Parameter(torch.zeros(d_i))
+            self.log_sigma2 = nn.Parameter(torch.zeros(d_i), requires_grad=critic == "linear")
             self.logvar = lambda z_e: self.log_sigma2.expand(len(z_e), -1)
         else:
-            raise ValueError(f"CLUB's q is 'mlp' or 'linear', got {critic!r}")
+            raise ValueError(f"CLUB's q is 'mlp', 'linear' or 'ridge', got {critic!r}")
+        # "ridge": q is not trained by gradient steps but fitted in closed form (``fit``)
+        self.closed_form = critic == "ridge"
+        if self.closed_form:
+            self.mu.requires_grad_(False)
+
+    @torch.no_grad()
+    def fit(self, z_e: Tensor, z_i: Tensor, ridge: float = 1.0) -> None:
+        """q fitted exactly: A by ridge regression of z_I on z_E (penalty ``ridge`` times the
+        mean eigenvalue of z_E's scatter), σ² the residual variance of each dimension."""
+        mu_e, mu_i = z_e.mean(0), z_i.mean(0)
+        x, y = z_e - mu_e, z_i - mu_i
+        gram = x.T @ x
+        lam = ridge * gram.diagonal().mean().clamp(min=1e-8)
+        a = torch.linalg.solve(gram + lam * torch.eye(len(gram), device=gram.device), x.T @ y)
+        self.mu.weight.copy_(a.T)
+        self.mu.bias.copy_(mu_i - mu_e @ a)
+        resid = (y - x @ a).var(0) + 1e-3 * y.var(0).mean()
+        self.log_sigma2.copy_(resid.log())
 
     def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """CLUB estimate (nats) over the n joint and the n(n−1) marginal pairs of the batch."""
@@ -461,14 +483,18 @@ def train_critic(
     return steps
 
 
-def mi_penalty(estimator: nn.Module, z_e: Tensor, z_i: Tensor) -> Tensor:
-    """The MI term the encoder minimises: the estimator's value on the pairs, floored at 0.
+LOWER_BOUNDS = (MINE, NWJ, InfoNCE)
 
-    MI ≥ 0, so max(bound, 0) is as valid a bound as the bound itself; below 0 the critic has
-    found nothing on these pairs (it is scored on clips it never trained on), and letting the
-    encoder push the estimate further down would reward it for fooling T_θ, not for removing
+
+def mi_penalty(estimator: nn.Module, value: Tensor) -> Tensor:
+    """The MI term the encoder minimises from the estimator's ``value``: a lower bound (MINE,
+    NWJ, InfoNCE) floored at 0, CLUB's upper bound as it is.
+
+    MI ≥ 0, so max(bound, 0) is as valid a lower bound as the bound itself; below 0 the critic
+    has found nothing on these pairs, and letting the encoder push a lower bound further down
+    would reward it for fooling T_θ (encoding identity against T_θ's sign), not for removing
     identity (measured: benchmarks/mi_game.py)."""
-    return estimator(z_e, z_i).clamp(min=0.0)
+    return value.clamp(min=0.0) if isinstance(estimator, LOWER_BOUNDS) else value
 
 
 class ClipTable:
@@ -532,6 +558,10 @@ class ClipTable:
         ready = torch.nonzero(self.seen & self.own).flatten()
         if self.z_e is None or agreed_count(len(ready), self.z_i.device) < 2:
             return 0
+        if getattr(estimator, "closed_form", False):  # q fitted exactly on every own clip
+            dev = self.z_i.device
+            estimator.fit(self.z_e[ready.to(dev)], self.z_i[ready.to(dev)])
+            return 1
         done = 0
         for _ in range(steps):
             idx = ready[torch.randperm(len(ready), generator=generator)[:batch_size]]

@@ -78,16 +78,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.1, help="weight of the MI term (or adversary)")
     p.add_argument("--beta", type=float, default=0.1, help="weight of the reconstruction term")
     p.add_argument("--estimator", default="mine", choices=sorted(mi.ESTIMATORS))
+    p.add_argument("--mi-procedure", default="table", choices=mi.PROCEDURES,
+                   help="how T_θ learns and what the MI term scores: 'table' (default: T_θ on "
+                        "its own share of the training clips, the MI term on the others against "
+                        "--mi-negatives partners from every training clip), 'memory' (T_θ on "
+                        "recent batches of its clips, the MI term on the batch's others), "
+                        "'paper' (T_θ on the batch it scores)")
+    p.add_argument("--mi-critic", choices=mi.CRITIC_NAMES,
+                   help="T_θ's form: for MINE, NWJ, InfoNCE 'separable' g(z_E)·h(z_I) "
+                        "(default) or 'mlp' (the reproduction's); for CLUB's q(z_I | z_E) "
+                        "'ridge' (default: linear-Gaussian, fitted in closed form on T_θ's "
+                        "clips every step), 'linear' (the same by gradient steps) or 'mlp'")
     p.add_argument("--t-steps", type=int, default=10,
                    help="T_θ updates per encoder update (benchmarks/mi_game.py)")
     p.add_argument("--mi-memory", type=int, default=8,
-                   help="T_θ's memory of recent pairs, in batches; 0: T_θ learns on the batch "
-                        "it scores (the paper's procedure)")
+                   help="'memory' procedure: T_θ's memory of recent pairs, in batches")
     p.add_argument("--mi-split", type=float, default=0.5,
-                   help="share of the training clips reserved for T_θ (with --mi-memory > 0): "
-                        "the MI term is computed on the others only")
+                   help="share of the training clips reserved for T_θ ('table', 'memory'): the "
+                        "MI term is computed on the others only; 0 with 'table': T_θ learns on "
+                        "every clip and the MI term scores every clip")
+    p.add_argument("--mi-negatives", type=int, default=256,
+                   help="'table': marginal partners of the MI term per step")
+    p.add_argument("--mi-batch", type=int, default=64, help="'table': T_θ's batch of pairs")
+    p.add_argument("--mi-dims", type=int, default=16,
+                   help="'table': T_θ sees z_I's first principal components (whitened); 0: all")
+    p.add_argument("--mi-weight-decay", type=float, default=0.01, help="T_θ's weight decay")
+    p.add_argument("--mi-placebo", action="store_true",
+                   help="control: the MI term with z_I permuted across the clips (true MI 0); "
+                        "the decoder keeps the real z_I ('table')")
+    p.add_argument("--mi-conditional", action="store_true",
+                   help="I(z_E; z_I | y): marginal partners of the same label and another "
+                        "subject ('table')")
     p.add_argument("--lr-t", type=float, default=1e-3, help="T_θ's learning rate (constant)")
-    p.add_argument("--mi-hidden", type=int, default=512, help="width of T_θ")
+    p.add_argument("--mi-hidden", type=int, default=16,
+                   help="width of T_θ (the separable critic's rank)")
     p.add_argument("--no-mi", action="store_true", help="MIC−MI: no MI term in the loss")
     p.add_argument("--adv", action="store_true", help="identity adversary behind gradient reversal")
     p.add_argument("--no-rec", action="store_true", help="MIC−Î: no reconstruction term")
@@ -176,6 +200,19 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--t-steps must be >= 1 with an MI term (T_θ must learn), got {args.t_steps}")
     if not 0 <= args.mi_split < 1:
         p.error(f"--mi-split must be in [0, 1), got {args.mi_split}")
+    for flag, value in {"--mi-negatives": args.mi_negatives, "--mi-batch": args.mi_batch}.items():
+        if not value >= 2:
+            p.error(f"{flag} must be at least 2, got {value}")
+    if args.mi_dims < 0:
+        p.error(f"--mi-dims must be >= 0, got {args.mi_dims}")
+    if (args.mi_placebo or args.mi_conditional) and args.mi_procedure != "table":
+        p.error("--mi-placebo and --mi-conditional need --mi-procedure table")
+    club = args.estimator == "club"
+    if args.mi_critic is None:
+        args.mi_critic = "ridge" if club else "separable"
+    if (args.mi_critic in ("linear", "ridge")) != club and args.mi_critic != "mlp":
+        p.error(f"--mi-critic {args.mi_critic} is not a critic of --estimator {args.estimator}: "
+                "CLUB takes mlp, linear or ridge; MINE, NWJ and InfoNCE take mlp or separable")
     folds = [s.test[0] for s in PROTOCOLS[args.dataset]]
     bad = [f for f in args.fold or [] if f not in folds]
     if bad:
@@ -190,6 +227,7 @@ def variant_name(args: argparse.Namespace) -> str:
         name = "rgb"
     else:
         name = "mic" + ("-mi" if args.no_mi else "") + ("+adv" if args.adv else "")
+        name += ("+placebo" if args.mi_placebo else "") + ("+cond" if args.mi_conditional else "")
         name += ("-rec" if args.no_rec else "") + ("+mv" if args.with_mv else "")
     return name + ("" if args.backbone == "resnet50" else f"+{args.backbone}")
 
@@ -375,20 +413,47 @@ def identity_features(ds: ClipDataset, f_i: torch.nn.Module, device: torch.devic
 
 @dataclass
 class Critic:
-    """T_θ (inside the MI estimator), its optimiser and its memory of pairs (None: the paper's
+    """T_θ (inside the MI estimator), its optimiser, and where it learns: a table of every
+    training clip (the default procedure), a memory of recent pairs, or neither (the paper's
     procedure, T_θ trained on the batch it scores)."""
 
     estimator: torch.nn.Module
     opt: torch.optim.Optimizer
-    memory: mi.PairMemory | None
+    memory: mi.PairMemory | None = None
+    table: mi.ClipTable | None = None
 
 
-def build(args: argparse.Namespace, ds: ClipDataset, d_i: int, device: torch.device
-          ) -> tuple[MIC, Critic | None, torch.optim.Optimizer]:
+def build_critic(args: argparse.Namespace, ds: ClipDataset, d_e: int, z_i_train: torch.Tensor,
+                 device: torch.device) -> Critic:
+    """T_θ for the procedure of `--mi-procedure` on the training clips of `ds` (z_I of each in
+    `z_i_train`, in the dataset's order)."""
+    table = None
+    if args.mi_procedure == "table":
+        n = len(ds.rows)
+        own = (mi.critic_clips(torch.arange(n), args.mi_split) if args.mi_split
+               else torch.ones(n, dtype=torch.bool))
+        subjects = torch.tensor([ds.subjects.index(r["subject"]) for r in ds.rows])
+        labels = torch.tensor([int(r["label"]) for r in ds.rows])
+        table = mi.ClipTable(z_i_train, subjects, labels, own, conditional=args.mi_conditional,
+                             placebo=args.mi_placebo, dims=args.mi_dims or None,
+                             generator=torch.Generator().manual_seed(args.seed))
+    d_i = z_i_train.shape[1] if table is None else table.z_i.shape[1]
+    estimator = mi.build_estimator(args.estimator, d_e, d_i, hidden=args.mi_hidden,
+                                   critic=args.mi_critic).to(device)
+    memory = (mi.PairMemory(args.mi_memory * args.batch_size)
+              if args.mi_procedure == "memory" else None)
+    opt = torch.optim.AdamW(estimator.parameters(), lr=args.lr_t,
+                            weight_decay=args.mi_weight_decay)
+    return Critic(estimator, opt, memory, table)
+
+
+def build(args: argparse.Namespace, ds: ClipDataset, z_i_train: torch.Tensor,
+          device: torch.device) -> tuple[MIC, Critic | None, torch.optim.Optimizer]:
     """The model, the MI critic (None for the RGB baseline) and the model's optimiser (Adam,
     β1 0.9). The baseline's model has no decoder and no input BatchNorm (its frames are
     ImageNet-normalised once, by the reader)."""
     seed_everything(args.seed)
+    d_i = z_i_train.shape[1]
     model = MIC(ds.num_classes, args.num_segments, args.backbone, args.hidden,
                 with_mv=args.with_mv, decoder=not args.no_rec, d_i=d_i, size=args.size,
                 num_subjects=len(ds.subjects) if args.adv else 0,
@@ -397,11 +462,7 @@ def build(args: argparse.Namespace, ds: ClipDataset, d_i: int, device: torch.dev
                            weight_decay=args.weight_decay)
     if args.baseline:
         return model, None, opt
-    estimator = mi.build_estimator(args.estimator, model.d_e, d_i,
-                                   hidden=args.mi_hidden).to(device)
-    memory = mi.PairMemory(args.mi_memory * args.batch_size) if args.mi_memory else None
-    critic = Critic(estimator, torch.optim.Adam(estimator.parameters(), lr=args.lr_t), memory)
-    return model, critic, opt
+    return model, build_critic(args, ds, model.d_e, z_i_train, device), opt
 
 
 def make_datasets(args: argparse.Namespace, split: Split) -> tuple[ClipDataset, ...]:
@@ -511,7 +572,7 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
     # z_I of the training clips, in the dataset's order (precomputed once for every clip)
     z_i_train = z_i_all[[z_i_row[r["path"]] for r in train_ds.rows]].to(device)
     d_i = z_i_all.shape[1]
-    model, critic, opt = build(args, train_ds, d_i, device)
+    model, critic, opt = build(args, train_ds, z_i_train, device)
     class_weights = None
     if args.class_weights:
         counts = torch.bincount(torch.tensor([int(r["label"]) for r in train_ds.rows]),
@@ -528,6 +589,9 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
             critic.opt.load_state_dict(ckpt["opt_t"])
             if critic.memory is not None and "memory_ids" in ckpt:
                 critic.memory.push(ckpt["memory_z_e"], ckpt["memory_z_i"], ckpt["memory_ids"])
+            if critic.table is not None and "table_z_e" in ckpt:
+                critic.table.z_e = ckpt["table_z_e"].to(device)
+                critic.table.seen = ckpt["table_seen"].cpu()
         start, history = ckpt["epoch"] + 1, json.loads(ckpt["history"])
         log0(f"{fold_dir}: resuming at epoch {start}")
     step_fn: torch.nn.Module = TrainForward(model)
@@ -548,7 +612,7 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
                             drop_last=True, generator=torch.Generator().manual_seed(seed),
                             pin_memory=device.type == "cuda", worker_init_fn=worker_init)
         step_fn.train()
-        sums: dict[str, float] = {}
+        per_step: dict[str, list[float]] = {}
         steps = 0
         bar = tqdm(loader, desc=f"{args.name} {fold} epoch {epoch + 1}/{args.epochs}",
                    leave=False, disable=not rank0)
@@ -557,12 +621,15 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
             terms = train_step(step_fn, critic, opt, b, z_i_train[b["index"]], args, device,
                                class_weights, where=f"epoch {epoch + 1}, step {steps + 1}")
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
+                per_step.setdefault(k, []).append(v)
             steps += 1
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
             if args.max_steps and steps >= args.max_steps:
                 break
-        means = {k: v / max(steps, 1) for k, v in sums.items()}
+        # per epoch: the mean of each term; mi_active the share of steps on which the MI term
+        # moved z_E; mi_grad_ratio the median step's ‖α∇MI‖ / ‖∇L_CE‖
+        means = {k: float(np.median(v) if k == "mi_grad_ratio" else np.mean(v))
+                 for k, v in per_step.items()}
         history.append({"epoch": epoch, "lr": lr, **means})
         if rank0:
             for k, v in means.items():  # "mi": T_θ's estimate during training, not held out
@@ -575,6 +642,8 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
                 if critic.memory is not None and len(critic.memory):
                     state.update(memory_z_e=critic.memory.z_e, memory_z_i=critic.memory.z_i,
                                  memory_ids=critic.memory.ids)
+                if critic.table is not None and critic.table.z_e is not None:
+                    state.update(table_z_e=critic.table.z_e, table_seen=critic.table.seen)
             write_atomic(fold_dir / "ckpt.pt", lambda f, state=state: torch.save(state, f))
             log0(f"{args.name} {fold} epoch {epoch + 1}: "
                  + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
@@ -618,16 +687,10 @@ def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim
         out = step_fn(b["input"], b.get("mv"), z_i, use_rec)
     z_e = out["z_e"].float()
     terms = {"ce": F.cross_entropy(out["logits"].float(), b["label"], weight=class_weights)}
-    if critic is not None:
-        ids = b["index"]
-        own = (mi.critic_clips(ids, args.mi_split) if critic.memory is not None
-               else torch.zeros_like(ids, dtype=torch.bool))
-        mi.train_critic(critic.estimator, critic.opt, z_e, z_i, ids, args.t_steps,
-                        critic.memory, sync=average_gradients, critic=own)
-        scored = ~own  # the MI term: T_θ fixed, on the batch's clips that T_θ never learns on
-        if int(scored.sum()) >= 2:
-            with torch.no_grad() if args.no_mi else nullcontext():
-                terms["mi"] = mi.mi_penalty(critic.estimator, z_e[scored], z_i[scored])
+    raw = None if critic is None else mi_estimate(critic, z_e, z_i, b["index"], args)
+    if raw is not None:
+        with torch.no_grad() if args.no_mi else nullcontext():
+            terms["mi"] = mi.mi_penalty(critic.estimator, raw)
     if "adv" in out:  # MIC−MI+Adv: the discriminator sits behind gradient reversal
         terms["adv"] = F.cross_entropy(out["adv"].float(), b["subject"])
     if use_rec and b["has_apex"].any():  # L_rec = ||I_apex − Dec(z_I, z_E)||²
@@ -635,9 +698,12 @@ def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim
     weights = {"ce": 1.0, "mi": 0.0 if args.no_mi else args.alpha, "adv": args.alpha,
                "rec": args.beta}
     loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
+    read = {**terms, "loss": loss}
+    if raw is not None:
+        read.update(mi_raw=raw, **mi_gradients(out["z_e"], terms, weights["mi"]))
     # every term and the loss read once (one device sync), checked before the update
-    values = dict(zip([*terms, "loss"], torch.stack(
-        [v.detach().float() for v in [*terms.values(), loss]]).tolist(), strict=True))
+    values = dict(zip(read, torch.stack([v.detach().float() for v in read.values()]).tolist(),
+                      strict=True))
     for k, v in values.items():
         if not math.isfinite(v):
             raise TrainingError(f"non-finite {k} ({v}) at {where}: training stopped, no "
@@ -647,6 +713,40 @@ def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim
     opt.step()
     values["acc"] = (out["logits"].argmax(1) == b["label"]).float().mean().item()
     return values
+
+
+def mi_estimate(critic: Critic, z_e: torch.Tensor, z_i: torch.Tensor, ids: torch.Tensor,
+                args: argparse.Namespace) -> torch.Tensor | None:
+    """T_θ's `t_steps` updates on pairs it will not score, then its raw MI estimate on the
+    batch's scored clips (differentiable in z_E), or None when there is nothing to score."""
+    if critic.table is not None:
+        table = critic.table
+        table.update(ids, z_e)
+        table.train_critic(critic.estimator, critic.opt, args.t_steps, args.mi_batch,
+                           sync=average_gradients)
+        scored = (~table.own[ids.cpu()]).to(ids.device) if args.mi_split else ids >= 0
+        if not scored.any():
+            return None
+        return table.penalty(critic.estimator, ids[scored], z_e[scored], args.mi_negatives)
+    own = (mi.critic_clips(ids, args.mi_split) if critic.memory is not None
+           else torch.zeros_like(ids, dtype=torch.bool))
+    mi.train_critic(critic.estimator, critic.opt, z_e, z_i, ids, args.t_steps, critic.memory,
+                    sync=average_gradients, critic=own)
+    scored = ~own  # T_θ fixed, on the batch's clips that T_θ never learns on
+    return critic.estimator(z_e[scored], z_i[scored]) if int(scored.sum()) >= 2 else None
+
+
+def mi_gradients(z_e: torch.Tensor, terms: dict[str, torch.Tensor], alpha: float
+                 ) -> dict[str, torch.Tensor]:
+    """Is the MI term acting? `mi_active`: 1 when α·MI gives z_E a non-zero gradient this step;
+    `mi_grad_ratio`: ‖α ∇_{z_E} MI‖ / ‖∇_{z_E} L_CE‖ (absent for MIC − MI, whose MI term is
+    not in the loss)."""
+    if not alpha or not terms["mi"].requires_grad:
+        return {"mi_active": z_e.new_zeros(())}
+    (g_mi,) = torch.autograd.grad(alpha * terms["mi"], z_e, retain_graph=True)
+    (g_ce,) = torch.autograd.grad(terms["ce"], z_e, retain_graph=True)
+    norm_mi, norm_ce = g_mi.float().norm(), g_ce.float().norm()
+    return {"mi_active": (norm_mi > 0).float(), "mi_grad_ratio": norm_mi / norm_ce.clamp(min=1e-12)}
 
 
 def average_gradients(module: torch.nn.Module) -> None:

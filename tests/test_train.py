@@ -46,9 +46,10 @@ def test_every_variant_lowers_its_loss(data, variant):
     torch.manual_seed(0)
     batch = collate([ds[i] for i in range(4)])  # one draw of training clips: a fixed batch
     assert batch["input"].shape == (4, 2, 3, 32, 32)
-    model, critic, opt = train.build(args, ds, 24, torch.device("cpu"))
+    z_i_train = torch.randn(len(ds), 24, generator=torch.Generator().manual_seed(1))
+    model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
     torch.manual_seed(0)
-    z_i = torch.randn(4, 24)
+    z_i = z_i_train[batch["index"]]
     step = train.TrainForward(model)
     terms = [train.train_step(step, critic, opt, batch, z_i, args, torch.device("cpu"))
              for _ in range(12)]
@@ -103,11 +104,12 @@ def test_no_mi_with_infinite_estimate_is_not_nan(data):
     args = train.parse_args([*TINY, "--root", str(data), "--no-mi"])
     ds = train.make_datasets(args, PROTOCOLS["synthetic"][1])[0]
     batch = collate([ds[i] for i in range(4)])
-    model, critic, opt = train.build(args, ds, 24, torch.device("cpu"))
-    critic.estimator.forward = lambda z_e, z_i: torch.tensor(float("inf"))
+    z_i_train = torch.randn(len(ds), 24)
+    model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
+    critic.estimator.bound = lambda *scores: torch.tensor(float("inf"))
     with pytest.raises(train.TrainingError, match="non-finite mi"):
-        train.train_step(train.TrainForward(model), critic, opt, batch, torch.randn(4, 24), args,
-                         torch.device("cpu"))
+        train.train_step(train.TrainForward(model), critic, opt, batch,
+                         z_i_train[batch["index"]], args, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -196,19 +198,26 @@ def test_killed_run_resumes_to_the_same_state(data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-def test_torchrun_two_gloo_processes(data, tmp_path):
+@pytest.mark.parametrize("flags, variant", [
+    (["--no-mi", "--adv"], "mic-mi+adv+resnet6"),
+    # T_θ's memory holds < 2 usable pairs on one rank and not on the other: the ranks must still
+    # agree on T_θ's steps (they all-reduce its gradients), or gloo waits until its timeout
+    (["--mi-procedure", "memory", "--mi-split", "0.1"], "memory"),
+    ([], "mic+resnet6"),  # the default procedure, its table and diagnostics
+])
+def test_torchrun_two_gloo_processes(data, tmp_path, flags, variant):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(  # the multi-node launch path: a rendezvous endpoint, --nnodes
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
          "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:29533", "--rdzv_id", "mic-test",
          str(ROOT / "train.py"), *TINY, "--root", str(data),
-         "--out", str(tmp_path / "ddp"), "--epochs", "1", "--max-steps", "2", "--no-mi",
-         "--adv"],
-        capture_output=True, text=True, env=env, timeout=600)
+         "--out", str(tmp_path / "ddp"), "--epochs", "1", "--max-steps", "2", "--name", variant,
+         *flags],
+        capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    result = json.loads((tmp_path / "ddp" / "mic-mi+adv+resnet6" / "fold0" /
-                         "result.json").read_text())
+    result = json.loads((tmp_path / "ddp" / variant / "fold0" / "result.json").read_text())
     assert 0.0 <= result["accuracy"] <= 1.0 and result["history"][0]["epoch"] == 0
+    assert ("mi_active" in result["history"][0]) == ("--no-mi" not in flags)
 
 
 def test_evaluate_writes_results(tiny_run):
