@@ -35,6 +35,7 @@ import random
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -551,6 +552,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", mmap: bool =
     """A checkpoint of train.py (`mmap`: its tensors are read when used); a truncated, empty or
     foreign file stops the run with `TrainingError` saying what to do."""
     try:
+        if not zipfile.is_zipfile(path):  # torch's own message on these misleads ("mmap ...")
+            raise ValueError("an empty file" if path.stat().st_size == 0 else
+                             "not a whole checkpoint archive: truncated, or another file")
         ckpt = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
         json.loads(ckpt["config"]), int(ckpt["epoch"])
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError,
