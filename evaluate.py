@@ -188,6 +188,8 @@ def heldout_mi_pair(f: np.lib.npyio.NpzFile, seed: int = 0) -> tuple[float, floa
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, float)
+    if not np.isfinite(a).any():
+        return math.nan, 0.0
     return float(np.nanmean(a)), float(np.nanstd(a, ddof=1)) if np.isfinite(a).sum() > 1 else 0.0
 
 
