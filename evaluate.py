@@ -22,7 +22,9 @@ Writes RUN/results.json, RUN/results.md and RUN/<variant>/confusion.png:
 - test-time speed measured here, in this run: MIC's test path (the reader + expression branch
   on residuals, no identity branch) for each trained backbone, against decoded frames +
   ResNet50+LSTM and the same backbone on RGB; one clip at a time.
-Splits without a readable, finite result.json are listed with the reason, never silently left out.
+Splits without a readable, finite result.json and a readable features.npz are listed with the
+reason, never silently left out; what a split cannot give (held-out MI with one test clip) is "–".
+The tables are written before the speed step, which is skipped with its reason when it cannot run.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ still learns, but its estimate is not in the loss); the MI that counts is measur
 held-out clips by evaluate.py.
 
 Output: OUT/<variant>/<split>[-seed<k>]/ with `ckpt.pt` (written atomically each epoch;
-`--resume` continues a killed run after checking that its options are the run's), `result.json`
+`--resume` continues a killed run, or a finished one to more --epochs, after checking that its
+options and its split's clips and labels are the run's), `result.json`
 (accuracy = WAR, UAR, per-class recall, the identity network used), `features.npz` (z_E and z_I
 of the training and test clips, for evaluate.py's held-out MI and identity probes) and
 TensorBoard logs in `tb/`. A lock file keeps two runs out of one folder.
