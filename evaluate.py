@@ -22,7 +22,9 @@ Writes RUN/results.json, RUN/results.md and RUN/<variant>/confusion.png:
 - test-time speed measured here, in this run: MIC's test path (the reader + expression branch
   on residuals, no identity branch) for each trained backbone, against decoded frames +
   ResNet50+LSTM and the same backbone on RGB; one clip at a time.
-Splits without a readable, finite result.json are listed with the reason, never silently left out.
+Splits without a readable, finite result.json and a readable features.npz are listed with the
+reason, never silently left out; what a split cannot give (held-out MI with one test clip) is "–".
+The tables are written before the speed step, which is skipped with its reason when it cannot run.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -80,6 +84,30 @@ def recall_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int
     return float((labels == preds).mean()), float(np.nanmean(recall)), recall
 
 
+# What evaluate_variant reads of a split's features.npz.
+FEATURES = ("train_z", "train_subject", "test_z", "test_subject", "test_label", "test_pred")
+
+
+def features_problem(path: Path, num_classes: int) -> str | None:
+    """Why a split's features.npz cannot be used (None: it can): missing, not a readable
+    archive, lacking an array, or labels/predictions outside the result's classes."""
+    if not path.exists():
+        return "no features.npz"
+    try:
+        with np.load(path) as f:
+            missing = [k for k in FEATURES if k not in f]
+            if missing:
+                return f"features.npz lacks {', '.join(missing)}"
+            for key in ("test_label", "test_pred"):
+                v = f[key]
+                if v.size and not (np.issubdtype(v.dtype, np.integer)
+                                   and 0 <= v.min() and v.max() < num_classes):
+                    return f"features.npz: {key} outside the {num_classes} classes"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        return f"unreadable features.npz ({type(exc).__name__}: {exc})"
+    return None
+
+
 def read_splits(variant_dir: Path) -> tuple[list[tuple[Path, dict]], dict[str, str]]:
     """The finished splits of a variant (folder, result) and the others with the reason."""
     done, skipped = [], {}
@@ -91,13 +119,19 @@ def read_splits(variant_dir: Path) -> tuple[list[tuple[Path, dict]], dict[str, s
             continue
         try:
             result = json.loads(path.read_text())
-            acc = float(result["accuracy"])
-        except (ValueError, KeyError, TypeError) as exc:
+            acc, classes, _ = result["accuracy"], result["classes"], result["fold"]
+            if isinstance(acc, bool) or not isinstance(acc, int | float):
+                raise TypeError(f"accuracy {acc!r} is not a number")
+            if (not isinstance(classes, list) or not classes
+                    or not all(isinstance(c, str) for c in classes)):
+                raise TypeError(f"classes {classes!r} is not a list of class names")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             skipped[d.name] = f"unreadable result.json ({type(exc).__name__}: {exc})"
             continue
-        if not math.isfinite(acc) or not (d / "features.npz").exists():
-            skipped[d.name] = ("non-finite accuracy" if not math.isfinite(acc)
-                               else "no features.npz")
+        problem = ("non-finite accuracy" if not math.isfinite(acc)
+                   else features_problem(d / "features.npz", len(classes)))
+        if problem:
+            skipped[d.name] = problem
             continue
         done.append((d, result))
     return done, skipped
@@ -143,7 +177,10 @@ def identity_probe(z: np.ndarray, subjects: np.ndarray, steps: int = 300,
 
 
 def heldout_mi_pair(f: np.lib.npyio.NpzFile, seed: int = 0) -> tuple[float, float]:
-    """(held-out MI between z_E and z_I, the same on shuffled test pairs) of one split."""
+    """(held-out MI between z_E and z_I, the same on shuffled test pairs) of one split; NaNs
+    (shown as "–") with fewer than 2 training or test pairs."""
+    if min(len(f["train_zi"]), len(f["test_zi"])) < 2:
+        return math.nan, math.nan
     shuffled = np.random.default_rng(seed).permutation(len(f["test_zi"]))
     return (mi.heldout_mi(f["train_z"], f["train_zi"], f["test_z"], f["test_zi"], seed=seed,
                           **MI_KW),
@@ -153,6 +190,8 @@ def heldout_mi_pair(f: np.lib.npyio.NpzFile, seed: int = 0) -> tuple[float, floa
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, float)
+    if not np.isfinite(a).any():
+        return math.nan, 0.0
     return float(np.nanmean(a)), float(np.nanstd(a, ddof=1)) if np.isfinite(a).sum() > 1 else 0.0
 
 
@@ -350,14 +389,34 @@ def measure_speed(root: Path, config: dict, representation: str, backbone: str, 
             "backbone": backbone, "clips_per_s": n / dt, "frames_per_s": frames / dt}
 
 
+def speed_config(run: Path, v: dict) -> dict:
+    """The model config of a variant (from the first of its splits with a readable ckpt.pt);
+    `ValueError` saying why there is none."""
+    why = []
+    for split in v["splits"]:
+        path = run / v["variant"] / split / "ckpt.pt"
+        if not path.exists():
+            why.append(f"{split}: no ckpt.pt")
+            continue
+        try:
+            return json.loads(torch.load(path, map_location="cpu", weights_only=True,
+                                         mmap=True)["config"])
+        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError,
+                TypeError) as exc:
+            why.append(f"{split}: unreadable ckpt.pt ({str(exc).splitlines()[0][:80]})")
+    raise ValueError(f"{v['variant']}: no readable checkpoint ({'; '.join(why)})")
+
+
 def speed_table(run: Path, variants: list[dict], clips: int, device: torch.device) -> list[dict]:
-    configs = {}
-    for v in variants:
-        ckpt = torch.load(run / v["variant"] / v["splits"][0] / "ckpt.pt", map_location="cpu",
-                          weights_only=True)
-        configs[v["variant"]] = json.loads(ckpt["config"])
+    """The speed rows (`measure_speed`) of every path the variants need, each variant's own in
+    `v["speed"]`; `ValueError` saying why the step cannot run (no checkpoint, no data)."""
+    configs = {v["variant"]: speed_config(run, v) for v in variants}
     config = next(iter(configs.values()))
     root = Path(config["root"])
+    if not (root / "index.csv").is_file():
+        raise ValueError(f"the data of the checkpoints, {root}/index.csv, is not found"
+                         + (" (a relative root: run evaluate.py from the folder train.py ran in)"
+                            if not root.is_absolute() else ""))
     backbones = sorted({c["backbone"] for c in configs.values()})
     paths = [("residual", b) for b in backbones] + [("rgb", b) for b in backbones]
     if "resnet50" not in backbones:
@@ -373,13 +432,16 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
     return rows
 
 
-def pct(mean: float, sd: float) -> str:
-    return "–" if not math.isfinite(mean) else f"{100 * mean:.1f} ± {100 * sd:.1f}"
+def pct(mean: float, sd: float | None = None) -> str:
+    """A share in percent (± its sd); "–" for what could not be computed."""
+    if not math.isfinite(mean):
+        return "–"
+    return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
 
 
 def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed: list[dict],
                    skipped: dict[str, dict[str, str]], across: Sequence[dict] = (),
-                   probes: Sequence[dict] = ()) -> str:
+                   probes: Sequence[dict] = (), speed_note: str = "") -> str:
     lines = [f"# Results of `{run}`", "",
              "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
              "nats | identity probe on z_E, training clips (chance) | on unseen test clips "
@@ -393,10 +455,10 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
             f"| {v['variant']} | {v['row']} | {pct(v['war_mean'], v['war_sd'])} | "
             f"{pct(v['uar_mean'], v['uar_sd'])} | {len(v['splits'])} | {mi_text} | "
             f"{pct(v['probe_train_mean'], v['probe_train_sd'])} "
-            f"({100 * v['probe_train_chance_mean']:.1f}) | "
+            f"({pct(v['probe_train_chance_mean'])}) | "
             f"{pct(v['probe_test_mean'], v['probe_test_sd'])} "
-            f"({100 * v['probe_test_chance_mean']:.1f} / "
-            f"{100 * v['probe_test_majority_mean']:.1f}) | {sp} |")
+            f"({pct(v['probe_test_chance_mean'])} / "
+            f"{pct(v['probe_test_majority_mean'])}) | {sp} |")
     lines += ["", "± is the sd over splits (folds × seeds). Held-out MI: a fresh MINE trained on "
               "the training clips' (z_E, z_I) and evaluated on the test clips' (first "
               f"{MI_KW['dims']} principal components of each); the control pairs the test clips' "
@@ -430,6 +492,8 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
         for r in speed:
             lines.append(f"| {r['path']} | {r['clips_per_s']:.2f} | {r['frames_per_s']:.1f} | "
                          f"{r['speedup_vs_rgb_resnet50']:.2f} |")
+    if speed_note:
+        lines += ["", f"Test-time speed: {speed_note}."]
     if any(skipped.values()):
         lines += ["", "Splits left out:", ""]
         for variant, reasons in skipped.items():
@@ -467,19 +531,40 @@ def main(argv: list[str] | None = None) -> None:
         return (order.index(core) if core in order else 99, d.name)
 
     variants = [evaluate_variant(d, found[d]) for d in sorted(found, key=rank)]
-    for v in variants:
-        plot_confusion(v, args.run / v["variant"] / "confusion.png")
     compared = comparisons(variants)
     probes = [c for c in map(probe_over_majority, variants) if c is not None]
     across = against(args.run, variants, args.against) if args.against else []
-    speed = [] if args.no_speed else speed_table(args.run, variants, args.speed_clips,
-                                                   torch.device(args.device))
-    (args.run / "results.json").write_text(json.dumps(
-        {"variants": variants, "comparisons": compared, "against": across,
-         "probe_over_majority": probes, "speed": speed, "left_out": skipped}, indent=1))
-    md = write_markdown(args.run, variants, compared, speed, skipped, across, probes)
-    (args.run / "results.md").write_text(md)
+
+    def save(speed: list[dict], note: str) -> str:
+        """results.json and results.md as they stand (the tables first, then with the speed)."""
+        md = write_markdown(args.run, variants, compared, speed, skipped, across, probes, note)
+        write_or_exit(args.run / "results.json", lambda path: path.write_text(json.dumps(
+            {"variants": variants, "comparisons": compared, "against": across,
+             "probe_over_majority": probes, "speed": speed, "speed_skipped": note,
+             "left_out": skipped}, indent=1)))
+        write_or_exit(args.run / "results.md", lambda path: path.write_text(md))
+        return md
+
+    for v in variants:
+        write_or_exit(args.run / v["variant"] / "confusion.png", lambda path, v=v:
+                      plot_confusion(v, path))
+    md = save([], "")
+    if not args.no_speed:
+        try:
+            md = save(speed_table(args.run, variants, args.speed_clips,
+                                  torch.device(args.device)), "")
+        except (ValueError, OSError, RuntimeError, KeyError) as exc:
+            print(f"evaluate.py: speed step skipped: {exc}")
+            md = save([], f"skipped: {exc}")
     print(md)
+
+
+def write_or_exit(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(path)`, or stop with one line naming the file when it cannot be written."""
+    try:
+        write(path)
+    except OSError as exc:
+        raise SystemExit(f"evaluate.py: cannot write {path}: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ still learns, but its estimate is not in the loss); the MI that counts is measur
 held-out clips by evaluate.py.
 
 Output: OUT/<variant>/<split>[-seed<k>]/ with `ckpt.pt` (written atomically each epoch;
-`--resume` continues a killed run after checking that its options are the run's), `result.json`
+`--resume` continues a killed run, or a finished one to more --epochs, after checking that its
+options and its split's clips and labels are the run's), `result.json`
 (accuracy = WAR, UAR, per-class recall, the identity network used), `features.npz` (z_E and z_I
 of the training and test clips, for evaluate.py's held-out MI and identity probes) and
 TensorBoard logs in `tb/`. A lock file keeps two runs out of one folder.
@@ -28,13 +29,16 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -53,7 +57,7 @@ from tqdm import tqdm
 import identity_weights
 import mi
 import models
-from datasets import PROTOCOLS, SPECS, Split, prepare_text, protocol
+from datasets import PROTOCOLS, SPECS, Split, prepare_text, protocol, read_index
 from evaluate import recall_metrics
 from models import DEFAULT_IDENTITY, IDENTITY_DIMS, MIC, RANDOM, FaceNetMobileNet, build_identity
 from reader import SCALES, ClipDataset, DecodeCache, collate, worker_init
@@ -219,6 +223,14 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--fold {', '.join(bad)}: {args.dataset} has the test folds {', '.join(folds)}")
     if args.baseline and (args.adv or args.with_mv):
         p.error("--baseline rgb is the plain RGB model: no --adv, no --with-mv")
+    if args.name is not None and (args.name in ("", ".", "..") or "/" in args.name):
+        p.error(f"--name {args.name!r}: a variant name is one folder name inside --out (no '/', "
+                "not '.' or '..')")
+    if args.schedule is not None:
+        try:
+            parse_schedule(args.schedule)
+        except ValueError as exc:
+            p.error(f"--schedule {args.schedule!r}: {exc}")
 
 
 def variant_name(args: argparse.Namespace) -> str:
@@ -232,11 +244,30 @@ def variant_name(args: argparse.Namespace) -> str:
     return name + ("" if args.backbone == "resnet50" else f"+{args.backbone}")
 
 
+def parse_schedule(schedule: str) -> list[tuple[int, float]]:
+    """The steps of a schedule 'e1:lr1,e2:lr2' as (epoch, lr) sorted by epoch; `ValueError`
+    naming the first step that is not an integer epoch >= 0, a colon and a finite rate > 0."""
+    steps: dict[int, float] = {}
+    for step in (s for s in schedule.split(",") if s):
+        epoch, _, rate = step.partition(":")
+        try:
+            e, r = int(epoch), float(rate)
+        except ValueError:
+            e, r = -1, math.nan
+        if e < 0 or not (r > 0 and math.isfinite(r)):
+            raise ValueError(f"step {step!r} is not EPOCH:LR (an integer epoch >= 0, a finite "
+                             "learning rate > 0), e.g. 30:1e-4")
+        if e in steps:
+            raise ValueError(f"epoch {e} is given twice")
+        steps[e] = r
+    return sorted(steps.items())
+
+
 def lr_at(epoch: int, lr: float, schedule: str) -> float:
     """Learning rate of `epoch` under a step schedule 'e1:lr1,e2:lr2' (lr until e1, ...)."""
-    for step in sorted((s.split(":") for s in schedule.split(",") if s), key=lambda s: int(s[0])):
-        if epoch >= int(step[0]):
-            lr = float(step[1])
+    for start, rate in parse_schedule(schedule):
+        if epoch >= start:
+            lr = rate
     return lr
 
 
@@ -244,6 +275,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (global state of libraries that use it)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int) -> int:
+    """`seed` on rank 0 and in a single process; a seed of its own on every other DDP rank, so
+    that the ranks' augmentation and dropout differ."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed} rank {rank}".encode()).digest()[:8], "big")
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -271,8 +311,13 @@ class TrainingError(RuntimeError):
 def folder_lock(folder: Path):
     """Hold `folder/.lock` (flock) for the duration: a second run on the same folder stops with a
     clear message; the lock of a dead process is released by the system and taken over."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as f:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "a+")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as exc:
+        raise TrainingError(f"cannot write in {folder}: {exc.strerror or exc} (choose a --out "
+                            "you can write to)") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -348,7 +393,9 @@ def identity_network(args: argparse.Namespace, device: torch.device) -> torch.nn
         args.identity = (named.arch if named else DEFAULT_IDENTITY[0] if weights == RANDOM
                          else "facenet_mobilenet")
     try:
-        return build_identity(args.identity, weights, size=args.identity_size).to(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)  # 'random' weights: one network per --seed, every rank
+            return build_identity(args.identity, weights, size=args.identity_size).to(device)
     except (FileNotFoundError, RuntimeError, ValueError, KeyError) as exc:
         sys.exit(f"train.py: identity network: {exc}")
 
@@ -518,19 +565,76 @@ def run_dir(args: argparse.Namespace, split: Split) -> Path:
     return args.out / args.name / (split.name + (f"-seed{args.seed}" if args.seed else ""))
 
 
+def result_epochs(fold_dir: Path) -> int | None:
+    """The number of epochs of the result in `fold_dir` (None: no readable result.json)."""
+    try:
+        return len(json.loads((fold_dir / "result.json").read_text())["history"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def finished(args: argparse.Namespace, split: Split) -> bool:
-    """A resumed run's split that holds its result: skipped."""
-    return args.resume and (run_dir(args, split) / "result.json").exists()
+    """A resumed run's split that holds its result of --epochs epochs: skipped."""
+    return args.resume and result_epochs(run_dir(args, split)) == args.epochs
 
 
-def check_resume(config: dict, args: argparse.Namespace, identity: dict, path: Path) -> None:
-    """Refuse to continue a checkpoint whose model, data or objective options differ."""
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", mmap: bool = False) -> dict:
+    """A checkpoint of train.py (`mmap`: its tensors are read when used); a truncated, empty or
+    foreign file stops the run with `TrainingError` saying what to do."""
+    try:
+        if not zipfile.is_zipfile(path):  # torch's own message on these misleads ("mmap ...")
+            raise ValueError("an empty file" if path.stat().st_size == 0 else
+                             "not a whole checkpoint archive: truncated, or another file")
+        ckpt = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+        json.loads(ckpt["config"]), int(ckpt["epoch"])
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError,
+            AttributeError) as exc:
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise TrainingError(f"{path}: ckpt.pt is damaged ({why}): delete it to train this split "
+                            "from the start, or put back a good copy") from None
+    return ckpt
+
+
+def check_splits(args: argparse.Namespace, splits: list[Split]) -> dict[str, dict]:
+    """Before any work: every split must have training and test clips in the index of --root.
+    Returns, per split, what its data is (sha256 of its clips' paths, subjects and labels, and
+    the counts), which the checkpoint records and --resume compares."""
+    index = args.root / "index.csv"
+    try:
+        rows = read_index(index)
+    except (OSError, ValueError) as exc:
+        raise TrainingError(str(exc)) from None
+    data, empty = {}, []
+    for split in splits:
+        sides = {side: sorted((r["path"], r["subject"], r["label"]) for r in rows
+                              if r["fold"] in folds)
+                 for side, folds in (("train", split.train), ("test", split.test))}
+        missing = [f"no {side} clips (fold {', '.join(getattr(split, side))})"
+                   for side, clips in sides.items() if not clips]
+        if missing:
+            empty.append(f"{split.name} has {' and '.join(missing)}")
+        data[split.name] = {"sha256": hashlib.sha256(json.dumps(sides).encode()).hexdigest(),
+                            "train": len(sides["train"]), "test": len(sides["test"])}
+    if empty:
+        raise TrainingError(f"{index}: {'; '.join(empty)}. Index more clips, or leave such "
+                            "splits out with --fold")
+    return data
+
+
+def check_resume(config: dict, args: argparse.Namespace, identity: dict, path: Path,
+                 data: dict | None = None) -> None:
+    """Refuse to continue a checkpoint whose model, data or objective options differ, or whose
+    split had other clips or labels (`data`: `check_splits`'s entry of the split)."""
     now = options(args)
     was = config.get("options", {})
     diff = sorted(k for k in now.keys() | was.keys()
                   if k not in RESUMABLE and now.get(k) != was.get(k))
     if config.get("identity", {}).get("sha256") != identity.get("sha256"):
         diff.append("identity network weights")
+    old = config.get("data")
+    if data is not None and old is not None and old["sha256"] != data["sha256"]:
+        diff.append(f"the split's clips or labels (training/test clips {old['train']}/"
+                    f"{old['test']} -> {data['train']}/{data['test']} in {args.root}/index.csv)")
     if diff:
         raise TrainingError(
             f"{path} was trained with other options: "
@@ -540,27 +644,40 @@ def check_resume(config: dict, args: argparse.Namespace, identity: dict, path: P
             "or start a new run in another --out/--name")
 
 
-def claim(args: argparse.Namespace, splits: list[Split], identity: dict,
+def claim(args: argparse.Namespace, splits: list[Split], identity: dict, data: dict[str, dict],
           stack: ExitStack) -> None:
     """Before any work: lock every split's folder for this run (`folder_lock`, held until the
     run ends) and check what is in it: a run there needs --resume, and a resumed checkpoint must
-    have this run's options (`check_resume`)."""
+    have this run's options and data (`check_resume`) and no more epochs than --epochs."""
     for split in splits:
         fold_dir = run_dir(args, split)
         stack.enter_context(folder_lock(fold_dir))
         ckpt_path = fold_dir / "ckpt.pt"
+        done = result_epochs(fold_dir)
         if not args.resume and (ckpt_path.exists() or (fold_dir / "result.json").exists()):
             raise TrainingError(f"{fold_dir} holds a run: pass --resume to continue it, or "
                                 "choose another --out/--name")
         if args.resume and ckpt_path.exists():
             # mmap: only the config record is read here, not the tensors
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-            check_resume(json.loads(ckpt["config"]), args, identity, ckpt_path)
+            ckpt = load_checkpoint(ckpt_path, mmap=True)
+            check_resume(json.loads(ckpt["config"]), args, identity, ckpt_path,
+                         data[split.name])
+            trained = int(ckpt["epoch"]) + 1
+            if trained > args.epochs:
+                raise TrainingError(f"{fold_dir} has trained {trained} epochs, more than --epochs "
+                                    f"{args.epochs}: resume it with --epochs {trained} or more, "
+                                    "or start a new run in another --out/--name")
+        elif args.resume and done is not None and done != args.epochs:
+            raise TrainingError(f"{fold_dir} holds a result of {done} epochs and no ckpt.pt to "
+                                f"continue it to --epochs {args.epochs}: resume with --epochs "
+                                f"{done}, or start a new run in another --out/--name")
 
 
 def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
-               z_i_all: torch.Tensor, z_i_row: dict[str, int], identity: dict) -> dict:
-    """Train and test one split (its folder is claimed: locked, and checked for --resume)."""
+               z_i_all: torch.Tensor, z_i_row: dict[str, int], identity: dict,
+               data: dict | None = None) -> dict:
+    """Train and test one split (its folder is claimed: locked, and checked for --resume);
+    `data`: what the split's data is (`check_splits`), recorded in the checkpoint."""
     fold_dir = run_dir(args, split)
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     result_path, ckpt_path = fold_dir / "result.json", fold_dir / "ckpt.pt"
@@ -578,10 +695,10 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
         counts = torch.bincount(torch.tensor([int(r["label"]) for r in train_ds.rows]),
                                 minlength=train_ds.num_classes).float()
         class_weights = (counts.sum() / counts.clamp(min=1) / train_ds.num_classes).to(device)
-    config = model_config(args, train_ds, d_i, identity)
+    config = {**model_config(args, train_ds, d_i, identity), "data": data}
     start, history = 0, []
     if args.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         if critic is not None:
@@ -594,6 +711,10 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
                 critic.table.seen = ckpt["table_seen"].cpu()
         start, history = ckpt["epoch"] + 1, json.loads(ckpt["history"])
         log0(f"{fold_dir}: resuming at epoch {start}")
+        done = result_epochs(fold_dir)
+        if done is not None:  # finished with fewer epochs (`claim` refuses more)
+            log0(f"{fold_dir}: its result is of {done} epochs: continuing it from its checkpoint "
+                 f"to {args.epochs} epochs")
     step_fn: torch.nn.Module = TrainForward(model)
     if dist.is_initialized():
         step_fn = DistributedDataParallel(step_fn, find_unused_parameters=True)
@@ -604,12 +725,13 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
         for group in opt.param_groups:  # T_θ keeps its own constant rate (--lr-t)
             group["lr"] = lr
         seed = args.seed * 1000 + epoch
-        seed_everything(seed)  # resumable: each epoch's randomness is fixed
-        sampler = (DistributedSampler(train_ds, seed=seed, drop_last=True)
+        seed_everything(rank_seed(seed))  # resumable: each epoch's randomness is fixed
+        sampler = (DistributedSampler(train_ds, seed=seed, drop_last=True)  # one order for all
                    if dist.is_initialized() else None)
         loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None,
                             sampler=sampler, num_workers=args.workers, collate_fn=collate,
-                            drop_last=True, generator=torch.Generator().manual_seed(seed),
+                            drop_last=True,
+                            generator=torch.Generator().manual_seed(rank_seed(seed)),
                             pin_memory=device.type == "cuda", worker_init_fn=worker_init)
         step_fn.train()
         per_step: dict[str, list[float]] = {}
@@ -630,6 +752,7 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
         # moved z_E; mi_grad_ratio the median step's ‖α∇MI‖ / ‖∇L_CE‖
         means = {k: float(np.median(v) if k == "mi_grad_ratio" else np.mean(v))
                  for k, v in per_step.items()}
+        check_finite(model, f"epoch {epoch + 1}")
         history.append({"epoch": epoch, "lr": lr, **means})
         if rank0:
             for k, v in means.items():  # "mi": T_θ's estimate during training, not held out
@@ -749,6 +872,19 @@ def mi_gradients(z_e: torch.Tensor, terms: dict[str, torch.Tensor], alpha: float
     return {"mi_active": (norm_mi > 0).float(), "mi_grad_ratio": norm_mi / norm_ce.clamp(min=1e-12)}
 
 
+def check_finite(model: torch.nn.Module, where: str) -> None:
+    """Stop with `TrainingError` naming the model's parameters and buffers (BatchNorm
+    statistics, ...) that are not finite, before they are checkpointed. (T_θ's are not checked:
+    MINE's moving average is NaN until T_θ's first step; a broken T_θ shows in the MI term.)"""
+    tensors = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    ok = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist()  # one sync
+    bad = [k for k, good in zip(tensors, ok, strict=True) if not good]
+    if bad:
+        raise TrainingError(f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                            f"after {where}: training stopped, no checkpoint of that state and "
+                            "no result written (lower --lr/--alpha/--lr-t, or check the data)")
+
+
 def average_gradients(module: torch.nn.Module) -> None:
     """DDP by hand for T_θ (small, outside DistributedDataParallel): mean of the ranks' grads."""
     if not dist.is_initialized():
@@ -789,7 +925,7 @@ def model_config(args: argparse.Namespace, ds: ClipDataset, d_i: int, identity: 
             "with_mv": args.with_mv, "decoder": not args.no_rec, "d_i": d_i, "size": args.size,
             "input": "rgb" if args.baseline else "residual", "data_bn": args.baseline is None,
             "accumulate": args.accumulate, "dataset": args.dataset, "variant": args.name,
-            "root": str(args.root), "identity": identity, "options": options(args)}
+            "root": str(args.root.resolve()), "identity": identity, "options": options(args)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -821,6 +957,12 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
         prepare_data(args)
         if args.backbone_weights == models.IMAGENET:  # fetched (or refused) before any work
             models.imagenet_weights(args.backbone)
+    if distributed:
+        dist.barrier()
+    splits = [s for s in protocol(args.dataset, args.root / "index.csv")
+              if args.fold is None or s.test[0] in args.fold]
+    data = check_splits(args, splits)
+    if rank0:
         f_i = identity_network(args, device)
     if distributed:
         dist.barrier()
@@ -829,12 +971,12 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
     identity = {"network": args.identity, "weights": f_i.weights,
                 "file": f_i.weights_file, "sha256": f_i.weights_sha256,
                 "size": args.identity_size}
+    if f_i.weights == RANDOM:
+        identity["seed"] = args.seed  # random weights drawn from --seed (`identity_network`)
     log0(f"identity network f_I: {args.identity}, weights {f_i.weights} "
          f"(sha256 {f_i.weights_sha256})")
-    splits = [s for s in protocol(args.dataset, args.root / "index.csv")
-              if args.fold is None or s.test[0] in args.fold]
     if rank0:
-        claim(args, splits, identity, claimed)
+        claim(args, splits, identity, data, claimed)
     everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False,
                              iframe=True, iframe_size=args.identity_size)
     if all(finished(args, s) for s in splits):
@@ -845,7 +987,8 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
     del f_i
     t0 = time.time()
     z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}
-    results = [train_fold(args, s, device, z_i_all, z_i_row, identity) for s in splits]
+    results = [train_fold(args, s, device, z_i_all, z_i_row, identity, data[s.name])
+               for s in splits]
     if rank0:
         war = [r["accuracy"] for r in results]
         uar = [r["uar"] for r in results]

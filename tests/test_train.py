@@ -8,8 +8,11 @@ left out."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,6 +75,23 @@ def test_lr_schedule():
     assert train.lr_at(0, 1e-3, "30:1e-4") == 1e-3
     assert train.lr_at(30, 1e-3, "30:1e-4") == 1e-4
     assert train.lr_at(65, 1e-4, "60:1e-7,30:8e-6") == 1e-7
+    assert train.lr_at(5, 1e-4, "") == 1e-4
+
+
+def test_ranks_draw_their_own_randomness(monkeypatch):
+    """DDP: every rank but rank 0 seeds its augmentation and dropout apart (rank 0, like a single
+    process, keeps the epoch's seed: single-process runs are unchanged)."""
+    assert train.rank_seed(7) == 7  # no process group
+    monkeypatch.setattr(train.dist, "is_initialized", lambda: True)
+    draws = {}
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(train.dist, "get_rank", lambda rank=rank: rank)
+        train.seed_everything(train.rank_seed(7))
+        draws[rank] = torch.rand(4)
+    assert train.rank_seed(7) != 7 and train.rank_seed(7) == train.rank_seed(7)
+    torch.manual_seed(7)
+    assert torch.equal(draws[0], torch.rand(4))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
 
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -99,6 +119,67 @@ def test_non_finite_term_stops_before_any_update(data, monkeypatch, tmp_path):
     assert not (fold / "result.json").exists() and not (fold / "ckpt.pt").exists()
 
 
+def test_non_finite_buffer_stops_before_its_checkpoint(data, monkeypatch, tmp_path):
+    """A BatchNorm statistic that overflows (as `--lr 1e6` makes decoder.up.1.running_var inf)
+    while every loss term stays finite stops the run at the end of the epoch, naming it; no
+    checkpoint of that state and no result."""
+    real = train.train_step
+
+    def overflowing(step_fn, *a, **k):
+        terms = real(step_fn, *a, **k)
+        bn = next(m for m in step_fn.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        bn.running_var.fill_(float("inf"))
+        return terms
+
+    monkeypatch.setattr(train, "train_step", overflowing)
+    with pytest.raises(SystemExit, match=r"non-finite \S*running_var after epoch 1"):
+        train.main([*TINY, "--root", str(data), "--out", str(tmp_path / "r"), "--epochs", "1",
+                    "--max-steps", "1", "--identity-weights", "random"])
+    fold = tmp_path / "r" / "mic+resnet6" / "fold0"
+    assert not (fold / "result.json").exists() and not (fold / "ckpt.pt").exists()
+
+
+def test_damaged_checkpoint_says_so(data, tmp_path):
+    """--resume on a truncated, random or empty ckpt.pt: one line saying it is damaged and what
+    to do, not torch's traceback."""
+    fold = tmp_path / "r" / "mic+resnet6" / "fold0"
+    fold.mkdir(parents=True)
+    good = io.BytesIO()
+    torch.save({"config": "{}", "epoch": 0, "model": {"w": torch.zeros(1000)}}, good)
+    for damage in (good.getvalue()[:2000], os.urandom(3000), b""):
+        (fold / "ckpt.pt").write_bytes(damage)
+        with pytest.raises(SystemExit, match=r"ckpt.pt is damaged .*: delete it") as stop:
+            train.main([*TINY, "--root", str(data), "--out", str(tmp_path / "r"), "--epochs",
+                        "1", "--resume", "--identity-weights", "random"])
+        assert "\n" not in str(stop.value) and "mmap" not in str(stop.value)
+
+
+def test_splits_without_clips_stop_before_any_work(data, tmp_path):
+    """A split with no test (or training) clips in the index stops the run before f_I, z_I or
+    any folder: nothing trains first, no .lock is left."""
+    with open(data / "index.csv") as f:
+        used = {r["fold"] for r in csv.DictReader(f)}
+    assert "9" not in used and "0" in used
+    with pytest.raises(SystemExit, match=r"index.csv: fold9 has no test clips \(fold 9\)"):
+        train.main([*TINY, "--fold", "9", "--root", str(data), "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+
+
+def test_unwritable_out_is_one_line(data, tmp_path):
+    """An --out that cannot be written (read-only; here also a file, which holds for root):
+    one line naming the folder, before any work."""
+    (tmp_path / "file").write_text("x")
+    outs = [tmp_path / "file"]
+    if os.geteuid() != 0:  # root writes into read-only folders
+        (tmp_path / "ro").mkdir(mode=0o555)
+        outs.append(tmp_path / "ro")
+    for out in outs:
+        with pytest.raises(SystemExit, match=f"cannot write in {out}/mic") as stop:
+            train.main([*TINY, "--root", str(data), "--out", str(out), "--identity-weights",
+                        "random"])
+        assert "\n" not in str(stop.value)
+
+
 def test_no_mi_with_infinite_estimate_is_not_nan(data):
     """MIC − MI: the MI estimate is logged but never multiplied into the loss (0·inf is NaN)."""
     args = train.parse_args([*TINY, "--root", str(data), "--no-mi"])
@@ -123,6 +204,13 @@ def test_no_mi_with_infinite_estimate_is_not_nan(data):
     (["--fold", "10"], "--fold 10: synthetic has the test folds 0, 1"),
     (["--mi-split", "1"], "--mi-split must be in"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--name", "../../../escaped"], "--name '../../../escaped': a variant name is one folder"),
+    (["--name", "/tmp/escaped"], "a variant name is one folder name inside --out"),
+    (["--name", ".."], "a variant name is one folder name inside --out"),
+    (["--schedule", "1:-1e-2"], "--schedule '1:-1e-2': step '1:-1e-2' is not EPOCH:LR"),
+    (["--schedule", "abc"], "step 'abc' is not EPOCH:LR"),
+    (["--schedule", "30:1e-4,1:x"], "step '1:x' is not EPOCH:LR"),
+    (["--schedule", "5:1e-4,5:1e-5"], "epoch 5 is given twice"),
 ])
 def test_nonsensical_options_refused_at_parse_time(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -164,6 +252,59 @@ def test_resume_refuses_other_options_and_locks(data, tmp_path):
     import hashlib
 
     assert result["identity"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def test_resume_with_more_epochs_continues_and_checks_the_data(data, tmp_path, capsys):
+    """`--identity-weights random` is drawn from --seed (and recorded), so a finished 1-epoch
+    split resumed with --epochs 2 continues from its checkpoint to the state of a 2-epoch run,
+    exactly; a checkpoint refuses another index (--root) and fewer epochs than it has."""
+    run, whole = tmp_path / "run", tmp_path / "whole"
+
+    def train_main(root: Path, out: Path, *extra: str) -> None:
+        train.main([*TINY, "--root", str(root), "--out", str(out), "--identity-weights", "random",
+                    "--max-steps", "1", *extra])
+
+    train_main(data, run, "--epochs", "1")
+    with open(data / "index.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows, fields = list(reader), reader.fieldnames
+    drop = [i for i, r in enumerate(rows) if r["fold"] == "1"][:2]  # 2 training clips of fold0
+    other = tmp_path / "other"
+    other.mkdir()
+    with open(other / "index.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(r for i, r in enumerate(rows) if i not in drop)
+    n_train = sum(r["fold"] != "0" for r in rows)
+    n_test = len(rows) - n_train
+    with pytest.raises(SystemExit, match=re.escape(
+            f"the split's clips or labels (training/test clips {n_train}/{n_test} -> "
+            f"{n_train - 2}/{n_test}")):
+        train_main(other, run, "--epochs", "1", "--resume")
+    capsys.readouterr()
+    train_main(data, run, "--epochs", "2", "--resume")
+    assert "its result is of 1 epochs: continuing it" in capsys.readouterr().out
+    fold = run / "mic+resnet6" / "fold0"
+    result = json.loads((fold / "result.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [0, 1]
+    assert result["identity"]["weights"] == "random" and result["identity"]["seed"] == 0
+    train_main(data, whole, "--epochs", "2")
+    a, b = _state(whole), _state(run)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(SystemExit, match="has trained 2 epochs, more than --epochs 1"):
+        train_main(data, run, "--epochs", "1", "--resume")
+
+
+def test_checkpoint_records_an_absolute_root(monkeypatch, tmp_path):
+    """evaluate.py (its speed step) reads the data root from the checkpoint: absolute, so that
+    it works from any folder."""
+    import types
+
+    monkeypatch.chdir(tmp_path)
+    args = train.parse_args([*TINY, "--root", "rel/data"])
+    ds = types.SimpleNamespace(num_classes=2, class_names=["a", "b"])
+    assert train.model_config(args, ds, 8, {})["root"] == str(tmp_path / "rel" / "data")
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
