@@ -1098,7 +1098,8 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
         "per_class": per_class,
         "labels_per_subject": labels_per_subject,
         "label_groups": {"emotions": [list(g) for g in LABEL_GROUPS],
-                         "group": {f"S{sid:03d}": label_group(make_identity(config, 0, i))
+                         "group": {f"S{sid:03d}":
+                                   label_group(make_identity(config, _STREAM_SUBJECTS, i))
                                    for i, sid in enumerate(ids)},
                          "coupled": [f"S{sid:03d}" for sid, c in
                                      zip(ids, label_coupled(config), strict=True) if c]},
@@ -1159,8 +1160,8 @@ _HELP = {
                      "(1: the style keeps its distribution at every coupling; > 1: coupling "
                      "adds style)",
     "label_coupling": "probability that a subject shows exactly its appearance group's "
-                      "emotions (skin tone band; synthetic.LABEL_GROUPS) instead of the draw "
-                      "above (0: the draw, 1: the neutral face predicts the label)",
+                      "emotions (skin tone band; synthetic.LABEL_GROUPS) instead of the "
+                      "--expressions draw (0: that draw, 1: the neutral face predicts the label)",
     "unlabelled": "extra sequences without an emotion file (CK+ quirk)",
     "intensity": "scale of every apex",
     "intensity_jitter": "log-sd of a per-sequence apex factor",
