@@ -91,7 +91,10 @@ class SyntheticConfig:
     labelled sequences per subject drawn as in CK+ (`label_plan`: 1 + Poisson, class totals
     in CK+'s proportions, truncated to ``min_expressions..max_expressions``); 0 draws
     ``min_expressions..max_expressions`` emotions per subject, uniformly many, weighted by
-    CK+'s class counts, independently per subject (the set before the skew knob).
+    CK+'s class counts, independently per subject (the set before the skew knob);
+    ``label_coupling`` (L, 0..1) is the probability that a subject shows exactly the emotions
+    of its appearance group instead (`LABEL_GROUPS`, by skin tone: the neutral face predicts
+    the label; 0: the draw above, 1: every subject).
     """
 
     subjects: int = 40
@@ -106,6 +109,7 @@ class SyntheticConfig:
     expressions: float = CKPLUS_EXPRESSIONS
     coupling: float = 1.0
     coupled_style: float = 1.0
+    label_coupling: float = 0.0
     unlabelled: int = 2
     intensity: float = 1.0
     intensity_jitter: float = 0.2
@@ -130,6 +134,11 @@ class SyntheticConfig:
             raise ValueError(f"coupling must lie in [0, 1], got {self.coupling}")
         if self.coupled_style < 0:
             raise ValueError(f"coupled_style must be >= 0, got {self.coupled_style}")
+        if not 0 <= self.label_coupling <= 1:
+            raise ValueError(f"label_coupling must lie in [0, 1], got {self.label_coupling}")
+        if self.label_coupling and not (self.min_expressions <= 2 and self.max_expressions >= 3):
+            raise ValueError("label_coupling needs min_expressions <= 2 <= 3 <= max_expressions "
+                             "(an appearance group shows 2 or 3 emotions)")
         if self.subjects < 1 or self.id_subjects < 0 or self.id_images < 1:
             raise ValueError("need subjects >= 1, id_subjects >= 0, id_images >= 1")
         if not 0 <= self.unlabelled <= self.subjects:
@@ -897,11 +906,33 @@ def label_plan(cfg: SyntheticConfig) -> list[list[int]] | None:
     return plan
 
 
+LABEL_GROUPS = (("happy", "sadness"), ("anger", "surprise"), ("contempt", "disgust", "fear"))
+"""The emotions of each appearance group (`label_group`; a partition of `EMOTIONS`, so a
+label also names its group): what a label-coupled subject shows (``label_coupling``)."""
+_SKIN_BANDS = (0.47, 0.71)  # terciles of the skin tone over `_coupling_map`'s reference people
+
+
+def label_group(ident: Identity) -> int:
+    """The person's appearance group (index into `LABEL_GROUPS`): light, medium or dark skin
+    tone (the largest coloured area of the neutral face), about a third of people each."""
+    return int(np.searchsorted(_SKIN_BANDS, appearance(ident)[APPEARANCE.index("skin_tone")]))
+
+
+def label_coupled(cfg: SyntheticConfig) -> np.ndarray:
+    """Which expression subjects show their appearance group's emotions: each with
+    probability ``cfg.label_coupling``, from a stream of its own (a rising L keeps the subjects
+    a lower L couples and adds others)."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, _STREAM_PLAN, 3]))
+    return rng.random(cfg.subjects) < cfg.label_coupling
+
+
 def _subject_start(cfg: SyntheticConfig, index: int, extra: int,
                    emotions: list[int] | None) -> tuple[Identity, np.random.Generator,
                                                         list[int | None], np.ndarray]:
     """Expression subject ``index``: the person, its sequence stream (after the label draws),
-    its sequence labels in order (CK+ codes, None for unlabelled) and its background."""
+    its sequence labels in order (CK+ codes, None for unlabelled) and its background.
+    ``emotions`` (`label_plan`'s entry) is replaced by the appearance group's emotions when
+    the subject is label-coupled (`label_coupled`)."""
     ident = make_identity(cfg, _STREAM_SUBJECTS, index)
     rng = np.random.default_rng(_seeds(cfg, _STREAM_SUBJECTS, index)[1])
     if cfg.expressions and emotions is None:
@@ -910,6 +941,8 @@ def _subject_start(cfg: SyntheticConfig, index: int, extra: int,
         k = int(rng.integers(cfg.min_expressions, cfg.max_expressions + 1))
         emotions = list(rng.choice(7, k, replace=False,
                                    p=_EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()))
+    if cfg.label_coupling and label_coupled(cfg)[index]:
+        emotions = [EMOTIONS.index(e) for e in LABEL_GROUPS[label_group(ident)]]
     labels: list[int | None] = [int(e) + 1 for e in rng.permutation(emotions)]
     for _ in range(extra):
         labels.insert(int(rng.integers(len(labels) + 1)), None)
@@ -1064,6 +1097,12 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
         "unlabelled": sum(1 for r in seqs if r[0] is None),
         "per_class": per_class,
         "labels_per_subject": labels_per_subject,
+        "label_groups": {"emotions": [list(g) for g in LABEL_GROUPS],
+                         "group": {f"S{sid:03d}":
+                                   label_group(make_identity(config, _STREAM_SUBJECTS, i))
+                                   for i, sid in enumerate(ids)},
+                         "coupled": [f"S{sid:03d}" for sid, c in
+                                     zip(ids, label_coupled(config), strict=True) if c]},
         "frames": sum(r[1] for r in seqs),
         "id_subjects": config.id_subjects,
         "id_images": sum(r[1] for r in results if r[0] == "id"),
@@ -1120,6 +1159,9 @@ _HELP = {
     "coupled_style": "strength of the appearance-driven style against the idiosyncratic one "
                      "(1: the style keeps its distribution at every coupling; > 1: coupling "
                      "adds style)",
+    "label_coupling": "probability that a subject shows exactly its appearance group's "
+                      "emotions (skin tone band; synthetic.LABEL_GROUPS) instead of the "
+                      "--expressions draw (0: that draw, 1: the neutral face predicts the label)",
     "unlabelled": "extra sequences without an emotion file (CK+ quirk)",
     "intensity": "scale of every apex",
     "intensity_jitter": "log-sd of a per-sequence apex factor",

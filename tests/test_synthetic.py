@@ -1,6 +1,10 @@
-"""Tests for synthetic.py: CK+ layout, labels, determinism, identity set, coupling, skew."""
+"""Tests for synthetic.py: CK+ layout, labels, determinism, identity set, coupling, skew,
+label coupling."""
 
+import hashlib
+import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +237,99 @@ def test_neutral_frame_is_the_written_first_frame(tiny: tuple[Path, dict]) -> No
         extra = len(list((root / "cohn-kanade-images" / f"S{sid:03d}").glob("0*"))) - len(plan[i])
         _, img = synthetic.neutral_frame(TINY, i, extra, plan[i])
         assert np.array_equal(np.asarray(img), np.asarray(Image.open(path)))
+
+
+def _digest(root: Path) -> str:
+    """SHA-256 of a generated set: every path, the pixels of every PNG, every other file's bytes
+    (synthetic.json left out: it records the config, which gains fields)."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.name == "synthetic.json":
+            continue
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        if p.suffix == ".png":
+            h.update(np.asarray(Image.open(p)).tobytes())
+        elif p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_label_coupling_zero_is_the_set_before_it(tiny: tuple[Path, dict], tmp_path: Path) -> None:
+    """At label coupling 0 the set is the one generated before the knob existed (digests of
+    the code before it), with CK+'s skew and with the per-subject draw."""
+    assert _digest(tiny[0]) == "834477ce9e0c6860d9acbba05736eefcd1e0b03aa0181ba78cafe4aaabcce0f0"
+    cfg = replace(TINY, subjects=6, expressions=0, coupling=0.0, label_coupling=0.0)
+    generate(tmp_path, cfg)
+    assert _digest(tmp_path) == "69095e71ea85d21257a9b2ad4723489d282b9b7279be83a032af0f1cf2c28449"
+
+
+def _neutral_label_rows(cfg: SyntheticConfig) -> tuple[np.ndarray, ...]:
+    """One row per labelled sequence: the subject's neutral I-frame (8×8 pixels), the label
+    (0..6), the subject and its appearance group."""
+    plan = synthetic.label_plan(cfg)
+    x, y, subject, group = [], [], [], []
+    for i in range(cfg.subjects):
+        ident, _, labels, _ = synthetic._subject_start(cfg, i, 0, plan[i])
+        _, img = synthetic.neutral_frame(cfg, i, 0, plan[i])
+        for code in labels:
+            x.append(np.asarray(img.reduce(4), float).ravel())
+            y.append(code - 1)
+            subject.append(i)
+            group.append(synthetic.label_group(ident))
+    return np.array(x), np.array(y), np.array(subject), np.array(group)
+
+
+def test_label_coupling_makes_the_neutral_face_predict_the_label() -> None:
+    """Held-out subjects (5 folds): a ridge classifier of the label from the neutral frame's
+    pixels, and the most frequent label of the recorded appearance group, beat the majority
+    rate at L = 1 and not at L = 0."""
+    gain = {}
+    for lc in (0.0, 1.0):
+        cfg = SyntheticConfig(subjects=100, size=32, coupling=0.0, label_coupling=lc)
+        pixels, y, subject, group = _neutral_label_rows(cfg)
+        hits = np.zeros((2, len(y)), bool)
+        for k in range(5):
+            test = subject % 5 == k
+            fit = ~test
+            x = (pixels - pixels[fit].mean(0)) / (pixels[fit].std(0) + 1e-6)
+            onehot = np.eye(7)[y] - np.eye(7)[y[fit]].mean(0)
+            b = np.linalg.solve(x[fit].T @ x[fit] + 300 * np.eye(x.shape[1]),
+                                x[fit].T @ onehot[fit])
+            hits[0, test] = (x[test] @ b).argmax(1) == y[test]
+            by_group = [np.bincount(y[fit & (group == g)], minlength=7).argmax() for g in range(3)]
+            hits[1, test] = np.take(by_group, group[test]) == y[test]
+        gain[lc] = hits.mean(1) - np.bincount(y).max() / len(y)
+        if lc == 1.0:  # each subject shows exactly its group's emotions
+            for i in range(cfg.subjects):
+                emotions = {synthetic.EMOTIONS[e] for e in y[subject == i]}
+                assert emotions == set(synthetic.LABEL_GROUPS[group[subject == i][0]])
+    assert gain[0.0].max() < 0.03 and gain[1.0].min() > 0.1, gain
+
+
+def test_label_coupling_mixes_and_is_recorded(tmp_path: Path) -> None:
+    """0 < L < 1: a share L of the subjects is coupled (the same ones and more as L rises);
+    the CLI takes --label-coupling and synthetic.json records it, each subject's group and the
+    coupled subjects, which show their group's emotions."""
+    coupled = {lc: synthetic.label_coupled(SyntheticConfig(subjects=1000, label_coupling=lc))
+               for lc in (0.0, 0.3, 0.7, 1.0)}
+    assert not coupled[0.0].any() and coupled[1.0].all()
+    assert abs(coupled[0.3].mean() - 0.3) < 0.05 and abs(coupled[0.7].mean() - 0.7) < 0.05
+    assert np.all(coupled[0.7][coupled[0.3]])
+    root = tmp_path / "set"
+    synthetic.main(["--out", str(root), "--subjects", "8", "--id-subjects", "0", "--size", "32",
+                    "--min-frames", "2", "--max-frames", "3", "--unlabelled", "0",
+                    "--label-coupling", "0.5"])
+    meta = json.loads((root / "synthetic.json").read_text())
+    assert meta["config"]["label_coupling"] == 0.5
+    groups = meta["summary"]["label_groups"]
+    assert groups["emotions"] == [list(g) for g in synthetic.LABEL_GROUPS]
+    assert 0 < len(groups["coupled"]) < 8 and len(groups["group"]) == 8
+    for sid, k in groups["group"].items():
+        codes = {int(float(p.read_text())) for p in (root / "Emotion" / sid).glob("*/*.txt")}
+        emotions = {synthetic.EMOTIONS[c - 1] for c in codes}
+        if sid in groups["coupled"]:
+            assert emotions == set(synthetic.LABEL_GROUPS[k])
+    with pytest.raises(ValueError, match="label_coupling must"):
+        SyntheticConfig(label_coupling=1.5)
+    with pytest.raises(ValueError, match="label_coupling needs"):
+        SyntheticConfig(label_coupling=0.5, max_expressions=2, expressions=0)
