@@ -39,10 +39,12 @@ table: build
 
 # The precondition (docs/study.md, "Does identity hurt here?"), 24 epochs, coupling 1, 10 folds × the
 # seeds PRE_SEEDS, on the set where it holds: 200 subjects, identity style × 3, each person's
-# version of an emotion varied more, many subtle sequences. MIC − MI and MIC on it, MIC − MI on
-# the same set without the identity style (--style 0); about 70 min a seed on the 2-core CPU
-# with the decode cache, resumable. Another set: PRE_SET (synthetic.py options), PRE_DATA and
-# PRE_OUT (its folders; the style-off set goes to PRE_DATA0), PRE_TRAIN (more train.py options).
+# version of an emotion varied more, many subtle sequences. MIC − MI, MIC and MIC's placebo
+# (z_I permuted across clips) on it, MIC − MI on the same set without the identity style
+# (--style 0); about 95 min a seed on the 2-core CPU with the decode cache, resumable. A part:
+# PRE_FOLDS (default all ten), PRE_SEEDS. Another set: PRE_SET (synthetic.py options), PRE_DATA
+# and PRE_OUT (its folders; the style-off set goes to PRE_DATA0), PRE_TRAIN (more train.py
+# options).
 # The 80-subject set of the first 24-epoch table of docs/study.md (style-off set at data/style0):
 # make precondition PRE_SET= PRE_DATA=data/study PRE_OUT=runs/long PRE_SEEDS=0 PRE_TRAIN=
 PRE_SET ?= --subjects 200 --style 3 --variability 1 --intensity-jitter 0.6
@@ -50,8 +52,9 @@ PRE_TRAIN ?= --cache runs/cache
 PRE_DATA ?= data/sv200
 PRE_OUT ?= runs/sv200
 PRE_SEEDS ?= 0 1
+PRE_FOLDS ?= 0 1 2 3 4 5 6 7 8 9
 PRE_DATA0 ?= $(if $(filter data/study,$(PRE_DATA)),data/style0,$(PRE_DATA)-style0)
-LONG_ARGS := @configs/precondition.args $(PRE_TRAIN)
+LONG_ARGS := @configs/precondition.args $(foreach f,$(PRE_FOLDS),--fold $(f)) $(PRE_TRAIN)
 SYN := --subjects 80 --coupling 1 --id-subjects 0 --jobs 2 --seed 0 $(PRE_SET)
 
 precondition: build
@@ -63,7 +66,9 @@ precondition: build
 		$(PY) train.py $(LONG_ARGS) --seed $$s --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 --no-mi && \
 		$(PY) train.py $(LONG_ARGS) --seed $$s --root $(PRE_DATA0)/c1 --out $(PRE_OUT)-style0/c1 \
 			--no-mi && \
-		$(PY) train.py $(LONG_ARGS) --seed $$s --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 || exit 1; \
+		$(PY) train.py $(LONG_ARGS) --seed $$s --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 && \
+		$(PY) train.py $(LONG_ARGS) --seed $$s --root $(PRE_DATA)/c1 --out $(PRE_OUT)/c1 \
+			--mi-placebo || exit 1; \
 	done
 	$(PY) evaluate.py $(PRE_OUT)-style0/c1 --no-speed
 	$(PY) evaluate.py $(PRE_OUT)/c1 --no-speed --against $(PRE_OUT)-style0/c1

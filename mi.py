@@ -287,8 +287,10 @@ class CLUB(nn.Module):
     is a quantity to minimise, not an MI value.
     """
 
-    def __init__(self, d_e: int, d_i: int, hidden: int = 1024, critic: str = "mlp"):
+    def __init__(self, d_e: int, d_i: int, hidden: int = 1024, critic: str = "mlp",
+                 ridge: float = 0.1):
         super().__init__()
+        self.ridge = ridge
         if critic == "mlp":
             self.mu = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
             self.logvar = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
@@ -304,13 +306,13 @@ class CLUB(nn.Module):
             self.mu.requires_grad_(False)
 
     @torch.no_grad()
-    def fit(self, z_e: Tensor, z_i: Tensor, ridge: float = 1.0) -> None:
-        """q fitted exactly: A by ridge regression of z_I on z_E (penalty ``ridge`` times the
-        mean eigenvalue of z_E's scatter), σ² the residual variance of each dimension."""
+    def fit(self, z_e: Tensor, z_i: Tensor) -> None:
+        """q fitted exactly: A by ridge regression of z_I on z_E (penalty ``self.ridge`` times
+        the mean eigenvalue of z_E's scatter), σ² the residual variance of each dimension."""
         mu_e, mu_i = z_e.mean(0), z_i.mean(0)
         x, y = z_e - mu_e, z_i - mu_i
         gram = x.T @ x
-        lam = ridge * gram.diagonal().mean().clamp(min=1e-8)
+        lam = self.ridge * gram.diagonal().mean().clamp(min=1e-8)
         a = torch.linalg.solve(gram + lam * torch.eye(len(gram), device=gram.device), x.T @ y)
         self.mu.weight.copy_(a.T)
         self.mu.bias.copy_(mu_i - mu_e @ a)
@@ -532,6 +534,7 @@ class ClipTable:
         self.z_i = z_i
         self.z_e: Tensor | None = None
         self.seen = torch.zeros(n, dtype=torch.bool)
+        self.trained = False  # no MI term before T_θ has learned once
 
     def update(self, ids: Tensor, z_e: Tensor) -> None:
         """Store the batch's z_E (detached) as its clips' latest."""
@@ -549,18 +552,24 @@ class ClipTable:
             ok &= self.labels[rows][:, None] == self.labels[cols][None, :]
         return ok
 
-    def train_critic(self, estimator: nn.Module, opt_t: torch.optim.Optimizer, steps: int,
-                     batch_size: int, generator: torch.Generator | None = None,
-                     sync: Callable[[nn.Module], None] | None = None) -> int:
+    def train_critic(self, estimator: nn.Module, opt_t: torch.optim.Optimizer | None,
+                     steps: int, batch_size: int, generator: torch.Generator | None = None,
+                     sync: Callable[[nn.Module], None] | None = None,
+                     exclude: Tensor | None = None) -> int:
         """Up to ``steps`` updates of T_θ, each on ``batch_size`` random stored pairs of its own
-        clips; returns how many were taken (0 on every rank while any rank has fewer than 2
-        stored own clips: ``agreed_count``)."""
-        ready = torch.nonzero(self.seen & self.own).flatten()
+        clips other than ``exclude`` (the batch about to be scored); a closed-form q is fitted
+        once on all of them. Returns how many updates were taken (0 on every rank while any rank
+        has fewer than 2 such clips: ``agreed_count``)."""
+        usable = self.seen & self.own
+        if exclude is not None:
+            usable[exclude.cpu()] = False
+        ready = torch.nonzero(usable).flatten()
         if self.z_e is None or agreed_count(len(ready), self.z_i.device) < 2:
             return 0
         if getattr(estimator, "closed_form", False):  # q fitted exactly on every own clip
             dev = self.z_i.device
             estimator.fit(self.z_e[ready.to(dev)], self.z_i[ready.to(dev)])
+            self.trained = True
             return 1
         done = 0
         for _ in range(steps):
@@ -576,13 +585,16 @@ class ClipTable:
                 sync(estimator)
             opt_t.step()
             done += 1
+        self.trained |= done > 0
         return done
 
     def penalty(self, estimator: nn.Module, ids: Tensor, z_e: Tensor, negatives: int,
                 generator: torch.Generator | None = None) -> Tensor | None:
         """The MI term of the batch's clips ``ids`` (their z_E with its gradient): T_θ's bound on
         their joint pairs against ``negatives`` random table clips as marginal partners, or None
-        when no partner is admissible."""
+        before T_θ has learned or when no partner is admissible."""
+        if not self.trained:
+            return None
         cols = torch.randperm(len(self.z_i), generator=generator)[:negatives]
         mask = self.partners(ids, cols).to(z_e.device)
         if not mask.any():

@@ -81,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # objective
     p.add_argument("--alpha", type=float, default=0.1, help="weight of the MI term (or adversary)")
     p.add_argument("--beta", type=float, default=0.1, help="weight of the reconstruction term")
-    p.add_argument("--estimator", default="mine", choices=sorted(mi.ESTIMATORS))
+    p.add_argument("--estimator", default="club", choices=sorted(mi.ESTIMATORS),
+                   help="the MI estimate the encoder minimises: CLUB's upper bound (default) or "
+                        "a lower bound (MINE, the paper's; NWJ; InfoNCE), floored at 0")
     p.add_argument("--mi-procedure", default="table", choices=mi.PROCEDURES,
                    help="how T_θ learns and what the MI term scores: 'table' (default: T_θ on "
                         "its own share of the training clips, the MI term on the others against "
@@ -97,10 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="T_θ updates per encoder update (benchmarks/mi_game.py)")
     p.add_argument("--mi-memory", type=int, default=8,
                    help="'memory' procedure: T_θ's memory of recent pairs, in batches")
-    p.add_argument("--mi-split", type=float, default=0.5,
-                   help="share of the training clips reserved for T_θ ('table', 'memory'): the "
-                        "MI term is computed on the others only; 0 with 'table': T_θ learns on "
-                        "every clip and the MI term scores every clip")
+    p.add_argument("--mi-split", type=float,
+                   help="share of the training clips reserved for T_θ, the MI term computed on "
+                        "the others only (default: 0.5 with 'memory'; 0 with 'table': T_θ "
+                        "learns on every clip's latest z_E and the MI term scores every clip)")
+    p.add_argument("--mi-ridge", type=float, default=0.1,
+                   help="CLUB's ridge q: penalty × the mean eigenvalue of z_E's scatter")
     p.add_argument("--mi-negatives", type=int, default=256,
                    help="'table': marginal partners of the MI term per step")
     p.add_argument("--mi-batch", type=int, default=64, help="'table': T_θ's batch of pairs")
@@ -188,6 +192,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     positive = {"--epochs": args.epochs, "--batch-size": args.batch_size,
                 "--num-segments": args.num_segments, "--size": args.size,
                 "--hidden": args.hidden, "--mi-hidden": args.mi_hidden, "--lr": args.lr,
+                "--mi-ridge": args.mi_ridge,
                 "--lr-t": args.lr_t, "--max-steps": args.max_steps}
     for flag, value in positive.items():
         if value is not None and not value > 0:
@@ -202,6 +207,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"{flag} must be >= 0, got {value}")
     if args.t_steps < 1 and not (args.no_mi or args.baseline):
         p.error(f"--t-steps must be >= 1 with an MI term (T_θ must learn), got {args.t_steps}")
+    if args.mi_split is None:
+        args.mi_split = 0.0 if args.mi_procedure == "table" else 0.5
     if not 0 <= args.mi_split < 1:
         p.error(f"--mi-split must be in [0, 1), got {args.mi_split}")
     for flag, value in {"--mi-negatives": args.mi_negatives, "--mi-batch": args.mi_batch}.items():
@@ -213,7 +220,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--mi-placebo and --mi-conditional need --mi-procedure table")
     club = args.estimator == "club"
     if args.mi_critic is None:
-        args.mi_critic = "ridge" if club else "separable"
+        args.mi_critic = ("ridge" if args.mi_procedure == "table" else "linear") if club \
+            else "separable"
+    if args.mi_critic == "ridge" and args.mi_procedure != "table":
+        p.error("--mi-critic ridge is fitted on the table: it needs --mi-procedure table")
     if (args.mi_critic in ("linear", "ridge")) != club and args.mi_critic != "mlp":
         p.error(f"--mi-critic {args.mi_critic} is not a critic of --estimator {args.estimator}: "
                 "CLUB takes mlp, linear or ridge; MINE, NWJ and InfoNCE take mlp or separable")
@@ -485,8 +495,9 @@ def build_critic(args: argparse.Namespace, ds: ClipDataset, d_e: int, z_i_train:
                              placebo=args.mi_placebo, dims=args.mi_dims or None,
                              generator=torch.Generator().manual_seed(args.seed))
     d_i = z_i_train.shape[1] if table is None else table.z_i.shape[1]
+    extra = {"ridge": args.mi_ridge} if args.estimator == "club" else {}
     estimator = mi.build_estimator(args.estimator, d_e, d_i, hidden=args.mi_hidden,
-                                   critic=args.mi_critic).to(device)
+                                   critic=args.mi_critic, **extra).to(device)
     memory = (mi.PairMemory(args.mi_memory * args.batch_size)
               if args.mi_procedure == "memory" else None)
     opt = torch.optim.AdamW(estimator.parameters(), lr=args.lr_t,
@@ -846,7 +857,7 @@ def mi_estimate(critic: Critic, z_e: torch.Tensor, z_i: torch.Tensor, ids: torch
         table = critic.table
         table.update(ids, z_e)
         table.train_critic(critic.estimator, critic.opt, args.t_steps, args.mi_batch,
-                           sync=average_gradients)
+                           sync=average_gradients, exclude=ids)
         scored = (~table.own[ids.cpu()]).to(ids.device) if args.mi_split else ids >= 0
         if not scored.any():
             return None

@@ -270,19 +270,18 @@ def training_mi_term(memory: int, split: float, t_steps: int, lr_t: float, hidde
             mi.train_critic(est, opt, z_e[ids], z_i[ids], ids, t_steps, pairs, g, critic=own)
             if int((~own).sum()) >= 2:
                 with torch.no_grad():
-                    values.append(mi.mi_penalty(est, z_e[ids][~own], z_i[ids][~own]).item())
+                    values.append(mi.mi_penalty(est, est(z_e[ids][~own], z_i[ids][~own])).item())
     return sum(values[-50:]) / 50
 
 
 def test_training_mi_term_is_zero_under_independence():
-    import train
-
-    a = train.parse_args(["--dataset", "synthetic"])
-    value = training_mi_term(a.mi_memory, a.mi_split, a.t_steps, a.lr_t, a.mi_hidden)
+    """The 'memory' procedure (train.py --mi-procedure memory --estimator mine --mi-critic mlp
+    --mi-hidden 512: 8 batches, half the clips T_θ's, 10 steps at 1e-3)."""
+    value = training_mi_term(8, 0.5, 10, 1e-3, 512)
     assert abs(value) <= 0.15, value
     # The paper's procedure (T_θ trained on the batch it scores) reads MI where there is none:
     # the check above can fail.
-    assert training_mi_term(0, 0.0, a.t_steps, a.lr_t, a.mi_hidden) >= 0.3
+    assert training_mi_term(0, 0.0, 10, 1e-3, 512) >= 0.3
 
 
 def test_heldout_mi_of_evaluate_is_zero_under_independence():
@@ -301,3 +300,121 @@ def test_heldout_mi_of_known_mi():
     x, y = mi.correlated_gaussians(N, D, 2.0, torch.Generator().manual_seed(0))
     value = mi.heldout_mi(x[:8000], y[:8000], x[8000:], y[8000:], "mine", **TRAIN)
     check_two_nats(value)
+
+
+# --- pair matrices, the clip table and its MI term ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pair_matrix_bounds_equal_the_batch_estimates(name):
+    """``bound`` on the pair matrix with the all-pairs mask is the estimator's own value (MINE's
+    roll mask: the shifted diagonal)."""
+    torch.manual_seed(0)
+    est = mi.build_estimator(name, 5, 3, hidden=8)
+    z_e, z_i = torch.randn(9, 5), torch.randn(9, 3)
+    pairs = est.pair_scores(z_e, z_i)
+    torch.testing.assert_close(pairs.diagonal(), est.joint_scores(z_e, z_i))
+    mask = ~torch.eye(9, dtype=torch.bool)
+    if name == "mine":
+        mask = torch.roll(torch.eye(9, dtype=torch.bool), 1, dims=1)
+    torch.testing.assert_close(est.bound(pairs.diagonal(), pairs, mask), est(z_e, z_i))
+
+
+def test_club_pair_scores_are_gaussian_log_likelihoods():
+    torch.manual_seed(0)
+    est = mi.CLUB(4, 3, hidden=8)
+    z_e, z_i = torch.randn(5, 4), torch.randn(6, 3)
+    mu, logvar = est.mu(z_e), est.logvar(z_e)
+    normal = torch.distributions.Normal(mu[:, None, :], torch.exp(0.5 * logvar)[:, None, :])
+    torch.testing.assert_close(est.pair_scores(z_e, z_i), normal.log_prob(z_i[None]).sum(-1))
+
+
+def test_ridge_club_fit_is_the_ridge_regression():
+    g = torch.Generator().manual_seed(0)
+    z_e = torch.randn(200, 6, generator=g)
+    z_i = z_e[:, :2] @ torch.randn(2, 3, generator=g) + 0.1 * torch.randn(200, 3, generator=g)
+    est = mi.CLUB(6, 3, critic="ridge", ridge=1e-6)
+    est.fit(z_e, z_i)
+    x = torch.cat([z_e, torch.ones(200, 1)], 1)
+    coef = torch.linalg.lstsq(x, z_i).solution
+    torch.testing.assert_close(est.mu.weight.T, coef[:6], atol=1e-4, rtol=0)
+    assert not any(p.requires_grad for p in est.parameters())
+
+
+def table_of(n_subjects: int, clips: int, labels_per_subject: int = 2, **kw) -> mi.ClipTable:
+    subjects = torch.arange(n_subjects).repeat_interleave(clips)
+    labels = (subjects + torch.arange(len(subjects)) % labels_per_subject) % 3
+    z_i = torch.randn(len(subjects), 8, generator=torch.Generator().manual_seed(0))
+    return mi.ClipTable(z_i, subjects, labels, torch.ones(len(subjects), dtype=torch.bool), **kw)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_table_partners_are_other_subjects_of_the_same_label_when_conditional(conditional):
+    t = table_of(5, 4, conditional=conditional)
+    rows, cols = torch.arange(20), torch.arange(20)
+    ok = t.partners(rows, cols)
+    s, y = t.subjects, t.labels
+    assert not ok[s[:, None] == s[None, :]].any()
+    assert ok[(s[:, None] != s[None, :]) & (y[:, None] == y[None, :])].all()
+    assert ok[y[:, None] != y[None, :]].any() != conditional
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_placebo_permutes_z_i_across_clips(conditional):
+    real, placebo = table_of(5, 4), table_of(5, 4, placebo=True, conditional=conditional)
+    order = [torch.nonzero((real.z_i == row).all(1)).item() for row in placebo.z_i]
+    assert sorted(order) == list(range(20)) and order != list(range(20))
+    if conditional:  # within each label: I(z_E; z_I | y) is 0 too
+        assert (real.labels[order] == real.labels).all()
+
+
+def table_game(dependent: bool, placebo: bool = False, steps: int = 60) -> tuple[float, float]:
+    """The default procedure's MI term on recurring clips whose z_E carries (or not) a linear
+    copy of z_I: mean over the last steps, and the share of steps with a gradient."""
+    g = torch.Generator().manual_seed(0)
+    n, subjects = 176, torch.arange(176)
+    z_i = torch.randn(n, 32, generator=g)
+    z_e = torch.randn(n, 64, generator=g)
+    if dependent:
+        z_e[:, :8] += 0.7 * z_i[:, :8]
+    table = mi.ClipTable(z_i, subjects, torch.zeros(n), torch.ones(n, dtype=torch.bool),
+                         placebo=placebo, dims=16, generator=g)
+    est = mi.CLUB(64, 16, critic="ridge")
+    values = []
+    while len(values) < steps:
+        for ids in torch.randperm(n, generator=g).split(16):
+            table.update(ids, z_e[ids])
+            table.train_critic(est, None, 1, 64, exclude=ids)
+            z = z_e[ids].clone().requires_grad_()
+            value = table.penalty(est, ids, z, 256, g)
+            value.backward()
+            values.append((value.item(), float(z.grad.norm() > 0)))
+    tail = torch.tensor(values[-30:])
+    return float(tail[:, 0].mean()), float(tail[:, 1].mean())
+
+
+def test_table_mi_term_reads_dependence_and_acts():
+    value, active = table_game(dependent=True)
+    assert value >= 1.0 and active == 1.0, (value, active)
+
+
+@pytest.mark.parametrize("placebo", [False, True])
+def test_table_mi_term_is_near_zero_without_dependence(placebo):
+    """Independent z_E, or the placebo's permuted z_I: q is fitted on every clip but the batch it
+    scores, so it reads no dependence that is not there (dependent: about 2.7 nats)."""
+    value, _ = table_game(dependent=placebo, placebo=placebo)
+    assert abs(value) <= 0.5, value
+
+
+def test_table_mi_term_fitted_on_the_scored_clips_reads_dependence_everywhere(monkeypatch):
+    """The broken variant: q fitted on the batch it scores too reads several nats of MI in
+    independent data (in-sample fit), so the check above can fail."""
+    fit = mi.ClipTable.train_critic
+    monkeypatch.setattr(mi.ClipTable, "train_critic",
+                        lambda self, *a, exclude=None, **k: fit(self, *a, **k))
+    with pytest.raises(AssertionError):
+        test_table_mi_term_is_near_zero_without_dependence(False)
+
+
+def test_agreed_count_without_distributed_is_the_count():
+    assert mi.agreed_count(3) == 3
