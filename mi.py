@@ -308,16 +308,21 @@ class CLUB(nn.Module):
     @torch.no_grad()
     def fit(self, z_e: Tensor, z_i: Tensor) -> None:
         """q fitted exactly: A by ridge regression of z_I on z_E (penalty ``self.ridge`` times
-        the mean eigenvalue of z_E's scatter), σ² the residual variance of each dimension."""
+        the mean eigenvalue of z_E's scatter), σ² the residual sum of squares of each dimension
+        over n − df, df the fit's effective degrees of freedom (its in-sample residuals are too
+        small when z_E has nearly as many dimensions as there are clips)."""
         mu_e, mu_i = z_e.mean(0), z_i.mean(0)
         x, y = z_e - mu_e, z_i - mu_i
         gram = x.T @ x
         lam = self.ridge * gram.diagonal().mean().clamp(min=1e-8)
         a = torch.linalg.solve(gram + lam * torch.eye(len(gram), device=gram.device), x.T @ y)
+        eig = torch.linalg.eigvalsh(gram).clamp(min=0)
+        df = float((eig / (eig + lam)).sum())
         self.mu.weight.copy_(a.T)
         self.mu.bias.copy_(mu_i - mu_e @ a)
-        resid = (y - x @ a).var(0) + 1e-3 * y.var(0).mean()
-        self.log_sigma2.copy_(resid.log())
+        rss = ((y - x @ a) ** 2).sum(0)
+        sigma2 = rss / max(len(x) - 1 - df, 1.0) + 1e-3 * y.var(0).mean()
+        self.log_sigma2.copy_(sigma2.log())
 
     def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """CLUB estimate (nats) over the n joint and the n(n−1) marginal pairs of the batch."""
@@ -559,13 +564,13 @@ class ClipTable:
         """Up to ``steps`` updates of T_θ, each on ``batch_size`` random stored pairs of its own
         clips other than ``exclude`` (the batch about to be scored); a closed-form q is fitted
         once on all of them. Returns how many updates were taken (0 on every rank while any rank
-        has fewer than 2 such clips: ``agreed_count``)."""
+        has fewer than ``batch_size`` such clips: ``agreed_count``)."""
         usable = self.seen & self.own
         if exclude is not None:
             usable[exclude.cpu()] = False
         ready = torch.nonzero(usable).flatten()
-        if self.z_e is None or agreed_count(len(ready), self.z_i.device) < 2:
-            return 0
+        if self.z_e is None or agreed_count(len(ready), self.z_i.device) < max(2, batch_size):
+            return 0  # too few clips yet to learn from: no MI term
         if getattr(estimator, "closed_form", False):  # q fitted exactly on every own clip
             dev = self.z_i.device
             estimator.fit(self.z_e[ready.to(dev)], self.z_i[ready.to(dev)])

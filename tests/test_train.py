@@ -346,7 +346,7 @@ def test_killed_run_resumes_to_the_same_state(data, tmp_path):
     (["--mi-procedure", "memory", "--estimator", "mine", "--mi-split", "0.1"], "memory"),
     # the default procedure, its table and diagnostics (batches of 2: T_θ has clips to learn on
     # at the second step of each rank)
-    (["--batch-size", "2"], "mic+resnet6"),
+    (["--batch-size", "2", "--mi-batch", "2"], "mic+resnet6"),
 ])
 def test_torchrun_two_gloo_processes(data, tmp_path, flags, variant):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
