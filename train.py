@@ -91,8 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "recent batches of its clips, the MI term on the batch's others), "
                         "'paper' (T_θ on the batch it scores)")
     p.add_argument("--mi-critic", choices=mi.CRITIC_NAMES,
-                   help="T_θ's form: for MINE, NWJ, InfoNCE 'separable' g(z_E)·h(z_I) "
-                        "(default) or 'mlp' (the reproduction's); for CLUB's q(z_I | z_E) "
+                   help="T_θ's form: for MINE, NWJ, InfoNCE 'mlp' (default, the "
+                        "reproduction's) or 'separable' g(z_E)·h(z_I); for CLUB's q(z_I | z_E) "
                         "'ridge' (default: linear-Gaussian, fitted in closed form on T_θ's "
                         "clips every step), 'linear' (the same by gradient steps) or 'mlp'")
     p.add_argument("--t-steps", type=int, default=10,
@@ -118,8 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="I(z_E; z_I | y): marginal partners of the same label and another "
                         "subject ('table')")
     p.add_argument("--lr-t", type=float, default=1e-3, help="T_θ's learning rate (constant)")
-    p.add_argument("--mi-hidden", type=int, default=16,
-                   help="width of T_θ (the separable critic's rank)")
+    p.add_argument("--mi-hidden", type=int, default=512,
+                   help="width of T_θ (the separable critic's rank; not used by the ridge q)")
     p.add_argument("--no-mi", action="store_true", help="MIC−MI: no MI term in the loss")
     p.add_argument("--adv", action="store_true", help="identity adversary behind gradient reversal")
     p.add_argument("--no-rec", action="store_true", help="MIC−Î: no reconstruction term")
@@ -221,7 +221,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     club = args.estimator == "club"
     if args.mi_critic is None:
         args.mi_critic = ("ridge" if args.mi_procedure == "table" else "linear") if club \
-            else "separable"
+            else "mlp"
     if args.mi_critic == "ridge" and args.mi_procedure != "table":
         p.error("--mi-critic ridge is fitted on the table: it needs --mi-procedure table")
     if (args.mi_critic in ("linear", "ridge")) != club and args.mi_critic != "mlp":
@@ -834,7 +834,9 @@ def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim
     loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
     read = {**terms, "loss": loss}
     if raw is not None:
-        read.update(mi_raw=raw, **mi_gradients(out["z_e"], terms, weights["mi"]))
+        forward = step_fn.module if isinstance(step_fn, DistributedDataParallel) else step_fn
+        read.update(mi_raw=raw, **mi_gradients(out, terms, weights["mi"],
+                                               forward.model.classifier[-1].weight))
     # every term and the loss read once (one device sync), checked before the update
     values = dict(zip(read, torch.stack([v.detach().float() for v in read.values()]).tolist(),
                       strict=True))
@@ -870,16 +872,18 @@ def mi_estimate(critic: Critic, z_e: torch.Tensor, z_i: torch.Tensor, ids: torch
     return critic.estimator(z_e[scored], z_i[scored]) if int(scored.sum()) >= 2 else None
 
 
-def mi_gradients(z_e: torch.Tensor, terms: dict[str, torch.Tensor], alpha: float
-                 ) -> dict[str, torch.Tensor]:
+def mi_gradients(out: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], alpha: float,
+                 head: torch.Tensor) -> dict[str, torch.Tensor]:
     """Is the MI term acting? `mi_active`: 1 when α·MI gives z_E a non-zero gradient this step;
     `mi_grad_ratio`: ‖α ∇_{z_E} MI‖ / ‖∇_{z_E} L_CE‖ (absent for MIC − MI, whose MI term is
-    not in the loss)."""
+    not in the loss). ∇_{z_E} L_CE is taken through the classifier's weights `head` (without
+    its dropout mask), which also holds under DDP, whose outputs are no longer each other's
+    graph."""
     if not alpha or not terms["mi"].requires_grad:
-        return {"mi_active": z_e.new_zeros(())}
-    (g_mi,) = torch.autograd.grad(alpha * terms["mi"], z_e, retain_graph=True)
-    (g_ce,) = torch.autograd.grad(terms["ce"], z_e, retain_graph=True)
-    norm_mi, norm_ce = g_mi.float().norm(), g_ce.float().norm()
+        return {"mi_active": out["z_e"].new_zeros(())}
+    (g_mi,) = torch.autograd.grad(alpha * terms["mi"], out["z_e"], retain_graph=True)
+    (g_logits,) = torch.autograd.grad(terms["ce"], out["logits"], retain_graph=True)
+    norm_mi, norm_ce = g_mi.float().norm(), (g_logits.float() @ head.float()).norm()
     return {"mi_active": (norm_mi > 0).float(), "mi_grad_ratio": norm_mi / norm_ce.clamp(min=1e-12)}
 
 
