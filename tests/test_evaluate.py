@@ -84,10 +84,10 @@ def test_speed_step_uses_any_checkpoint_or_is_skipped_after_the_tables(tiny_run,
     assert res["speed"] and res["speed_skipped"] == "" and "speed" in res["variants"][0]
     for ckpt in run.glob("*/*/ckpt.pt"):  # old checkpoints: a relative root
         state = torch.load(ckpt, weights_only=True)
-        state["config"] = json.dumps({**json.loads(state["config"]), "root": "data/synthetic"})
+        state["config"] = json.dumps({**json.loads(state["config"]), "root": "data/not-made-here"})
         torch.save(state, ckpt)
     evaluate.main([str(run), "--speed-clips", "1"])
-    assert "speed step skipped: the data of the checkpoints, data/synthetic/index.csv, is not " \
+    assert "speed step skipped: the data of the checkpoints, data/not-made-here/index.csv, is not " \
            "found (a relative root" in capsys.readouterr().out
     (run / "mic+resnet6" / "fold1" / "ckpt.pt").write_bytes(b"")
     (run / "results.json").unlink()
