@@ -18,7 +18,9 @@ from typing import Any, BinaryIO
 
 import av
 import numpy as np
+import torch
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from datasets import IMAGE_EXTS, VIDEO_EXTS, frame_files, is_frame_folder
@@ -46,6 +48,49 @@ def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
     return frames, rate
 
 
+def _max_along(x: torch.Tensor, dim: int, k: int, s: int) -> torch.Tensor:
+    """Max over windows of `k` every `s` along `dim`, the last one ending past the end (ceil
+    mode, no padding): maxima of strided slices, in place on a copy of the first."""
+    n = x.shape[dim]
+    o = -(-(n - k) // s) + 1
+    o -= (o - 1) * s >= n  # no window starting past the end
+    idx = [slice(None)] * x.dim()
+    idx[dim] = slice(0, (o - 1) * s + 1, s)
+    out = x[tuple(idx)].clone()
+    for i in range(1, k):
+        idx[dim] = slice(i, None, s)
+        v = x[tuple(idx)].narrow(dim, 0, min(o, -(-(n - i) // s)))
+        part = out.narrow(dim, 0, v.shape[dim])
+        torch.maximum(part, v, out=part)
+    return out
+
+
+class MaxPool(nn.Module):
+    """`nn.MaxPool2d(k, s, ceil_mode=True)` without padding, with the very same output (a max
+    is exact), 3-4 times faster on CPU: torch's kernel is slow on MTCNN's many small maps."""
+
+    def __init__(self, k: int, s: int) -> None:
+        super().__init__()
+        self.k, self.s = k, s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _max_along(_max_along(x, -2, self.k, self.s), -1, self.k, self.s)
+
+
+def detector(device: str = "cpu") -> Any:
+    """facenet-pytorch's MTCNN as `face_box` takes it (the largest face, boxes unprocessed),
+    its max-pool layers replaced by `MaxPool`: the same detections, in three quarters of the
+    time. (Importing facenet_pytorch, which imports torchvision, takes seconds: done here.)"""
+    from facenet_pytorch import MTCNN
+
+    mtcnn = MTCNN(select_largest=True, post_process=False, device=device)
+    for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):
+        for name, layer in list(net.named_children()):
+            if isinstance(layer, nn.MaxPool2d) and layer.ceil_mode and layer.padding == 0:
+                setattr(net, name, MaxPool(layer.kernel_size, layer.stride))
+    return mtcnn
+
+
 def detect_indices(num_frames: int, detect_frames: int = 16) -> list[int]:
     """The frames `face_box` detects faces in: up to ``detect_frames`` evenly spaced ones."""
     picks = np.linspace(0, num_frames - 1, min(detect_frames, num_frames)).round()
@@ -61,10 +106,11 @@ def face_box(
 ) -> tuple[int, int, int, int] | None:
     """One square crop box (x0, y0, x1, y1) for a clip, or None if no face is found.
 
-    The largest face is detected (``detector``: facenet-pytorch ``MTCNN``) in up to
-    ``detect_frames`` evenly spaced frames; the box is the per-coordinate median of the
-    detections kept (probability >= ``min_prob``), made square on its longer side, enlarged by
-    ``margin`` (0.3 = 30 %), of even side, shifted inside the frame (shrunk if larger)."""
+    The largest face is detected (``detector``: facenet-pytorch's ``MTCNN``, as `detector`
+    makes it) in up to ``detect_frames`` evenly spaced frames; the box is the per-coordinate
+    median of the detections kept (probability >= ``min_prob``), made square on its longer side,
+    enlarged by ``margin`` (0.3 = 30 %), of even side, shifted inside the frame (shrunk if
+    larger)."""
     picks = detect_indices(len(frames), detect_frames)
     boxes, probs = detector.detect(np.stack([frames[i] for i in picks]))
     found = [
@@ -166,9 +212,7 @@ def crop_tree(
             (clips if p.suffix.lower() in VIDEO_EXTS else others).append(p)
     if not clips:
         raise FileNotFoundError(f"no video or frame folder under {src}")
-    from facenet_pytorch import MTCNN  # here: importing it (torchvision) costs seconds
-
-    detector = MTCNN(select_largest=True, post_process=False, device=device)
+    mtcnn = detector(device)
     result = CropResult()
     rows = []
     for clip in tqdm(clips, desc="cropping faces", unit="clip"):
@@ -180,7 +224,7 @@ def crop_tree(
         except (OSError, ValueError, av.error.FFmpegError) as exc:
             result.unreadable.append(f"{rel} ({exc})")
             continue
-        box = face_box(frames, detector, margin, detect_frames, min_prob)
+        box = face_box(frames, mtcnn, margin, detect_frames, min_prob)
         if box is None:
             result.no_face.append(str(rel))
             rows.append([str(rel), "", "", "", "", "", len(frames)])
