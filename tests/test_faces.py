@@ -118,7 +118,7 @@ def test_detector_finds_what_facenet_mtcnn_finds(tmp_path: Path) -> None:
     """`faces.detector` (facenet-pytorch's MTCNN with faster max pools) gives its detections
     bit for bit, on the astronaut over grey and over grain (many candidates), so the crop box
     of `datasets.py crop` and predict.py is the one of plain MTCNN; `MaxPool` is MaxPool2d's
-    ceil mode on even and odd sides."""
+    padding and ceil mode on even and odd sides."""
     import torch
     from facenet_pytorch import MTCNN
 
@@ -134,7 +134,10 @@ def test_detector_finds_what_facenet_mtcnn_finds(tmp_path: Path) -> None:
             assert np.array_equal(a, b) and np.array_equal(pa, pb)
     assert faces.face_box(frames, fast) == faces.face_box(frames, plain) is not None
     x = torch.randn(2, 3, 23, 30)
-    for k, s in ((2, 2), (3, 2), (3, 3)):
-        for part in (x, x[:, :, :22, :29]):
-            want_t = torch.nn.MaxPool2d(k, s, ceil_mode=True)(part)
-            assert torch.equal(faces.MaxPool(k, s)(part), want_t)
+    for k, s, p in ((2, 2, 0), (3, 2, 0), (3, 3, 0), (3, 2, 1), (2, 1, 1)):
+        for ceil in (True, False):
+            layer = torch.nn.MaxPool2d(k, s, p, ceil_mode=ceil)
+            fast = faces.fast_max_pools(torch.nn.Sequential(layer))[0]
+            assert isinstance(fast, faces.MaxPool)
+            for part in (x, x[:, :, :22, :29]):
+                assert torch.equal(fast(part), layer(part)), (k, s, p, ceil)
