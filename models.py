@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from facenet_pytorch import InceptionResnetV1
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
-import identity_weights
+# torchvision, facenet_pytorch and identity_weights (which imports facenet_pytorch) are imported
+# where they are used: torchvision's import alone takes seconds (it loads torch._dynamo), which
+# predict.py spends otherwise on other work.
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,8 @@ class ResNet6(nn.Module):
     """
 
     def __init__(self) -> None:
+        from torchvision.models.resnet import BasicBlock
+
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -113,6 +114,10 @@ def imagenet_weights(name: str) -> str:
     """The file of torchvision's ImageNet weights (IMAGENET1K_V1) for backbone `name` (resnet6:
     resnet18's) in torch's hub cache, downloaded there once where the machine is online; offline
     and not cached, a FileNotFoundError naming the file and the folder to put it in."""
+    import torchvision
+
+    import identity_weights
+
     tv = "resnet18" if name == "resnet6" else name
     url = torchvision.models.get_model_weights(tv).IMAGENET1K_V1.url
     path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
@@ -154,6 +159,8 @@ def build_backbone(
     """
     if name not in BACKBONE_DIMS:
         raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONE_DIMS)}")
+    import torchvision
+
     net = ResNet6() if name == "resnet6" else getattr(torchvision.models, name)()
     path = imagenet_weights(name) if weights == IMAGENET else weights
     if weights is None and name != "resnet6":
@@ -394,6 +401,10 @@ def build_identity(
     """
     if name not in IDENTITY_DIMS:
         raise ValueError(f"unknown identity network {name!r}; choose from {sorted(IDENTITY_DIMS)}")
+    from facenet_pytorch import InceptionResnetV1
+
+    import identity_weights
+
     choices = f"{', '.join(identity_weights.NAMED)}, a file path or {RANDOM!r}"
     if weights is None:
         raise ValueError(f"build_identity({name!r}): pass weights= one of {choices}")

@@ -34,9 +34,11 @@ files, or the decoded frames of the video written losslessly) are re-encoded on 
 that its first frame is an I-frame and its residuals refer to its own frames, not to frames
 before the window. A window's input is bit-identical to that of the same frames given alone
 (tested: a clip alone and preceded by other frames). Face crops are re-encoded in this process
-(`reencode_avi`: reencode.sh's encoder and settings through PyAV; the stream is reencode.sh's
-byte for byte but for the encoder's version string, tested), window by window as the frames
-are read; with --no-crop the windows go through one reencode.sh run (all cores in parallel).
+(`_Reencoding`: `faces.VideoWriter`'s encoder, then reencode.sh's, through PyAV, frame by frame
+without a file between; the stream is reencode.sh's byte for byte but for the encoder's version
+string, tested), window by window as the frames are read; with --no-crop the windows go through
+one reencode.sh run (all cores in parallel). The checkpoint and MTCNN load in a thread while
+the video decodes.
 
 Frame indices are those of the re-encoded video (the frames of the input, in order). Without
 --stream the face crop decodes the whole video into memory once (about frames × width × height
@@ -49,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import itertools
 import json
 import os
@@ -59,21 +60,23 @@ import sys
 import tempfile
 import zipfile
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import av
 import numpy as np
 import torch
 from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 import coviar
 from datasets import CLASSES, COLUMNS, FOLDS, frame_files
-from faces import VideoWriter, detect_indices, face_box, read_frames, write_video
+from faces import detect_indices, detector, face_box, fast_max_pools, read_frames
 from models import MIC, RANDOM
 from reader import ClipDataset, collate
 
@@ -83,6 +86,7 @@ CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden
 BATCH = 16  # windows per forward pass
 DETECT_FRAMES = 16  # frames MTCNN looks at (faces.face_box's default, as `datasets.py crop`)
 FF_QP2LAMBDA = 118  # libavcodec's lambda of quantiser 1
+T = TypeVar("T")
 SYNTHETIC_WARNING = ("this model was trained on the synthetic set only: it has seen no real "
                      "face, so its predictions on real faces mean little")
 
@@ -112,7 +116,8 @@ class Window:
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[str, Any]]:
-    """The expression model of a train.py checkpoint (eval mode) and its config."""
+    """The expression model of a train.py checkpoint (eval mode; on the CPU with
+    `faces.fast_max_pools`: the same outputs, faster) and its config."""
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -155,7 +160,31 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
                                if not k.startswith(("decoder.", "discriminator."))})
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: its weights do not match its config: {exc}") from exc
-    return model.to(device).eval(), config
+    model = model.to(device).eval()
+    return fast_max_pools(model) if torch.device(device).type == "cpu" else model, config
+
+
+def _load(checkpoint: str | Path, device: str, crop: bool) -> Future:
+    """`load_model` and, with `crop`, `faces.detector`, in a thread: (model, config, detector or
+    None). Their imports (torchvision, facenet_pytorch: seconds that hold the interpreter) run
+    while the caller decodes the video, which PyAV does without holding it."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(lambda: (*load_model(checkpoint, device),
+                                    detector(device) if crop else None))
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _loaded(loading: Future, video_work: Callable[[], T]) -> tuple[tuple[MIC, dict, Any], T]:
+    """The results of `loading` and of `video_work()`, done meanwhile; a bad checkpoint is
+    reported before a bad video, as if the checkpoint were loaded first."""
+    try:
+        done = video_work()
+    except PredictError:
+        loading.result()
+        raise
+    return loading.result(), done
 
 
 def _check_records(path: Path) -> None:
@@ -271,6 +300,19 @@ def _check_input(video: Path) -> list[Path]:
     return []
 
 
+def _decoded(video: Path) -> tuple[list[np.ndarray], float]:
+    """Every RGB frame of a video file or frame folder, and its frame rate (`faces.read_frames`),
+    checked: a readable video of at least 2 frames."""
+    _check_input(video)
+    try:
+        frames, rate = read_frames(video)
+    except (OSError, ValueError, av.error.FFmpegError) as exc:
+        raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: {exc})") from exc
+    if len(frames) < 2:
+        raise VideoError(f"{video}: {len(frames)} frame(s); predict.py needs at least 2 frames")
+    return frames, rate
+
+
 def _rgb_frames(video: Path) -> Iterator[np.ndarray]:
     """The RGB frames of a video file, device or frame folder, one at a time (in the order of
     `faces.read_frames`); a decoding error is a VideoError."""
@@ -298,16 +340,11 @@ def _frame_rate(video: Path) -> float:
         return float(container.streams.video[0].average_rate or 25)
 
 
-def _detector(device: str) -> Any:
-    from facenet_pytorch import MTCNN  # here: importing it (torchvision) costs seconds
-
-    return MTCNN(select_largest=True, post_process=False, device=device)
-
-
-def find_face(video: Path, frames: Sequence[np.ndarray], device: str, margin: float,
+def find_face(video: Path, frames: Sequence[np.ndarray], mtcnn: Any, margin: float,
               min_prob: float) -> tuple[int, int, int, int]:
-    """The face box of a video (`faces.face_box`: MTCNN on 16 evenly spaced frames)."""
-    box = face_box(frames, _detector(device), margin=margin, min_prob=min_prob)
+    """The face box of a video (`faces.face_box`: MTCNN on 16 evenly spaced frames; `mtcnn`
+    from `faces.detector`)."""
+    box = face_box(frames, mtcnn, margin=margin, min_prob=min_prob)
     if box is None:
         raise NoFaceError(
             f"{video}: no face found (MTCNN, probability >= {min_prob}); lower --min-prob, or "
@@ -329,14 +366,13 @@ class _Picked(Sequence):
         return self.frames[i]
 
 
-def stream_box(video: Path, device: str, margin: float,
-               min_prob: float) -> tuple[int, int, int, int]:
-    """The face box of a video read as a stream, in constant memory. A file or folder: the box
-    of the whole video, as without --stream (a first decode counts the frames, a second keeps
-    the 16 detected on); a device: the box of its first 16 frames (read again from there)."""
+def detection_frames(video: Path) -> Sequence[np.ndarray]:
+    """The frames `faces.face_box` looks at of a video read as a stream, in constant memory. A
+    file or folder: those of the whole video, as without --stream (a first decode counts the
+    frames, a second keeps the 16 detected on); a device: its first 16 frames (read again from
+    there)."""
     if _is_device(video):
-        first = list(itertools.islice(_rgb_frames(video), DETECT_FRAMES))
-        return find_face(video, first, device, margin, min_prob)
+        return list(itertools.islice(_rgb_frames(video), DETECT_FRAMES))
     if video.is_dir():
         n = len(frame_files(video))
     else:
@@ -349,8 +385,7 @@ def stream_box(video: Path, device: str, margin: float,
             raise VideoError(f"{video}: not a readable video ({exc})") from exc
     picks = set(detect_indices(n, DETECT_FRAMES)) | {0}
     head = itertools.islice(_rgb_frames(video), max(picks) + 1)
-    kept = {i: f for i, f in enumerate(head) if i in picks}
-    return find_face(video, _Picked(n, kept), device, margin, min_prob)
+    return _Picked(n, {i: f for i, f in enumerate(head) if i in picks})
 
 
 def _mpeg4(width: int, height: int, rate: Fraction) -> Any:
@@ -366,73 +401,98 @@ def _mpeg4(width: int, height: int, rate: Fraction) -> Any:
     return enc
 
 
-def reencode_avi(src: Path | BinaryIO, out: Path) -> int:
-    """Write to `out` the stream reencode.sh makes of the even-sized video `src` (written by
-    `faces.VideoWriter`), in this process: its frames decoded and encoded again with
-    reencode.sh's settings (`_mpeg4`). The stream is reencode.sh's byte for byte but for the
-    encoder's name in the header's user data (this libavcodec's version, not ffmpeg's: tested).
-    Returns the number of frames."""
-    data = bytearray()
-    enc = None
-    n = 0
-    with av.open(src if isinstance(src, io.IOBase) else str(src), format="avi") as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or Fraction(25)
-        for frame in container.decode(stream):
-            if enc is None:
-                enc = _mpeg4(frame.width, frame.height, rate)
-            frame.pts, frame.time_base = n, enc.time_base
+def _writer_encoder(width: int, height: int, rate: float, q: int = 2) -> Any:
+    """The encoder of `faces.VideoWriter` (MPEG-4 Part 2 at the fixed quantiser `q`, with the
+    settings PyAV's add_stream gives it) without its container."""
+    enc = av.CodecContext.create("mpeg4", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.framerate = Fraction(round(rate) or 25)
+    enc.time_base = 1 / enc.framerate
+    enc.bit_rate, enc.bit_rate_tolerance = 0, 128000
+    enc.options = {"qmin": str(q), "qmax": str(q)}
+    return enc
+
+
+class _Reencoding:
+    """The stream reencode.sh makes of what `faces.VideoWriter` writes of a clip, made in this
+    process frame by frame, without a file between: each yuv420p frame (as VideoWriter
+    converts it) is encoded as VideoWriter encodes it, decoded, and encoded again with
+    reencode.sh's settings (`_mpeg4`); the stream goes to `out` as it comes. It is
+    reencode.sh's byte for byte but for the encoder's name in the header's user data (this
+    libavcodec's version, not ffmpeg's: tested)."""
+
+    def __init__(self, out: BinaryIO, width: int, height: int, rate: float) -> None:
+        self.out = out
+        self.writer = _writer_encoder(width, height, rate)
+        self.decoder = av.CodecContext.create("mpeg4", "r")
+        self.encoder = _mpeg4(width, height, self.writer.framerate)
+        self.count = 0
+
+    def _encode(self, frames: Iterable[Any]) -> None:
+        for frame in frames:
+            frame.pts, frame.time_base = self.count, self.encoder.time_base
             frame.pict_type = PictureType.NONE  # the decoder's I-frames are no forced key frames
-            n += 1
-            for packet in enc.encode(frame):
-                data += bytes(packet)
-    if enc is not None:
-        for packet in enc.encode(None):
-            data += bytes(packet)
-    out.write_bytes(data)
-    return n
+            self.count += 1
+            for packet in self.encoder.encode(frame):
+                self.out.write(bytes(packet))
+
+    def add(self, frame: Any, pts: int) -> None:
+        """Add the clip's next frame (yuv420p, its index in the clip `pts`)."""
+        frame.pts = pts
+        for packet in self.writer.encode(frame):
+            self._encode(self.decoder.decode(packet))
+
+    def close(self) -> int:
+        """Flush the three codecs; the number of frames."""
+        for packet in self.writer.encode(None):
+            self._encode(self.decoder.decode(packet))
+        self._encode(self.decoder.decode(None))
+        for packet in self.encoder.encode(None):
+            self.out.write(bytes(packet))
+        return self.count
 
 
 def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int, int, int],
                  rate: float, window: int, stride: int,
                  out: Path) -> Iterator[tuple[str, Window | None]]:
     """Re-encode the face crops of `frames` of `video` into `out`, as reencode.sh would
-    each window's crops alone (`faces.write_video` of them, then `reencode_avi`) and the whole
-    video's: yields (name, window) as each `out/<name>.mp4` is written, the windows of
-    `plan_windows` in order and then ("video", None), the whole video. Memory: a window of crops.
+    each window's crops alone (`faces.write_video` of them, then reencode.sh) and the whole
+    video's (`_Reencoding`): yields (name, window) as each `out/<name>.mp4` is written, the
+    windows of `plan_windows` in order and then ("video", None), the whole video. Each crop is
+    converted to yuv420p once, for its windows and the whole video. Memory: a window of crops.
     """
     x0, y0, x1, y1 = box
-    recent: deque[np.ndarray] = deque(maxlen=window + 1)
-    whole = out / "video.avi"
-    writer = VideoWriter(whole, rate)
+    recent: deque[Any] = deque(maxlen=window + 1)
+    reformatter = VideoReformatter()
     n, last = 0, -1
 
-    def encoded(w: Window, crops: list[np.ndarray]) -> tuple[str, Window]:
-        buf = io.BytesIO()
-        write_video(buf, crops, rate, format="avi")
-        buf.seek(0)
+    def encoded(w: Window, crops: list[Any]) -> tuple[str, Window]:
         name = f"w{w.start:08d}"
-        reencode_avi(buf, out / f"{name}.mp4")
+        with open(out / f"{name}.mp4", "wb") as f:
+            clip = _Reencoding(f, x1 - x0, y1 - y0, rate)
+            for i, crop in enumerate(crops):
+                clip.add(crop, i)
+            clip.close()
         return name, w
 
-    try:
+    with open(out / "video.mp4", "wb") as f:
+        whole = _Reencoding(f, x1 - x0, y1 - y0, rate)
         for frame in frames:
-            crop = frame[y0:y1, x0:x1]
-            writer.write(crop)
+            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[y0:y1, x0:x1]),
+                                             format="rgb24")
+            crop = reformatter.reformat(rgb, format="yuv420p")
+            whole.add(crop, n)
             recent.append(crop)
             n += 1
             s = n - 1 - window  # a window is written once a frame follows it: the last one
             if s >= 0 and s % stride == 0:  # (ending at the last frame) is planned at the end
                 yield encoded(Window(s, s + window), list(recent)[:window])
                 last = s
-    finally:
-        writer.close()
-    if n < 2:
-        raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
-    if n > window and last + window < n:
-        yield encoded(Window(n - window, n), list(recent)[-window:])
-    reencode_avi(whole, out / "video.mp4")
-    whole.unlink()
+        if n < 2:
+            raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
+        if n > window and last + window < n:
+            yield encoded(Window(n - window, n), list(recent)[-window:])
+        whole.close()
     yield "video", None
 
 
@@ -545,34 +605,33 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
     """Expression probabilities of `video` (see the module docstring for the result's keys).
 
     `window` defaults to 2 × num_segments frames, `stride` to half a window."""
-    model, config = load_model(checkpoint, device)
-    window, stride = _settings(config, window, stride)
     video = Path(video)
+    loading = _load(checkpoint, device, crop)
     with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
-        out = Path(tmp) / "out"
+        out, src = Path(tmp) / "out", Path(tmp) / "in"
         if crop:
-            _check_input(video)
-            try:
-                frames, rate = read_frames(video)
-            except (OSError, ValueError, av.error.FFmpegError) as exc:
-                raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: "
-                                 f"{exc})") from exc
-            if len(frames) < 2:
-                raise VideoError(f"{video}: {len(frames)} frame(s); predict.py needs at least 2 "
-                                 "frames")
-            box = find_face(video, frames, device, margin, min_prob)
+            (model, config, mtcnn), (frames, rate) = _loaded(loading, lambda: _decoded(video))
+            window, stride = _settings(config, window, stride)
+            box = find_face(video, frames, mtcnn, margin, min_prob)
             out.mkdir()
             made = list(crop_streams(video, frames, box, rate, window, stride, out))
             del frames
             names = {name: w for name, w in made if w is not None}
             n = _stream(out / "video.mp4", video)
         else:
-            source, src = Source(video), Path(tmp) / "in"
-            source.write(src / "whole", {"video": None})
-            reencode(src / "whole", out, video)
-            n = _stream(out / "video.mp4", video)
-            if n < 2:
-                raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
+            def whole() -> tuple[Source, int]:
+                """The whole video through reencode.sh (another process), while loading."""
+                source = Source(video)
+                source.write(src / "whole", {"video": None})
+                reencode(src / "whole", out, video)
+                n = _stream(out / "video.mp4", video)
+                if n < 2:
+                    raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 "
+                                     "frames")
+                return source, n
+
+            (model, config, _), (source, n) = _loaded(loading, whole)
+            window, stride = _settings(config, window, stride)
             names = {f"w{w.start:08d}": w for w in plan_windows(n, window, stride)}
             if names:
                 source.write(src / "windows", names)
@@ -597,12 +656,17 @@ def predict_stream(video: str | Path, checkpoint: str | Path, window: int | None
     "windows"). A video file or folder gets the windows and probabilities of `predict_video`
     (within 1e-6: one window per batch); a device (/dev/video0) the face box of its first
     frames."""
-    model, config = load_model(checkpoint, device)
-    window, stride = _settings(config, window, stride)
     video = Path(video)
-    if not _is_device(video):
-        _check_input(video)
-    box = stream_box(video, device, margin, min_prob)
+
+    def picked() -> Sequence[np.ndarray]:
+        if not _is_device(video):
+            _check_input(video)
+        return detection_frames(video)
+
+    (model, config, mtcnn), frames = _loaded(_load(checkpoint, device, True), picked)
+    window, stride = _settings(config, window, stride)
+    box = find_face(video, frames, mtcnn, margin, min_prob)
+    del frames
     classes = list(config["class_names"])
     with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
         out = Path(tmp)

@@ -11,17 +11,22 @@ trained ones), measured in the same run, interleaved, median wall time of the re
   4 frames), the whole command with the interpreter's start and the imports;
 * the same with `--stream` (JSON lines) and with `--no-crop`.
 
-Printed: each time and its ratio to the floor. Target: predict.py at the defaults <= 5 x the
-floor (PASS/FAIL; the exit status is 1 if it fails).
+Printed: each median wall time and its ratio to the floor, and the same of CPU time (user +
+system, all threads and child processes: steadier than wall time on a loaded machine).
+Target: predict.py at the defaults <= 5 x the floor in wall time (PASS/FAIL for the last
+--predict; the exit status is 1 if it fails). Several --predict (another version's, to
+compare) are timed in the same rounds, interleaved: on a shared machine only ratios of one run
+compare.
 
     .venv/bin/python benchmarks/predict.py [--seconds 20 --repeats 3]
-    .venv/bin/python benchmarks/predict.py --predict OLD/predict.py --cases defaults  # before
+    .venv/bin/python benchmarks/predict.py --predict OLD/predict.py --predict predict.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -102,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=20.0, help="length of the clip (default 20)")
     p.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
-    p.add_argument("--predict", type=Path, default=ROOT / "predict.py",
-                   help="the predict.py to time (another version's, to compare)")
+    p.add_argument("--predict", type=Path, action="append",
+                   help="a predict.py to time, repeatable (default: this one's)")
     p.add_argument("--cases", default="defaults,--stream,--no-crop",
                    help="comma-separated cases among defaults, --stream, --no-crop")
     args = p.parse_args(argv)
@@ -111,32 +116,45 @@ def main(argv: list[str] | None = None) -> int:
         video = face_video(Path(tmp) / "face.mp4", args.seconds)
         ckpt = demo_checkpoint(Path(tmp) / "ckpt.pt")
         frames = decode_rgb(video)
-        base = [sys.executable, str(args.predict), str(video), "--checkpoint", str(ckpt),
-                "--device", "cpu"]
-        cases = {"defaults": base, "--stream": [*base, "--stream"],
-                 "--no-crop": [*base, "--no-crop"]}
-        cases = {name: cases[name] for name in args.cases.split(",")}
+        scripts = args.predict or [ROOT / "predict.py"]
+        cases = {}
+        for k, script in enumerate(scripts):
+            base = [sys.executable, str(script), str(video), "--checkpoint", str(ckpt),
+                    "--device", "cpu"]
+            flags = {"defaults": [], "--stream": ["--stream"], "--no-crop": ["--no-crop"]}
+            for name in args.cases.split(","):
+                cases[f"{k}:{name}" if len(scripts) > 1 else name] = [*base, *flags[name]]
         times: dict[str, list[float]] = {"decode": [], **{name: [] for name in cases}}
+        cpu: dict[str, list[float]] = {name: [] for name in times}
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start, used = time.perf_counter(), time.process_time()
             decode_rgb(video)
             times["decode"].append(time.perf_counter() - start)
+            cpu["decode"].append(time.process_time() - used)
             for name, cmd in cases.items():
-                start = time.perf_counter()
+                start, before = time.perf_counter(), os.times()
                 subprocess.run(cmd, check=True, capture_output=True)
                 times[name].append(time.perf_counter() - start)
-        floor = statistics.median(times["decode"])
+                after = os.times()
+                cpu[name].append(after.children_user - before.children_user
+                                 + after.children_system - before.children_system)
+        floor, cpu_floor = statistics.median(times["decode"]), statistics.median(cpu["decode"])
         with av.open(str(video)) as container:
             codec = container.streams.video[0].codec_context.name
-        print(f"{args.predict}; clip: {frames} frames {WIDTH}x{HEIGHT} ({args.seconds:g} s, "
-              f"{codec}, {video.stat().st_size / 1e6:.2f} MB)")
-        print(f"{'case':<12} {'seconds':>8} {'x decode':>9} {'x real time':>12}")
+        for k, script in enumerate(scripts):
+            print(f"{k}: {script}" if len(scripts) > 1 else script)
+        print(f"clip: {frames} frames {WIDTH}x{HEIGHT} ({args.seconds:g} s, {codec}, "
+              f"{video.stat().st_size / 1e6:.2f} MB)")
+        print(f"{'case':<12} {'seconds':>8} {'x decode':>9} {'x real time':>12} "
+              f"{'cpu s':>7} {'x decode cpu':>13}")
         for name, ts in times.items():
-            t = statistics.median(ts)
-            print(f"{name:<12} {t:8.2f} {t / floor:9.2f} {args.seconds / t:12.1f}")
-        if "defaults" not in times:
+            t, c = statistics.median(ts), statistics.median(cpu[name])
+            print(f"{name:<12} {t:8.2f} {t / floor:9.2f} {args.seconds / t:12.1f} {c:7.2f} "
+                  f"{c / cpu_floor:13.2f}")
+        last = f"{len(scripts) - 1}:defaults" if len(scripts) > 1 else "defaults"
+        if last not in times:
             return 0
-        ratio = statistics.median(times["defaults"]) / floor
+        ratio = statistics.median(times[last]) / floor
         ok = ratio <= MAX_RATIO
         print(f"{'PASS' if ok else 'FAIL'}: predict.py at the defaults = {ratio:.2f} x decoding "
               f"to RGB (target <= {MAX_RATIO:g})")

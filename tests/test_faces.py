@@ -112,3 +112,32 @@ def test_crop_refuses_out_and_in_inside_one_another(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "must not lie inside" in err and err.count("\n") == 1
     assert {p: p.read_bytes() for p in top.rglob("*") if p.is_file()} == before
+
+
+def test_detector_finds_what_facenet_mtcnn_finds(tmp_path: Path) -> None:
+    """`faces.detector` (facenet-pytorch's MTCNN with faster max pools) gives its detections
+    bit for bit, on the astronaut over grey and over grain (many candidates), so the crop box
+    of `datasets.py crop` and predict.py is the one of plain MTCNN; `MaxPool` is MaxPool2d's
+    padding and ceil mode on even and odd sides."""
+    import torch
+    from facenet_pytorch import MTCNN
+
+    astronaut_clip(tmp_path / "a.avi", frames=3)
+    frames, _ = faces.read_frames(tmp_path / "a.avi")
+    rng = np.random.default_rng(0)
+    grain = [np.clip(f + rng.normal(0, 12, f.shape), 0, 255).astype(np.uint8) for f in frames]
+    plain = MTCNN(select_largest=True, post_process=False)
+    fast = faces.detector()
+    for imgs in (np.stack(frames), np.stack(grain)):
+        (want, want_p), (got, got_p) = plain.detect(imgs), fast.detect(imgs)
+        for a, b, pa, pb in zip(want, got, want_p, got_p, strict=True):
+            assert np.array_equal(a, b) and np.array_equal(pa, pb)
+    assert faces.face_box(frames, fast) == faces.face_box(frames, plain) is not None
+    x = torch.randn(2, 3, 23, 30)
+    for k, s, p in ((2, 2, 0), (3, 2, 0), (3, 3, 0), (3, 2, 1), (2, 1, 1)):
+        for ceil in (True, False):
+            layer = torch.nn.MaxPool2d(k, s, p, ceil_mode=ceil)
+            fast = faces.fast_max_pools(torch.nn.Sequential(layer))[0]
+            assert isinstance(fast, faces.MaxPool)
+            for part in (x, x[:, :, :22, :29]):
+                assert torch.equal(fast(part), layer(part)), (k, s, p, ceil)

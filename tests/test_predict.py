@@ -377,3 +377,27 @@ def test_a_compressed_record_is_refused_before_loading(tmp_path, capsys, monkeyp
     monkeypatch.setattr(predict.torch, "load", lambda *a, **k: pytest.fail("loaded"))
     assert predict.main([str(tmp_path / "x.mp4"), "--checkpoint", str(path)]) == 1
     assert "refused before loading" in capsys.readouterr().err
+
+
+def test_import_leaves_torchvision_for_the_loading_thread():
+    """`import predict` does not import torchvision nor facenet_pytorch (seconds): the thread
+    that loads the checkpoint and MTCNN does, while the video decodes."""
+    code = ("import sys, predict; print(sorted(m for m in ('torchvision', 'facenet_pytorch', "
+            "'identity_weights') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    assert proc.stdout.split() == ["[]"]
+
+
+def test_fast_pools_give_the_model_s_outputs(ckpt, monkeypatch):
+    """load_model's model (on the CPU, `faces.fast_max_pools`) gives the logits of the model as
+    built, bit for bit."""
+    model, config = predict.load_model(ckpt)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert any(isinstance(m, faces.MaxPool) for m in model.modules())
+    monkeypatch.setattr(predict, "fast_max_pools", lambda m: m)
+    plain, _ = predict.load_model(ckpt)
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in plain.modules())
+    x = torch.randn(3, config["num_segments"], 3, config["size"], config["size"])
+    with torch.no_grad():
+        assert torch.equal(model(x, None)["logits"], plain(x, None)["logits"])
