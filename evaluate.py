@@ -60,6 +60,9 @@ PAPER_ROWS = {
 # principal components and the critic is small and briefly trained (measured: its value on
 # independent features of the demo's dimensions is 0.00 ± 0.01 nats, tests/test_mi.py).
 MI_KW = dict(dims=8, steps=200, hidden=32, lr=1e-3)
+# The held-out dependence test of z_E on z_I (`dependence_null`): z_I's principal components
+# kept by the ridge (None: all), permutations of the null.
+DEPENDENCE = dict(zi_dims=None, permutations=1000)
 
 
 def paper_row(variant: str) -> str:
@@ -149,6 +152,111 @@ def heldout_mi_pair(f: np.lib.npyio.NpzFile, seed: int = 0) -> tuple[float, floa
                           **MI_KW),
             mi.heldout_mi(f["train_z"], f["train_zi"], f["test_z"], f["test_zi"][shuffled],
                           seed=seed, **MI_KW))
+
+
+def _zscore(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both centred and scaled by the training set's mean and sd, in float64."""
+    train, test = np.asarray(train, np.float64), np.asarray(test, np.float64)
+    mu, sd = train.mean(0), train.std(0) + 1e-8
+    return (train - mu) / sd, (test - mu) / sd
+
+
+RIDGES = np.array([*np.logspace(-3, 1, 9), np.inf])  # ridge grid, × the largest eigenvalue
+
+
+def _ridge_path(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray) -> np.ndarray:
+    """``(len(RIDGES), n_new, d_y)`` predictions at ``x_new`` of the ridge regressions
+    y ~ x fit on (``x_fit``, ``y_fit``), one per ridge of ``RIDGES`` (the last: predicts 0)."""
+    u, s, vt = np.linalg.svd(x_fit, full_matrices=False)
+    a, uy = x_new @ vt.T, u.T @ y_fit
+    shrink = s / (s**2 + s[0] ** 2 * RIDGES[:, None])
+    return np.einsum("nr,lr,rq->lnq", a, shrink, uy, optimize=True)
+
+
+def ridge_cross(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarray,
+                test_zi: np.ndarray, train_groups: np.ndarray | None = None,
+                zi_dims: int | None = DEPENDENCE["zi_dims"], folds: int = 5) -> np.ndarray:
+    """``M (n_test, n_test)``, ``M[i, j]`` = the prediction of z_I from test clip i's z_E · test
+    clip j's z_I. The prediction is a ridge regression z_E → z_I fit on the training clips (both
+    standardised by them, z_I on its first ``zi_dims`` principal components), with a ridge per
+    z_I coordinate chosen by ``folds``-fold cross-validation over ``train_groups`` (the training
+    clips' subjects: a subject's clips are never split, so that coincidences within a subject do
+    not pass for a dependence); a coordinate z_E does not predict gets the prediction 0. The
+    held-out statistic is ``trace(M)``."""
+    x_tr, x_te = _zscore(train_z, test_z)
+    y_tr, y_te = (a.numpy() for a in mi._standardise(
+        torch.as_tensor(train_zi, dtype=torch.float64),
+        torch.as_tensor(test_zi, dtype=torch.float64), zi_dims))
+    groups = np.arange(len(x_tr)) if train_groups is None else np.asarray(train_groups)
+    _, g = np.unique(groups, return_inverse=True)
+    fold = np.random.default_rng(0).permutation(g.max() + 1)[g] % folds
+    error = np.zeros((len(RIDGES), y_tr.shape[1]))
+    for k in range(folds):
+        held = fold == k
+        if held.all() or not held.any():
+            continue
+        error += ((_ridge_path(x_tr[~held], y_tr[~held], x_tr[held]) - y_tr[held]) ** 2).sum(1)
+    pred = _ridge_path(x_tr, y_tr, x_te)[error.argmin(0), :, np.arange(y_tr.shape[1])]
+    return pred.T @ y_te.T
+
+
+def permutations(n: int, count: int, rng: np.random.Generator,
+                 groups: np.ndarray | None = None) -> np.ndarray:
+    """``(count, n)`` random permutations of the test clips' z_I rows; with ``groups`` (the
+    clips' subjects), whole subjects are exchanged among subjects with as many clips (and
+    shuffled inside), which keeps the null exact when both features cluster by subject."""
+    if groups is None:
+        return np.argsort(rng.random((count, n)), axis=1)
+    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(sizes))]
+    out = np.empty((count, n), int)
+    for b in range(count):
+        for m in np.unique(sizes):
+            same = np.flatnonzero(sizes == m)
+            for g, t in zip(same, rng.permutation(same), strict=True):
+                out[b, members[g]] = rng.permutation(members[t])
+    return out
+
+
+def dependence_null(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarray,
+                    test_zi: np.ndarray, train_groups: np.ndarray | None = None,
+                    groups: np.ndarray | None = None, seed: int = 0,
+                    count: int = DEPENDENCE["permutations"],
+                    zi_dims: int | None = DEPENDENCE["zi_dims"]) -> tuple[float, np.ndarray]:
+    """The held-out dependence statistic of z_E on z_I of one split (`ridge_cross`'s trace) and
+    its permutation null: ``count`` values with the test clips' z_I rows permuted
+    (`permutations`, with ``groups`` the test clips' subjects)."""
+    m = ridge_cross(train_z, train_zi, test_z, test_zi, train_groups, zi_dims)
+    perms = permutations(len(m), count, np.random.default_rng(seed), groups)
+    return float(np.trace(m)), m[np.arange(len(m)), perms].sum(1)
+
+
+def pooled_dependence(per_split: Sequence[tuple[float, np.ndarray]], test: str) -> dict:
+    """Per-split permutation p-values and the pooled one: each split's statistic standardised by
+    the mean and sd of its own null (observed value included, so the standardisation is symmetric
+    in the permutations and the pooled p stays exact), summed over the splits, against the sums of
+    the splits' independent permutations."""
+    zs, rows = [], []
+    for stat, null in per_split:
+        values = np.concatenate([[stat], null])
+        sd = values.std()
+        z = (values - values.mean()) / sd if sd > 0 else np.zeros_like(values)
+        zs.append(z)
+        rows.append({"statistic": stat, "z": float(z[0]),
+                     "p": float((null >= stat).sum() + 1) / (len(null) + 1)})
+    total = np.sum(zs, axis=0)
+    return {"test": test, "statistic": float(total[0]),
+            "p": float((total[1:] >= total[0]).sum() + 1) / len(total), "per_split": rows}
+
+
+def label_residual(train_z: np.ndarray, train_label: np.ndarray, test_z: np.ndarray,
+                   test_label: np.ndarray) -> np.ndarray:
+    """The test clips' z_E minus the mean z_E of the training clips of the same label (labels
+    without training clips: the mean of all training clips)."""
+    means = np.tile(train_z.mean(0), (int(max(train_label.max(), test_label.max())) + 1, 1))
+    for c in np.unique(train_label):
+        means[c] = train_z[train_label == c].mean(0)
+    return test_z - means[test_label]
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
