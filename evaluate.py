@@ -63,6 +63,8 @@ MI_KW = dict(dims=8, steps=200, hidden=32, lr=1e-3)
 # The held-out dependence test of z_E on z_I (`dependence_null`): z_I's principal components
 # kept by the ridge (None: all), permutations of the null.
 DEPENDENCE = dict(zi_dims=None, permutations=1000)
+# The MI term's diagnostics train.py records per epoch in result.json's history.
+DIAGNOSTICS = ("mi_raw", "mi_active", "mi_grad_ratio")
 
 
 def paper_row(variant: str) -> str:
@@ -272,7 +274,8 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
     confusion = np.zeros((n, n), int)
     per: dict[str, list[float]] = {k: [] for k in (
         "war", "uar", "mi", "mi_shuffled", "probe_train", "probe_train_chance", "probe_test",
-        "probe_test_chance", "probe_test_majority")}
+        "probe_test_chance", "probe_test_majority", "probe_resid")}
+    dependence, dependence_splits = [], []
     for d, _ in splits:
         f = np.load(d / "features.npz")
         np.add.at(confusion, (f["test_label"], f["test_pred"]), 1)
@@ -283,6 +286,9 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
             m, m0 = heldout_mi_pair(f)
             per["mi"].append(m)
             per["mi_shuffled"].append(m0)
+            dependence.append(dependence_null(f["train_z"], f["train_zi"], f["test_z"],
+                                              f["test_zi"], f["train_subject"]))
+            dependence_splits.append(d.name)
         acc, chance, _ = identity_probe(f["train_z"], f["train_subject"])
         per["probe_train"].append(acc)
         per["probe_train_chance"].append(chance)
@@ -290,6 +296,8 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
         per["probe_test"].append(acc)
         per["probe_test_chance"].append(chance)
         per["probe_test_majority"].append(majority)
+        per["probe_resid"].append(identity_probe(label_residual(
+            f["train_z"], f["train_label"], f["test_z"], f["test_label"]), f["test_subject"])[0])
     recall = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
     out = {"variant": variant_dir.name, "row": paper_row(variant_dir.name),
            "splits": [d.name for d, _ in splits], "folds": [r["fold"] for r in results],
@@ -297,21 +305,54 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
            "per_class_recall": dict(zip(classes, recall.tolist(), strict=True)),
            "confusion": confusion.tolist(), "classes": classes,
            "pooled_accuracy": float(confusion.diagonal().sum() / confusion.sum()),
-           "identity": results[0].get("identity")}
+           "identity": results[0].get("identity"),
+           "num_test_per_split": [r.get("num_test") for r in results],
+           "num_train_per_split": [r.get("num_train") for r in results]}
+    if dependence:
+        out["dependence"] = pooled_dependence(dependence, "ridge")
+        for row, name in zip(out["dependence"]["per_split"], dependence_splits, strict=True):
+            row["split"] = name
     for key, values in per.items():
         out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(values) if values else (math.nan, 0.0)
     out["mi_per_split"], out["mi_shuffled_per_split"] = per["mi"], per["mi_shuffled"]
     out["probe_test_per_split"] = per["probe_test"]
     out["probe_test_majority_per_split"] = per["probe_test_majority"]
+    out["probe_resid_per_split"] = per["probe_resid"]
+    for key in DIAGNOSTICS:  # the last epoch's, from train.py's history (old runs: NaN)
+        last = [r["history"][-1].get(key) if r.get("history") else None for r in results]
+        values = [math.nan if v is None else float(v) for v in last]
+        out[f"{key}_per_split"] = values
+        out[f"{key}_mean"] = (float(np.nanmean(values)) if np.isfinite(values).any()
+                              else math.nan)
     return out
 
 
-def t_interval(diff: np.ndarray) -> tuple[float, float, list[float], float]:
-    """Mean, sd, t 95 % CI of the mean and the one-sample t-test p (= the paired t-test's)."""
-    mean, sd = float(diff.mean()), float(diff.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(diff) - 1)) * sd / math.sqrt(len(diff))
-    p = float(stats.ttest_1samp(diff, 0.0).pvalue)
-    return mean, sd, [mean - half, mean + half], p if math.isfinite(p) else 1.0
+def t_interval(diff: np.ndarray, ratio: float | None = None
+               ) -> tuple[float, float, list[float], float]:
+    """Mean, sd, t 95 % CI of the mean and the one-sample t-test p (= the paired t-test's).
+    With ``ratio`` = n_test / n_train, the Nadeau–Bengio corrected resampled t-test instead: the
+    variance of the mean sd² / J becomes sd² · (1/J + n_test/n_train), for resampled splits whose
+    training sets overlap (Nadeau & Bengio 2003)."""
+    mean, sd, j = float(diff.mean()), float(diff.std(ddof=1)), len(diff)
+    se = sd * math.sqrt(1 / j + (0.0 if ratio is None else ratio))
+    half = float(stats.t.ppf(0.975, j - 1)) * se
+    if se > 0:
+        p = float(2 * stats.t.sf(abs(mean) / se, j - 1))
+    else:
+        p = 1.0 if mean == 0 else 0.0
+    return mean, sd, [mean - half, mean + half], p
+
+
+def split_size_ratio(a: dict, splits: Sequence[str]) -> float | None:
+    """Mean test clips / mean training clips of ``splits`` (result.json's num_test, num_train),
+    None where a split does not say."""
+    sizes = dict(zip(a["splits"], zip(a.get("num_test_per_split") or [None] * len(a["splits"]),
+                                      a.get("num_train_per_split") or [None] * len(a["splits"]),
+                                      strict=True), strict=True))
+    known = [sizes[s] for s in splits]
+    if any(t is None or not n for t, n in known):
+        return None
+    return float(np.mean([t for t, _ in known]) / np.mean([n for _, n in known]))
 
 
 def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
@@ -319,10 +360,14 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     p-value and the t 95 % CI of the mean, which excludes 0 exactly when p < 0.05 (None with
     fewer than 2 common splits; a split where either value is not finite, a probe with no
     subject of 2 clips say, is left out). (A percentile bootstrap over 10 splits is too narrow:
-    it called −4.2 ± 7.6 points "worse" at p = 0.12.) With several seeds, a fold's splits share
-    their test subjects, so the test is also made over the folds (`a["folds"]`, each split's
-    recorded fold), each the mean of its seeds (`folds`, `fold_ci95`, `fold_p`); the verdict
-    uses that one."""
+    it called −4.2 ± 7.6 points "worse" at p = 0.12.) Beside it, where the splits' sizes are known
+    (`split_size_ratio` of a), the Nadeau–Bengio corrected test (`ci95_corrected`,
+    `p_corrected`): cross-validation folds share most of their training clips, which the plain
+    t-test ignores. With several seeds, a fold's splits share their test subjects, so the test
+    is also made over the folds (`a["folds"]`, each split's recorded fold), each the mean of its
+    seeds (`folds`, `fold_ci95`, `fold_p`, and corrected). The verdict uses the corrected test
+    over the folds, else the corrected one over the splits (the plain ones where sizes are
+    unknown)."""
     va = dict(zip(a["splits"], a[key], strict=True))
     vb = dict(zip(b["splits"], b[key], strict=True))
     common = sorted(s for s in va.keys() & vb.keys()
@@ -333,20 +378,36 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     mean, sd, ci95, p = t_interval(diff)
     out = {"a": a["variant"], "b": b["variant"], "metric": key, "n": len(common),
            "mean": mean, "sd": sd, "ci95": ci95, "p": p}
+    ratio = split_size_ratio(a, common)
+    if ratio is not None:
+        _, _, out["ci95_corrected"], out["p_corrected"] = t_interval(diff, ratio)
+        out["test_train_ratio"] = ratio
     fold = dict(zip(a["splits"], a["folds"], strict=True))
     by_fold: dict[str, list[float]] = {}
     for s, d in zip(common, diff, strict=True):
         by_fold.setdefault(fold[s], []).append(float(d))
     if 2 <= len(by_fold) < len(common):
-        _, _, out["fold_ci95"], out["fold_p"] = t_interval(
-            np.array([np.mean(v) for v in by_fold.values()]))
+        fold_diff = np.array([np.mean(v) for v in by_fold.values()])
+        _, _, out["fold_ci95"], out["fold_p"] = t_interval(fold_diff)
+        if ratio is not None:
+            _, _, out["fold_ci95_corrected"], out["fold_p_corrected"] = t_interval(fold_diff,
+                                                                                   ratio)
         out["folds"] = len(by_fold)
     return out
 
 
+def _decisive(c: dict) -> tuple[str, str]:
+    """The key of the CI the verdict uses (see `paired`) and its name."""
+    key = "fold_ci95" if "folds" in c else "ci95"
+    corrected = f"{key}_corrected" in c
+    return (f"{key}_corrected" if corrected else key,
+            ("Nadeau–Bengio corrected " if corrected else "") + "95 % CI"
+            + (f" over {c['folds']} folds, seeds averaged," if "folds" in c else ""))
+
+
 def verdict(c: dict) -> str:
-    lo, hi = c.get("fold_ci95", c["ci95"])
-    ci = "95 % CI" + (f" over {c['folds']} folds, seeds averaged," if "folds" in c else "")
+    key, ci = _decisive(c)
+    lo, hi = c[key]
     diff = f"{100 * c['mean']:+.2f} points"
     up, down = ("higher", "lower") if c["metric"].startswith("probe") else ("better", "worse")
     if lo > 0:
@@ -356,17 +417,25 @@ def verdict(c: dict) -> str:
     return f"no difference shown between {c['a']} and {c['b']} ({diff}, the {ci} contains 0)"
 
 
-PAIRED_HEAD = ("| metric | splits | mean (points) | sd | 95 % CI (paired t) | p | over the folds, "
-               "seeds averaged: folds, 95 % CI, p |")
+PAIRED_HEAD = ("| metric | splits | mean (points) | sd | 95 % CI (paired t; Nadeau–Bengio "
+               "corrected) | p (plain / corrected) | over the folds, seeds averaged: folds, "
+               "95 % CI (corrected), p (plain / corrected) |")
 
 
 def paired_cells(c: dict) -> str:
-    """The cells of PAIRED_HEAD for one paired difference."""
-    fold = (f"{c['folds']}, [{100 * c['fold_ci95'][0]:+.2f}, {100 * c['fold_ci95'][1]:+.2f}], "
-            f"{c['fold_p']:.3f}" if "folds" in c else "–")
-    return (f"| {c['metric'].split('_')[0]} | {c['n']} | {100 * c['mean']:+.2f} | "
-            f"{100 * c['sd']:.2f} | [{100 * c['ci95'][0]:+.2f}, {100 * c['ci95'][1]:+.2f}] | "
-            f"{c['p']:.3f} | {fold} |")
+    """The cells of PAIRED_HEAD for one paired difference (a corrected value where the sizes
+    of the splits are known, "–" for a corrected p that is not)."""
+    def ci(key: str) -> str:
+        lo, hi = c.get(f"{key}_corrected", c[key])
+        return f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+    def ps(key: str) -> str:
+        corrected = c.get(f"{key}_corrected")
+        return f"{c[key]:.3f} / " + ("–" if corrected is None else f"{corrected:.3f}")
+
+    fold = f"{c['folds']}, {ci('fold_ci95')}, {ps('fold_p')}" if "folds" in c else "–"
+    return (f"| {c['metric'].removesuffix('_per_split')} | {c['n']} | {100 * c['mean']:+.2f} | "
+            f"{100 * c['sd']:.2f} | {ci('ci95')} | {ps('p')} | {fold} |")
 
 
 def comparisons(variants: list[dict]) -> list[dict]:
@@ -379,7 +448,8 @@ def comparisons(variants: list[dict]) -> list[dict]:
         base = by_name.get("mic-mi" + (f"+resnet{backbone}" if sep else ""))
         if base is None or base is v:
             continue
-        for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split"):
+        for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split",
+                    "probe_resid_per_split"):
             c = paired(v, base, key)
             if c is not None:
                 out.append(c)
@@ -391,7 +461,8 @@ def probe_over_majority(v: dict) -> dict | None:
     against the majority baseline of the same splits, paired (splits without a probe left out)."""
     key = "probe_test_per_split"
     probe = {"variant": f"{v['variant']} probe", "splits": v["splits"], "folds": v["folds"],
-             key: v[key]}
+             key: v[key], "num_test_per_split": v.get("num_test_per_split"),
+             "num_train_per_split": v.get("num_train_per_split")}
     return paired(probe, {**probe, "variant": "majority baseline",
                           key: v["probe_test_majority_per_split"]}, key)
 
@@ -481,6 +552,12 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
     return rows
 
 
+def dependence_cell(v: dict) -> str:
+    """The dependence test's pooled z and p, "–" without z_I."""
+    d = v.get("dependence")
+    return "–" if d is None else f"{d['statistic']:.2f}, {d['p']:.3f}"
+
+
 def pct(mean: float, sd: float) -> str:
     return "–" if not math.isfinite(mean) else f"{100 * mean:.1f} ± {100 * sd:.1f}"
 
@@ -491,8 +568,9 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
     lines = [f"# Results of `{run}`", "",
              "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
              "nats | identity probe on z_E, training clips (chance) | on unseen test clips "
-             "(chance / majority) | clips/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(chance / majority) | the same, label-residualised | dependence z_E ~ z_I: "
+             "pooled z, p | MI term, last epoch: raw / active / grad ratio | clips/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         sp = f"{v['speed']['clips_per_s']:.1f}" if "speed" in v else "–"
         mi_text = ("–" if not math.isfinite(v["mi_mean"]) else
@@ -504,11 +582,22 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
             f"({100 * v['probe_train_chance_mean']:.1f}) | "
             f"{pct(v['probe_test_mean'], v['probe_test_sd'])} "
             f"({100 * v['probe_test_chance_mean']:.1f} / "
-            f"{100 * v['probe_test_majority_mean']:.1f}) | {sp} |")
+            f"{100 * v['probe_test_majority_mean']:.1f}) | "
+            f"{pct(v['probe_resid_mean'], v['probe_resid_sd'])} | {dependence_cell(v)} | "
+            + " / ".join("–" if not math.isfinite(v[f"{k}_mean"]) else f"{v[f'{k}_mean']:.3g}"
+                         for k in DIAGNOSTICS) + f" | {sp} |")
     lines += ["", "± is the sd over splits (folds × seeds). Held-out MI: a fresh MINE trained on "
               "the training clips' (z_E, z_I) and evaluated on the test clips' (first "
               f"{MI_KW['dims']} principal components of each); the control pairs the test clips' "
-              "z_E with shuffled z_I, whose true MI is 0."]
+              "z_E with shuffled z_I, whose true MI is 0. Label-residualised probe: the same "
+              "probe on z_E minus the training clips' mean z_E of the clip's label. "
+              "Dependence: a ridge regression z_E → z_I fit on the training clips and scored "
+              "on the test clips (Σ_i prediction_i · z_I,i), against "
+              f"{DEPENDENCE['permutations']} permutations of the test clips' z_I; each split's "
+              "statistic standardised by its permutations, summed over the splits (pooled z), "
+              "and p from the sums of independent permutations. MI term: train.py's mean raw "
+              "estimate, share of steps with a gradient on z_E, median ‖α∇MI‖ / ‖∇L_CE‖ at the "
+              "last epoch, mean over splits (– : not recorded)."]
     for title, rows in (
             ("Paired differences over the splits both variants finished:", compared),
             ("Paired differences over the splits both runs finished:", across),
@@ -518,7 +607,7 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
             continue
         lines += ["", title, "", "| a − b " + PAIRED_HEAD, "|---" * 8 + "|"]
         lines += [f"| {c['a']} − {c['b']} " + paired_cells(c) for c in rows]
-        lines += [""] + [f"Verdict ({c['metric'].split('_')[0]}): {verdict(c)}."
+        lines += [""] + [f"Verdict ({c['metric'].removesuffix('_per_split')}): {verdict(c)}."
                          for c in rows]
     ids = {json.dumps(v["identity"], sort_keys=True) for v in variants if v.get("identity")}
     for text in sorted(ids):

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--mi", type=float, nargs="+", default=[0, 0.05, 0.2, 0.5, 1.0])
     p.add_argument("--variants", nargs="+", default=["top", "hidden"])
-    p.add_argument("--measures", nargs="+", default=["mine", "ridge", "hsic", "probe"])
+    p.add_argument("--measures", nargs="*", default=["mine", "ridge", "hsic", "probe"])
     p.add_argument("--pooled", type=int, default=0, metavar="SPLITS",
                    help="also the ridge test pooled over SPLITS splits (reps × SPLITS fits)")
     args = p.parse_args(argv)
