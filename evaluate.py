@@ -440,7 +440,8 @@ def paired_cells(c: dict) -> str:
 
 def comparisons(variants: list[dict]) -> list[dict]:
     """Each variant against MIC − MI of the same backbone, on accuracy, UAR and the identity
-    probe on unseen test clips (MIC's claim: its probe is lower)."""
+    probes on unseen test clips, plain and label-residualised (MIC's claim: its probe is
+    lower)."""
     out = []
     by_name = {v["variant"]: v for v in variants}
     for v in variants:
@@ -450,7 +451,7 @@ def comparisons(variants: list[dict]) -> list[dict]:
             continue
         for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split",
                     "probe_resid_per_split"):
-            c = paired(v, base, key)
+            c = paired(v, base, key) if key in v and key in base else None
             if c is not None:
                 out.append(c)
     return out
