@@ -10,15 +10,21 @@ Writes RUN/results.json, RUN/results.md and RUN/<variant>/confusion.png:
 - MI(z_E; z_I) held out: a fresh estimator (`mi.heldout_mi`) trained on the training clips' pairs
   and evaluated on the test clips' pairs, next to its control, the same on shuffled test pairs
   (true MI 0: the estimator's floor);
+- the dependence of z_E on z_I held out, with a p-value (`dependence_null`): a ridge regression
+  z_E → z_I fit on the training clips, scored on the test clips against permutations of their
+  z_I, pooled over the splits (`pooled_dependence`: results.json's `dependence`);
 - identity left in z_E: a linear probe predicting the subject, trained on half of each subject's
   clips and tested on the other half, once on the training clips and once on the test fold's
   clips (unseen by the model), against chance (1 / subjects) and the majority baseline; the
   unseen-clip probe paired against the majority baseline over the splits (does z_E identify
-  people the model never saw? MIC's precondition);
+  people the model never saw? MIC's precondition); the unseen-clip probe again on z_E minus the
+  training clips' mean z_E of each label (identity beyond what the expression gives away);
+- the MI term's diagnostics train.py records (`DIAGNOSTICS`, last epoch, mean over splits);
 - paired comparisons: for each variant against MIC − MI (same backbone) over the splits both
-  finished, the per-split difference of accuracy, UAR and the unseen-clip probe (mean, sd,
-  paired t-test and its 95 % CI; with several seeds also over the folds, seeds averaged), which
-  the verdict uses;
+  finished, the per-split difference of accuracy, UAR and both unseen-clip probes (mean, sd,
+  paired t-test and its 95 % CI, and the Nadeau–Bengio corrected test for overlapping training
+  sets; with several seeds also over the folds, seeds averaged); the verdict uses the corrected
+  test;
 - test-time speed measured here, in this run: MIC's test path (the reader + expression branch
   on residuals, no identity branch) for each trained backbone, against decoded frames +
   ResNet50+LSTM and the same backbone on RGB; one clip at a time.
