@@ -16,16 +16,21 @@ Measures, each on every repetition (a rule for each: "detects"):
   as evaluate.py's column shows them: no p-value, so it detects when the difference exceeds the
   95th percentile of the same difference at MI 0 (calibrated on the benchmark's own MI-0
   repetitions, the most favourable rule; its false-alarm rate is 5 % by construction);
-- the ridge dependence test (`evaluate.dependence_null`, rows of z_I permuted, and with whole
-  subjects exchanged): p < 0.05;
-- HSIC with a permutation p-value (test clips only): p < 0.05;
+- the ridge dependence test (`evaluate.dependence_null`, rows of z_I permuted as evaluate.py
+  does, and with whole subjects exchanged): p < 0.05;
+- HSIC with a permutation p-value (Gaussian kernels on the test clips; measured here only, not
+  in evaluate.py: with rows permuted it is invalid on subject-clustered features, and with
+  subjects exchanged it has no power at these sizes): p < 0.05;
+- with ``--pooled SPLITS``, the ridge test pooled over SPLITS independent splits as evaluate.py
+  pools its folds (`evaluate.pooled_dependence`): p < 0.05;
 - the unseen-clip identity probe (`evaluate.identity_probe` on the test clips) minus the majority
   baseline, with the same calibrated rule as MINE.
 The row ``0, labels`` is MI 0 with z_E's expression coordinates strong: z_E then clusters by
 subject through each subject's emotions while z_I clusters by appearance (independent of the
 emotions), which is where permuting single clips can be anti-conservative.
 
-    python benchmarks/identity_power.py               # 20 repetitions, ~10 min on 2 cores
+    python benchmarks/identity_power.py               # 20 repetitions, ~35 min, loaded CPU
+    python benchmarks/identity_power.py --measures --mi 0 0.2 --reps 10 --pooled 10
     python benchmarks/identity_power.py --reps 5 --mi 0 1
 """
 
