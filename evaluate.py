@@ -10,15 +10,21 @@ Writes RUN/results.json, RUN/results.md and RUN/<variant>/confusion.png:
 - MI(z_E; z_I) held out: a fresh estimator (`mi.heldout_mi`) trained on the training clips' pairs
   and evaluated on the test clips' pairs, next to its control, the same on shuffled test pairs
   (true MI 0: the estimator's floor);
+- the dependence of z_E on z_I held out, with a p-value (`dependence_null`): a ridge regression
+  z_E → z_I fit on the training clips, scored on the test clips against permutations of their
+  z_I, pooled over the splits (`pooled_dependence`: results.json's `dependence`);
 - identity left in z_E: a linear probe predicting the subject, trained on half of each subject's
   clips and tested on the other half, once on the training clips and once on the test fold's
   clips (unseen by the model), against chance (1 / subjects) and the majority baseline; the
   unseen-clip probe paired against the majority baseline over the splits (does z_E identify
-  people the model never saw? MIC's precondition);
+  people the model never saw? MIC's precondition); the unseen-clip probe again on z_E minus the
+  training clips' mean z_E of each label (identity beyond what the expression gives away);
+- the MI term's diagnostics train.py records (`DIAGNOSTICS`, last epoch, mean over splits);
 - paired comparisons: for each variant against MIC − MI (same backbone) over the splits both
-  finished, the per-split difference of accuracy, UAR and the unseen-clip probe (mean, sd,
-  paired t-test and its 95 % CI; with several seeds also over the folds, seeds averaged), which
-  the verdict uses;
+  finished, the per-split difference of accuracy, UAR and both unseen-clip probes (mean, sd,
+  paired t-test and its 95 % CI, and the Nadeau–Bengio corrected test for overlapping training
+  sets; with several seeds also over the folds, seeds averaged); the verdict uses the corrected
+  test;
 - test-time speed measured here, in this run: MIC's test path (the reader + expression branch
   on residuals, no identity branch) for each trained backbone, against decoded frames +
   ResNet50+LSTM and the same backbone on RGB; one clip at a time.
@@ -64,6 +70,11 @@ PAPER_ROWS = {
 # principal components and the critic is small and briefly trained (measured: its value on
 # independent features of the demo's dimensions is 0.00 ± 0.01 nats, tests/test_mi.py).
 MI_KW = dict(dims=8, steps=200, hidden=32, lr=1e-3)
+# The held-out dependence test of z_E on z_I (`dependence_null`): its ridges' z_I (None: all of
+# it; k: its first k principal components), permutations of the null.
+DEPENDENCE = dict(zi_dims=(None, 8), permutations=1000)
+# The MI term's diagnostics train.py records per epoch in result.json's history.
+DIAGNOSTICS = ("mi_raw", "mi_active", "mi_grad_ratio")
 
 
 def paper_row(variant: str) -> str:
@@ -188,6 +199,125 @@ def heldout_mi_pair(f: np.lib.npyio.NpzFile, seed: int = 0) -> tuple[float, floa
                           seed=seed, **MI_KW))
 
 
+def _zscore(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both centred and scaled by the training set's mean and sd, in float64."""
+    train, test = np.asarray(train, np.float64), np.asarray(test, np.float64)
+    mu, sd = train.mean(0), train.std(0) + 1e-8
+    return (train - mu) / sd, (test - mu) / sd
+
+
+RIDGES = np.array([*np.logspace(-3, 1, 9), np.inf])  # ridge grid, × the largest eigenvalue
+
+
+def _ridge_path(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray) -> np.ndarray:
+    """``(len(RIDGES), n_new, d_y)`` predictions at ``x_new`` of the ridge regressions
+    y ~ x fit on (``x_fit``, ``y_fit``), one per ridge of ``RIDGES`` (the last: predicts 0)."""
+    u, s, vt = np.linalg.svd(x_fit, full_matrices=False)
+    a, uy = x_new @ vt.T, u.T @ y_fit
+    shrink = s / (s**2 + s[0] ** 2 * RIDGES[:, None])
+    return np.einsum("nr,lr,rq->lnq", a, shrink, uy, optimize=True)
+
+
+def ridge_cross(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarray,
+                test_zi: np.ndarray, train_groups: np.ndarray | None = None,
+                zi_dims: int | None = None, folds: int = 5) -> np.ndarray:
+    """``M (n_test, n_test)``, ``M[i, j]`` = the prediction of z_I from test clip i's z_E · test
+    clip j's z_I. The prediction is a ridge regression z_E → z_I fit on the training clips (both
+    standardised by them, z_I on its first ``zi_dims`` principal components), with a ridge per
+    z_I coordinate chosen by ``folds``-fold cross-validation over ``train_groups`` (the training
+    clips' subjects: a subject's clips are never split, so that coincidences within a subject do
+    not pass for a dependence); a coordinate z_E does not predict gets the prediction 0. The
+    held-out statistic is ``trace(M)``."""
+    x_tr, x_te = _zscore(train_z, test_z)
+    y_tr, y_te = (a.numpy() for a in mi._standardise(
+        torch.as_tensor(train_zi, dtype=torch.float64),
+        torch.as_tensor(test_zi, dtype=torch.float64), zi_dims))
+    groups = np.arange(len(x_tr)) if train_groups is None else np.asarray(train_groups)
+    _, g = np.unique(groups, return_inverse=True)
+    fold = np.random.default_rng(0).permutation(g.max() + 1)[g] % folds
+    error = np.zeros((len(RIDGES), y_tr.shape[1]))
+    for k in range(folds):
+        held = fold == k
+        if held.all() or not held.any():
+            continue
+        error += ((_ridge_path(x_tr[~held], y_tr[~held], x_tr[held]) - y_tr[held]) ** 2).sum(1)
+    pred = _ridge_path(x_tr, y_tr, x_te)[error.argmin(0), :, np.arange(y_tr.shape[1])]
+    return pred.T @ y_te.T
+
+
+def permutations(n: int, count: int, rng: np.random.Generator,
+                 groups: np.ndarray | None = None) -> np.ndarray:
+    """``(count, n)`` random permutations of the test clips' z_I rows; with ``groups`` (the
+    clips' subjects), whole subjects are exchanged among subjects with as many clips (and
+    shuffled inside), which keeps the null exact when both features cluster by subject."""
+    if groups is None:
+        return np.argsort(rng.random((count, n)), axis=1)
+    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(sizes))]
+    out = np.empty((count, n), int)
+    for b in range(count):
+        for m in np.unique(sizes):
+            same = np.flatnonzero(sizes == m)
+            for g, t in zip(same, rng.permutation(same), strict=True):
+                out[b, members[g]] = rng.permutation(members[t])
+    return out
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    """``values`` (an observed statistic first, then its permutations) minus their mean, over
+    their sd: symmetric in the permutations, so a test on them stays exact."""
+    sd = values.std()
+    return (values - values.mean()) / sd if sd > 0 else np.zeros_like(values)
+
+
+def dependence_null(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarray,
+                    test_zi: np.ndarray, train_groups: np.ndarray | None = None,
+                    groups: np.ndarray | None = None, seed: int = 0,
+                    count: int = DEPENDENCE["permutations"],
+                    zi_dims: Sequence[int | None] = DEPENDENCE["zi_dims"]
+                    ) -> tuple[float, np.ndarray]:
+    """The held-out dependence statistic of z_E on z_I of one split and its permutation null:
+    ``count`` values with the test clips' z_I rows permuted (`permutations`, with ``groups`` the
+    test clips' subjects). One ridge per entry of ``zi_dims`` (`ridge_cross`: None, all of z_I;
+    k, its first k principal components), each trace standardised by its own permutations (the
+    same ones); the statistic is the largest, so that one exact test covers a dependence inside
+    and outside z_I's top components."""
+    perms = permutations(len(test_z), count, np.random.default_rng(seed), groups)
+    zs = []
+    for dims in zi_dims:
+        m = ridge_cross(train_z, train_zi, test_z, test_zi, train_groups, dims)
+        zs.append(_standardised(np.concatenate([[np.trace(m)],
+                                                m[np.arange(len(m)), perms].sum(1)])))
+    best = np.max(zs, axis=0)
+    return float(best[0]), best[1:]
+
+
+def pooled_dependence(per_split: Sequence[tuple[float, np.ndarray]], test: str) -> dict:
+    """Per-split permutation p-values and the pooled one: each split's statistic standardised by
+    the mean and sd of its own null (observed value included, so the standardisation is symmetric
+    in the permutations and the pooled p stays exact), summed over the splits, against the sums of
+    the splits' independent permutations."""
+    zs, rows = [], []
+    for stat, null in per_split:
+        z = _standardised(np.concatenate([[stat], null]))
+        zs.append(z)
+        rows.append({"statistic": stat, "z": float(z[0]),
+                     "p": float((null >= stat).sum() + 1) / (len(null) + 1)})
+    total = np.sum(zs, axis=0)
+    return {"test": test, "statistic": float(total[0]),
+            "p": float((total[1:] >= total[0]).sum() + 1) / len(total), "per_split": rows}
+
+
+def label_residual(train_z: np.ndarray, train_label: np.ndarray, test_z: np.ndarray,
+                   test_label: np.ndarray) -> np.ndarray:
+    """The test clips' z_E minus the mean z_E of the training clips of the same label (labels
+    without training clips: the mean of all training clips)."""
+    means = np.tile(train_z.mean(0), (int(max(train_label.max(), test_label.max())) + 1, 1))
+    for c in np.unique(train_label):
+        means[c] = train_z[train_label == c].mean(0)
+    return test_z - means[test_label]
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, float)
     if not np.isfinite(a).any():
@@ -203,7 +333,8 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
     confusion = np.zeros((n, n), int)
     per: dict[str, list[float]] = {k: [] for k in (
         "war", "uar", "mi", "mi_shuffled", "probe_train", "probe_train_chance", "probe_test",
-        "probe_test_chance", "probe_test_majority")}
+        "probe_test_chance", "probe_test_majority", "probe_resid")}
+    dependence, dependence_splits = [], []
     for d, _ in splits:
         f = np.load(d / "features.npz")
         np.add.at(confusion, (f["test_label"], f["test_pred"]), 1)
@@ -214,6 +345,9 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
             m, m0 = heldout_mi_pair(f)
             per["mi"].append(m)
             per["mi_shuffled"].append(m0)
+            dependence.append(dependence_null(f["train_z"], f["train_zi"], f["test_z"],
+                                              f["test_zi"], f["train_subject"]))
+            dependence_splits.append(d.name)
         acc, chance, _ = identity_probe(f["train_z"], f["train_subject"])
         per["probe_train"].append(acc)
         per["probe_train_chance"].append(chance)
@@ -221,6 +355,8 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
         per["probe_test"].append(acc)
         per["probe_test_chance"].append(chance)
         per["probe_test_majority"].append(majority)
+        per["probe_resid"].append(identity_probe(label_residual(
+            f["train_z"], f["train_label"], f["test_z"], f["test_label"]), f["test_subject"])[0])
     recall = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
     out = {"variant": variant_dir.name, "row": paper_row(variant_dir.name),
            "splits": [d.name for d, _ in splits], "folds": [r["fold"] for r in results],
@@ -228,21 +364,54 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
            "per_class_recall": dict(zip(classes, recall.tolist(), strict=True)),
            "confusion": confusion.tolist(), "classes": classes,
            "pooled_accuracy": float(confusion.diagonal().sum() / confusion.sum()),
-           "identity": results[0].get("identity")}
+           "identity": results[0].get("identity"),
+           "num_test_per_split": [r.get("num_test") for r in results],
+           "num_train_per_split": [r.get("num_train") for r in results]}
+    if dependence:
+        out["dependence"] = pooled_dependence(dependence, "ridge")
+        for row, name in zip(out["dependence"]["per_split"], dependence_splits, strict=True):
+            row["split"] = name
     for key, values in per.items():
         out[f"{key}_mean"], out[f"{key}_sd"] = mean_sd(values) if values else (math.nan, 0.0)
     out["mi_per_split"], out["mi_shuffled_per_split"] = per["mi"], per["mi_shuffled"]
     out["probe_test_per_split"] = per["probe_test"]
     out["probe_test_majority_per_split"] = per["probe_test_majority"]
+    out["probe_resid_per_split"] = per["probe_resid"]
+    for key in DIAGNOSTICS:  # the last epoch's, from train.py's history (old runs: NaN)
+        last = [r["history"][-1].get(key) if r.get("history") else None for r in results]
+        values = [math.nan if v is None else float(v) for v in last]
+        out[f"{key}_per_split"] = values
+        out[f"{key}_mean"] = (float(np.nanmean(values)) if np.isfinite(values).any()
+                              else math.nan)
     return out
 
 
-def t_interval(diff: np.ndarray) -> tuple[float, float, list[float], float]:
-    """Mean, sd, t 95 % CI of the mean and the one-sample t-test p (= the paired t-test's)."""
-    mean, sd = float(diff.mean()), float(diff.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(diff) - 1)) * sd / math.sqrt(len(diff))
-    p = float(stats.ttest_1samp(diff, 0.0).pvalue)
-    return mean, sd, [mean - half, mean + half], p if math.isfinite(p) else 1.0
+def t_interval(diff: np.ndarray, ratio: float | None = None
+               ) -> tuple[float, float, list[float], float]:
+    """Mean, sd, t 95 % CI of the mean and the one-sample t-test p (= the paired t-test's).
+    With ``ratio`` = n_test / n_train, the Nadeau–Bengio corrected resampled t-test instead: the
+    variance of the mean sd² / J becomes sd² · (1/J + n_test/n_train), for resampled splits whose
+    training sets overlap (Nadeau & Bengio 2003)."""
+    mean, sd, j = float(diff.mean()), float(diff.std(ddof=1)), len(diff)
+    se = sd * math.sqrt(1 / j + (0.0 if ratio is None else ratio))
+    half = float(stats.t.ppf(0.975, j - 1)) * se
+    if se > 0:
+        p = float(2 * stats.t.sf(abs(mean) / se, j - 1))
+    else:
+        p = 1.0 if mean == 0 else 0.0
+    return mean, sd, [mean - half, mean + half], p
+
+
+def split_size_ratio(a: dict, splits: Sequence[str]) -> float | None:
+    """Mean test clips / mean training clips of ``splits`` (result.json's num_test, num_train),
+    None where a split does not say."""
+    sizes = dict(zip(a["splits"], zip(a.get("num_test_per_split") or [None] * len(a["splits"]),
+                                      a.get("num_train_per_split") or [None] * len(a["splits"]),
+                                      strict=True), strict=True))
+    known = [sizes[s] for s in splits]
+    if any(t is None or not n for t, n in known):
+        return None
+    return float(np.mean([t for t, _ in known]) / np.mean([n for _, n in known]))
 
 
 def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
@@ -250,10 +419,14 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     p-value and the t 95 % CI of the mean, which excludes 0 exactly when p < 0.05 (None with
     fewer than 2 common splits; a split where either value is not finite, a probe with no
     subject of 2 clips say, is left out). (A percentile bootstrap over 10 splits is too narrow:
-    it called −4.2 ± 7.6 points "worse" at p = 0.12.) With several seeds, a fold's splits share
-    their test subjects, so the test is also made over the folds (`a["folds"]`, each split's
-    recorded fold), each the mean of its seeds (`folds`, `fold_ci95`, `fold_p`); the verdict
-    uses that one."""
+    it called −4.2 ± 7.6 points "worse" at p = 0.12.) Beside it, where the splits' sizes are known
+    (`split_size_ratio` of a), the Nadeau–Bengio corrected test (`ci95_corrected`,
+    `p_corrected`): cross-validation folds share most of their training clips, which the plain
+    t-test ignores. With several seeds, a fold's splits share their test subjects, so the test
+    is also made over the folds (`a["folds"]`, each split's recorded fold), each the mean of its
+    seeds (`folds`, `fold_ci95`, `fold_p`, and corrected). The verdict uses the corrected test
+    over the folds, else the corrected one over the splits (the plain ones where sizes are
+    unknown)."""
     va = dict(zip(a["splits"], a[key], strict=True))
     vb = dict(zip(b["splits"], b[key], strict=True))
     common = sorted(s for s in va.keys() & vb.keys()
@@ -264,20 +437,36 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     mean, sd, ci95, p = t_interval(diff)
     out = {"a": a["variant"], "b": b["variant"], "metric": key, "n": len(common),
            "mean": mean, "sd": sd, "ci95": ci95, "p": p}
+    ratio = split_size_ratio(a, common)
+    if ratio is not None:
+        _, _, out["ci95_corrected"], out["p_corrected"] = t_interval(diff, ratio)
+        out["test_train_ratio"] = ratio
     fold = dict(zip(a["splits"], a["folds"], strict=True))
     by_fold: dict[str, list[float]] = {}
     for s, d in zip(common, diff, strict=True):
         by_fold.setdefault(fold[s], []).append(float(d))
     if 2 <= len(by_fold) < len(common):
-        _, _, out["fold_ci95"], out["fold_p"] = t_interval(
-            np.array([np.mean(v) for v in by_fold.values()]))
+        fold_diff = np.array([np.mean(v) for v in by_fold.values()])
+        _, _, out["fold_ci95"], out["fold_p"] = t_interval(fold_diff)
+        if ratio is not None:
+            _, _, out["fold_ci95_corrected"], out["fold_p_corrected"] = t_interval(fold_diff,
+                                                                                   ratio)
         out["folds"] = len(by_fold)
     return out
 
 
+def _decisive(c: dict) -> tuple[str, str]:
+    """The key of the CI the verdict uses (see `paired`) and its name."""
+    key = "fold_ci95" if "folds" in c else "ci95"
+    corrected = f"{key}_corrected" in c
+    return (f"{key}_corrected" if corrected else key,
+            ("Nadeau–Bengio corrected " if corrected else "") + "95 % CI"
+            + (f" over {c['folds']} folds, seeds averaged," if "folds" in c else ""))
+
+
 def verdict(c: dict) -> str:
-    lo, hi = c.get("fold_ci95", c["ci95"])
-    ci = "95 % CI" + (f" over {c['folds']} folds, seeds averaged," if "folds" in c else "")
+    key, ci = _decisive(c)
+    lo, hi = c[key]
     diff = f"{100 * c['mean']:+.2f} points"
     up, down = ("higher", "lower") if c["metric"].startswith("probe") else ("better", "worse")
     if lo > 0:
@@ -287,22 +476,31 @@ def verdict(c: dict) -> str:
     return f"no difference shown between {c['a']} and {c['b']} ({diff}, the {ci} contains 0)"
 
 
-PAIRED_HEAD = ("| metric | splits | mean (points) | sd | 95 % CI (paired t) | p | over the folds, "
-               "seeds averaged: folds, 95 % CI, p |")
+PAIRED_HEAD = ("| metric | splits | mean (points) | sd | 95 % CI (paired t; Nadeau–Bengio "
+               "corrected) | p (plain / corrected) | over the folds, seeds averaged: folds, "
+               "95 % CI (corrected), p (plain / corrected) |")
 
 
 def paired_cells(c: dict) -> str:
-    """The cells of PAIRED_HEAD for one paired difference."""
-    fold = (f"{c['folds']}, [{100 * c['fold_ci95'][0]:+.2f}, {100 * c['fold_ci95'][1]:+.2f}], "
-            f"{c['fold_p']:.3f}" if "folds" in c else "–")
-    return (f"| {c['metric'].split('_')[0]} | {c['n']} | {100 * c['mean']:+.2f} | "
-            f"{100 * c['sd']:.2f} | [{100 * c['ci95'][0]:+.2f}, {100 * c['ci95'][1]:+.2f}] | "
-            f"{c['p']:.3f} | {fold} |")
+    """The cells of PAIRED_HEAD for one paired difference (a corrected value where the sizes
+    of the splits are known, "–" for a corrected p that is not)."""
+    def ci(key: str) -> str:
+        lo, hi = c.get(f"{key}_corrected", c[key])
+        return f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+    def ps(key: str) -> str:
+        corrected = c.get(f"{key}_corrected")
+        return f"{c[key]:.3f} / " + ("–" if corrected is None else f"{corrected:.3f}")
+
+    fold = f"{c['folds']}, {ci('fold_ci95')}, {ps('fold_p')}" if "folds" in c else "–"
+    return (f"| {c['metric'].removesuffix('_per_split')} | {c['n']} | {100 * c['mean']:+.2f} | "
+            f"{100 * c['sd']:.2f} | {ci('ci95')} | {ps('p')} | {fold} |")
 
 
 def comparisons(variants: list[dict]) -> list[dict]:
     """Each variant against MIC − MI of the same backbone, on accuracy, UAR and the identity
-    probe on unseen test clips (MIC's claim: its probe is lower)."""
+    probes on unseen test clips, plain and label-residualised (MIC's claim: its probe is
+    lower)."""
     out = []
     by_name = {v["variant"]: v for v in variants}
     for v in variants:
@@ -310,8 +508,9 @@ def comparisons(variants: list[dict]) -> list[dict]:
         base = by_name.get("mic-mi" + (f"+resnet{backbone}" if sep else ""))
         if base is None or base is v:
             continue
-        for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split"):
-            c = paired(v, base, key)
+        for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split",
+                    "probe_resid_per_split"):
+            c = paired(v, base, key) if key in v and key in base else None
             if c is not None:
                 out.append(c)
     return out
@@ -322,7 +521,8 @@ def probe_over_majority(v: dict) -> dict | None:
     against the majority baseline of the same splits, paired (splits without a probe left out)."""
     key = "probe_test_per_split"
     probe = {"variant": f"{v['variant']} probe", "splits": v["splits"], "folds": v["folds"],
-             key: v[key]}
+             key: v[key], "num_test_per_split": v.get("num_test_per_split"),
+             "num_train_per_split": v.get("num_train_per_split")}
     return paired(probe, {**probe, "variant": "majority baseline",
                           key: v["probe_test_majority_per_split"]}, key)
 
@@ -432,6 +632,12 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
     return rows
 
 
+def dependence_cell(v: dict) -> str:
+    """The dependence test's pooled z and p, "–" without z_I."""
+    d = v.get("dependence")
+    return "–" if d is None else f"{d['statistic']:.2f}, {d['p']:.3f}"
+
+
 def pct(mean: float, sd: float | None = None) -> str:
     """A share in percent (± its sd); "–" for what could not be computed."""
     if not math.isfinite(mean):
@@ -445,8 +651,9 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
     lines = [f"# Results of `{run}`", "",
              "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
              "nats | identity probe on z_E, training clips (chance) | on unseen test clips "
-             "(chance / majority) | clips/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(chance / majority) | the same, label-residualised | dependence z_E ~ z_I: "
+             "pooled z, p | MI term, last epoch: raw / active / grad ratio | clips/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         sp = f"{v['speed']['clips_per_s']:.1f}" if "speed" in v else "–"
         mi_text = ("–" if not math.isfinite(v["mi_mean"]) else
@@ -458,11 +665,23 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
             f"({pct(v['probe_train_chance_mean'])}) | "
             f"{pct(v['probe_test_mean'], v['probe_test_sd'])} "
             f"({pct(v['probe_test_chance_mean'])} / "
-            f"{pct(v['probe_test_majority_mean'])}) | {sp} |")
+            f"{pct(v['probe_test_majority_mean'])}) | "
+            f"{pct(v['probe_resid_mean'], v['probe_resid_sd'])} | {dependence_cell(v)} | "
+            + " / ".join("–" if not math.isfinite(v[f"{k}_mean"]) else f"{v[f'{k}_mean']:.3g}"
+                         for k in DIAGNOSTICS) + f" | {sp} |")
     lines += ["", "± is the sd over splits (folds × seeds). Held-out MI: a fresh MINE trained on "
               "the training clips' (z_E, z_I) and evaluated on the test clips' (first "
               f"{MI_KW['dims']} principal components of each); the control pairs the test clips' "
-              "z_E with shuffled z_I, whose true MI is 0."]
+              "z_E with shuffled z_I, whose true MI is 0. Label-residualised probe: the same "
+              "probe on z_E minus the training clips' mean z_E of the clip's label. "
+              "Dependence: a ridge regression z_E → z_I fit on the training clips and scored "
+              "on the test clips (Σ_i prediction_i · z_I,i; to all of z_I and to its first "
+              "principal components, the larger standardised one counting), against "
+              f"{DEPENDENCE['permutations']} permutations of the test clips' z_I; each split's "
+              "statistic standardised by its permutations, summed over the splits (pooled z), "
+              "and p from the sums of independent permutations. MI term: train.py's mean raw "
+              "estimate, share of steps with a gradient on z_E, median ‖α∇MI‖ / ‖∇L_CE‖ at the "
+              "last epoch, mean over splits (– : not recorded)."]
     for title, rows in (
             ("Paired differences over the splits both variants finished:", compared),
             ("Paired differences over the splits both runs finished:", across),
@@ -472,7 +691,7 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
             continue
         lines += ["", title, "", "| a − b " + PAIRED_HEAD, "|---" * 8 + "|"]
         lines += [f"| {c['a']} − {c['b']} " + paired_cells(c) for c in rows]
-        lines += [""] + [f"Verdict ({c['metric'].split('_')[0]}): {verdict(c)}."
+        lines += [""] + [f"Verdict ({c['metric'].removesuffix('_per_split')}): {verdict(c)}."
                          for c in rows]
     ids = {json.dumps(v["identity"], sort_keys=True) for v in variants if v.get("identity")}
     for text in sorted(ids):

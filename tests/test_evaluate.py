@@ -87,8 +87,8 @@ def test_speed_step_uses_any_checkpoint_or_is_skipped_after_the_tables(tiny_run,
         state["config"] = json.dumps({**json.loads(state["config"]), "root": "data/not-made-here"})
         torch.save(state, ckpt)
     evaluate.main([str(run), "--speed-clips", "1"])
-    assert "speed step skipped: the data of the checkpoints, data/not-made-here/index.csv, is not " \
-           "found (a relative root" in capsys.readouterr().out
+    assert ("speed step skipped: the data of the checkpoints, data/not-made-here/index.csv, "
+            "is not found (a relative root") in capsys.readouterr().out
     (run / "mic+resnet6" / "fold1" / "ckpt.pt").write_bytes(b"")
     (run / "results.json").unlink()
     evaluate.main([str(run), "--speed-clips", "1"])

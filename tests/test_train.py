@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -386,9 +387,25 @@ def test_evaluate_writes_results(tiny_run):
                                       strict=True)]
         assert c["a"] == f"{v['variant']} probe" and c["b"] == "majority baseline"
         assert c["n"] == 2 and c["mean"] == pytest.approx(sum(gaps) / 2)
+    for v in res["variants"]:  # identity measured with power; the MI term's diagnostics
+        dep = v["dependence"]
+        assert dep["test"] == "ridge" and 0 < dep["p"] <= 1 and math.isfinite(dep["statistic"])
+        assert [r["split"] for r in dep["per_split"]] == ["fold0", "fold1"]
+        assert all(0 < r["p"] <= 1 for r in dep["per_split"])
+        assert len(v["probe_resid_per_split"]) == 2
+        for key in evaluate.DIAGNOSTICS:
+            assert len(v[f"{key}_per_split"]) == 2
+    for c in res["comparisons"] + res["probe_over_majority"]:
+        sizes = [(json.loads((run / "mic+resnet6" / s / "result.json").read_text())[k])
+                 for k in ("num_test", "num_train") for s in ("fold0", "fold1")]
+        assert c["test_train_ratio"] == pytest.approx((sizes[0] + sizes[1]) / (sizes[2] + sizes[3]))
+        assert c["p_corrected"] >= c["p"]
+    assert {c["metric"] for c in res["comparisons"]} >= {"probe_resid_per_split"}
     paths = {r["path"] for r in res["speed"]}
     assert {"residual + resnet6+LSTM", "rgb + resnet50+LSTM"} <= paths
     md = (run / "results.md").read_text()
+    assert "label-residualised" in md and "dependence z_E ~ z_I" in md
+    assert "Nadeau–Bengio corrected" in md and "MI term, last epoch" in md
     assert "MIC − MI, ResNet6" in md and "clips/s" in md and "Verdict (accuracy)" in md
     assert "sha256" in md and "UAR" in md and "against the majority baseline" in md
 
@@ -412,6 +429,29 @@ def test_evaluate_lists_what_it_leaves_out(tiny_run, tmp_path, capsys):
     assert "fold3: unfinished" in out
     res = json.loads((run / "results.json").read_text())
     assert res["variants"][0]["splits"] == ["fold0"]
+
+
+def test_evaluate_shows_the_mi_terms_diagnostics(tiny_run, tmp_path):
+    """The last epoch's mi_raw, mi_active, mi_grad_ratio of each split's history, averaged over
+    the splits that have them; "–" where no split does (runs from before they were recorded)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for split, values in (("fold0", (0.2, 0.9, 0.5)), ("fold1", (0.4, 0.7, None))):
+        path = run / "mic+resnet6" / split / "result.json"
+        result = json.loads(path.read_text())
+        result["history"][-1].update(
+            {k: v for k, v in zip(evaluate.DIAGNOSTICS, values, strict=True) if v is not None})
+        result["history"].insert(0, {**result["history"][-1], "mi_raw": 9.0})  # not the last
+        path.write_text(json.dumps(result))
+    evaluate.main([str(run), "--no-speed"])
+    mic, base = json.loads((run / "results.json").read_text())["variants"]
+    assert mic["mi_raw_per_split"] == [0.2, 0.4] and mic["mi_raw_mean"] == pytest.approx(0.3)
+    assert mic["mi_active_mean"] == pytest.approx(0.8) and mic["mi_grad_ratio_mean"] == 0.5
+    assert not any(math.isfinite(x) for x in base["mi_raw_per_split"])
+    rows = [r for r in (run / "results.md").read_text().splitlines() if r.startswith("| mic")]
+    assert "| 0.3 / 0.8 / 0.5 |" in rows[0] and "| – / – / – |" in rows[1]
 
 
 def test_evaluate_against_another_run(tiny_run, tmp_path):
