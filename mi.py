@@ -313,9 +313,12 @@ class CLUB(nn.Module):
         small when z_E has nearly as many dimensions as there are clips)."""
         mu_e, mu_i = z_e.mean(0), z_i.mean(0)
         x, y = z_e - mu_e, z_i - mu_i
-        gram = x.T @ x
-        lam = self.ridge * gram.diagonal().mean().clamp(min=1e-8)
-        a = torch.linalg.solve(gram + lam * torch.eye(len(gram), device=gram.device), x.T @ y)
+        n, d = x.shape
+        gram = x @ x.T if n < d else x.T @ x  # fewer clips than dimensions: the dual form
+        lam = self.ridge * (gram.diagonal().sum() / d).clamp(min=1e-8)
+        eye = torch.eye(len(gram), device=gram.device)
+        a = (x.T @ torch.linalg.solve(gram + lam * eye, y) if n < d
+             else torch.linalg.solve(gram + lam * eye, x.T @ y))
         eig = torch.linalg.eigvalsh(gram).clamp(min=0)
         df = float((eig / (eig + lam)).sum())
         self.mu.weight.copy_(a.T)

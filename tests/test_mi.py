@@ -467,3 +467,17 @@ def test_heldout_mi_reads_subject_ordered_test_pairs_as_shuffled_ones():
     shuffled = mi.heldout_mi(z_e[:n], z_i[:n], z_e[perm], z_i[perm], **kw)
     assert shuffled > 0.4, shuffled
     assert abs(ordered - shuffled) < 0.15, (ordered, shuffled)
+
+
+def test_ridge_club_fit_in_the_dual_form_is_the_primal_one():
+    """Fewer clips than z_E dimensions (the paper's 2048-d z_E on a CK+ fold) take the n × n
+    system; same q."""
+    g = torch.Generator().manual_seed(0)
+    z_e, z_i = torch.randn(30, 50, generator=g), torch.randn(30, 4, generator=g)
+    dual, primal = mi.CLUB(50, 4, critic="ridge"), mi.CLUB(50, 4, critic="ridge")
+    dual.fit(z_e, z_i)
+    # every clip twice: 60 > 50 rows take the primal form, and the same ridge regression (the
+    # scatter and its penalty both double)
+    primal.fit(torch.cat([z_e, z_e]), torch.cat([z_i, z_i]))
+    torch.testing.assert_close(dual.mu.weight, primal.mu.weight, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(dual.mu.bias, primal.mu.bias, atol=1e-4, rtol=1e-4)
