@@ -489,7 +489,8 @@ def build_critic(args: argparse.Namespace, ds: ClipDataset, d_e: int, z_i_train:
         n = len(ds.rows)
         own = (mi.critic_clips(torch.arange(n), args.mi_split) if args.mi_split
                else torch.ones(n, dtype=torch.bool))
-        subjects = torch.tensor([ds.subjects.index(r["subject"]) for r in ds.rows])
+        number = {s: i for i, s in enumerate(ds.subjects)}
+        subjects = torch.tensor([number[r["subject"]] for r in ds.rows])
         labels = torch.tensor([int(r["label"]) for r in ds.rows])
         table = mi.ClipTable(z_i_train, subjects, labels, own, conditional=args.mi_conditional,
                              placebo=args.mi_placebo, dims=args.mi_dims or None,
