@@ -514,12 +514,14 @@ class ClipTable:
     z_I is computed once per clip, so marginal partners can come from the whole table rather than
     the batch: the MI term of a batch (``penalty``) scores its clips against ``negatives`` z_I
     drawn from every training clip of another subject (and, ``conditional``, of the same label:
-    I(z_E; z_I | y)), a low-variance estimate. T_θ learns (``train_critic``) only on its own share
-    of the clips (``own``, see ``critic_clips``), on batches of their stored pairs with all the
-    batch's admissible pairs as marginals; the MI term is computed on the other clips, so T_θ is
-    always scored on pairs it never trained on. ``placebo``: z_I permuted across the clips (within
-    a label when conditional), true MI 0 by construction: the control that separates removing
-    identity from injecting noise."""
+    I(z_E; z_I | y)), a low-variance estimate. T_θ learns (``train_critic``) on the stored pairs
+    of its clips (``own``: all of them, or a share, see ``critic_clips``) other than the batch it
+    is about to score: a closed-form q (CLUB's ridge) is fitted on all of them, another critic
+    takes steps on batches of them with all of a batch's admissible pairs as marginals. So T_θ is
+    never scored on pairs it was fitted on. ``dims``: z_I whitened to its first principal
+    components. ``placebo``: z_I permuted across the clips (within a label when conditional),
+    true MI 0 by construction: the control that separates removing identity from injecting
+    noise."""
 
     def __init__(self, z_i: Tensor, subjects: Tensor, labels: Tensor, own: Tensor,
                  conditional: bool = False, placebo: bool = False, dims: int | None = None,
