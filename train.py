@@ -861,7 +861,8 @@ def mi_estimate(critic: Critic, z_e: torch.Tensor, z_i: torch.Tensor, ids: torch
         table.update(ids, z_e)
         table.train_critic(critic.estimator, critic.opt, args.t_steps, args.mi_batch,
                            sync=average_gradients, exclude=ids)
-        scored = (~table.own[ids.cpu()]).to(ids.device) if args.mi_split else ids >= 0
+        scored = ((~table.own[ids.cpu()]).to(ids.device) if args.mi_split
+                  else torch.ones_like(ids, dtype=torch.bool))
         if not scored.any():
             return None
         return table.penalty(critic.estimator, ids[scored], z_e[scored], args.mi_negatives)
