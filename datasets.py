@@ -113,6 +113,25 @@ class Split:
     test: tuple[str, ...]
 
 
+def _fold_order(fold: str) -> tuple[int, int | str]:
+    """Numbered folds in numeric order, then named ones."""
+    return (0, int(fold)) if fold.isdigit() else (1, fold)
+
+
+def validation_split(split: Split) -> Split:
+    """The model-selection split inside ``split``: one of its training folds (the first after its
+    test fold, cyclically) held out and tested on, the others trained on; the split's own test
+    fold is never seen, so choosing a setting by this split's accuracy keeps the test folds
+    clean. Named ``<split>-val``."""
+    if len(split.train) < 2:
+        raise ValueError(f"split {split.name} trains on one fold ({', '.join(split.train)}): "
+                         "no training fold can be held out for validation")
+    folds = sorted(split.train, key=_fold_order)
+    after = [f for f in folds if _fold_order(f) > _fold_order(split.test[0])]
+    held = (after or folds)[0]
+    return Split(f"{split.name}-val", tuple(f for f in split.train if f != held), (held,))
+
+
 def _kfold(k: int, first: int = 0) -> tuple[Split, ...]:
     """k-fold cross-validation over folds ``first .. first+k-1``: each fold is a test fold once."""
     folds = [str(i) for i in range(first, first + k)]

@@ -518,17 +518,28 @@ def grad_reverse(x: Tensor, lambd: float = 1.0) -> Tensor:
 
 class IdentityDiscriminator(nn.Module):
     """Subject classifier on z_E behind gradient reversal (the MIC−MI+Adv ablation): training
-    it with cross-entropy on subject ids pushes f_E to remove identity from z_E."""
+    it with cross-entropy on subject ids pushes f_E to remove identity from z_E. `lambd` scales
+    the reversed gradient f_E gets (the adversary's weight α); the classifier itself learns at
+    its own rate. With `num_classes` it is label-conditional: it also sees y (one-hot), so f_E
+    is pushed to remove the identity left once the expression is known, I(z_E; s | y)."""
 
-    def __init__(self, d_e: int, num_subjects: int, hidden: int = 256, lambd: float = 1.0) -> None:
+    def __init__(self, d_e: int, num_subjects: int, hidden: int = 256, lambd: float = 1.0,
+                 num_classes: int = 0) -> None:
         super().__init__()
         self.lambd = lambd
+        self.num_classes = num_classes
         self.mlp = nn.Sequential(
-            nn.Linear(d_e, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_subjects)
+            nn.Linear(d_e + num_classes, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_subjects)
         )
 
-    def forward(self, z_e: Tensor) -> Tensor:
-        return self.mlp(grad_reverse(z_e, self.lambd))
+    def forward(self, z_e: Tensor, y: Tensor | None = None) -> Tensor:
+        z = grad_reverse(z_e, self.lambd)
+        if self.num_classes:
+            if y is None:
+                raise ValueError("a label-conditional discriminator needs the labels y")
+            z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
+        return self.mlp(z)
 
 
 class MIC(nn.Module):
@@ -553,6 +564,8 @@ class MIC(nn.Module):
         d_i: int = 1024,
         size: int = 112,
         num_subjects: int = 0,
+        adv_weight: float = 1.0,
+        adv_conditional: bool = False,
         backbone_weights: str | None = None,
         dropout: float = 0.5,
         data_bn: bool = True,
@@ -569,7 +582,10 @@ class MIC(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.d_e, num_classes))
         self.decoder = ApexDecoder(d_i, self.d_e, size) if decoder else None
         self.discriminator = (
-            IdentityDiscriminator(self.d_e, num_subjects) if num_subjects > 0 else None
+            IdentityDiscriminator(self.d_e, num_subjects, lambd=adv_weight,
+                                  num_classes=num_classes if adv_conditional else 0)
+            if num_subjects > 0
+            else None
         )
 
     def forward(self, residuals: Tensor, mvs: Tensor | None = None) -> dict[str, Tensor]:

@@ -57,7 +57,7 @@ from tqdm import tqdm
 import identity_weights
 import mi
 import models
-from datasets import PROTOCOLS, SPECS, Split, prepare_text, protocol, read_index
+from datasets import PROTOCOLS, SPECS, Split, prepare_text, protocol, read_index, validation_split
 from evaluate import recall_metrics
 from models import DEFAULT_IDENTITY, IDENTITY_DIMS, MIC, RANDOM, FaceNetMobileNet, build_identity
 from reader import SCALES, ClipDataset, DecodeCache, collate, worker_init
@@ -121,7 +121,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mi-hidden", type=int, default=512,
                    help="width of T_θ (the separable critic's rank; not used by the ridge q)")
     p.add_argument("--no-mi", action="store_true", help="MIC−MI: no MI term in the loss")
-    p.add_argument("--adv", action="store_true", help="identity adversary behind gradient reversal")
+    p.add_argument("--adv", action="store_true",
+                   help="identity adversary behind gradient reversal: f_E gets its reversed "
+                        "gradient × --alpha")
+    p.add_argument("--adv-conditional", action="store_true",
+                   help="the adversary also sees the label y (identity left once y is known)")
+    p.add_argument("--lr-adv", type=float, default=1e-3,
+                   help="the adversary's own learning rate (constant; apart from --alpha)")
     p.add_argument("--no-rec", action="store_true", help="MIC−Î: no reconstruction term")
     p.add_argument("--with-mv", action="store_true", help="MIC+T^t: add a motion-vector branch")
     p.add_argument("--accumulate", action="store_true",
@@ -161,6 +167,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run found in --out")
+    p.add_argument("--validate", action="store_true",
+                   help="model selection: each split trains on its training folds but one and "
+                        "tests on that one (folder <split>-val); its test fold stays unseen")
     p.add_argument("--max-steps", type=int, help="steps per epoch at most (smoke runs)")
     p.add_argument("--synthetic-subjects", type=int, default=40, help="size of a generated set")
     p.add_argument("--pretrain-epochs", type=int, default=6, help="identity pretraining epochs")
@@ -231,6 +240,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     bad = [f for f in args.fold or [] if f not in folds]
     if bad:
         p.error(f"--fold {', '.join(bad)}: {args.dataset} has the test folds {', '.join(folds)}")
+    if args.adv_conditional and not args.adv:
+        p.error("--adv-conditional is an option of the adversary: add --adv")
     if args.baseline and (args.adv or args.with_mv):
         p.error("--baseline rgb is the plain RGB model: no --adv, no --with-mv")
     if args.name is not None and (args.name in ("", ".", "..") or "/" in args.name):
@@ -249,7 +260,8 @@ def variant_name(args: argparse.Namespace) -> str:
         name = "rgb"
     else:
         name = "mic" + ("-mi" if args.no_mi else "") + ("+adv" if args.adv else "")
-        name += ("+placebo" if args.mi_placebo else "") + ("+cond" if args.mi_conditional else "")
+        name += "+placebo" if args.mi_placebo else ""
+        name += "+cond" if args.mi_conditional or args.adv_conditional else ""
         name += ("-rec" if args.no_rec else "") + ("+mv" if args.with_mv else "")
     return name + ("" if args.backbone == "resnet50" else f"+{args.backbone}")
 
@@ -515,9 +527,14 @@ def build(args: argparse.Namespace, ds: ClipDataset, z_i_train: torch.Tensor,
     d_i = z_i_train.shape[1]
     model = MIC(ds.num_classes, args.num_segments, args.backbone, args.hidden,
                 with_mv=args.with_mv, decoder=not args.no_rec, d_i=d_i, size=args.size,
-                num_subjects=len(ds.subjects) if args.adv else 0,
+                num_subjects=len(ds.subjects) if args.adv else 0, adv_weight=args.alpha,
+                adv_conditional=args.adv_conditional,
                 backbone_weights=args.backbone_weights, data_bn=args.baseline is None).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
+    adversary = [] if model.discriminator is None else list(model.discriminator.parameters())
+    rest = [p for p in model.parameters() if all(p is not q for q in adversary)]
+    groups = [{"params": rest}] + ([{"params": adversary, "lr": args.lr_adv, "constant": True}]
+                                   if adversary else [])
+    opt = torch.optim.Adam(groups, lr=args.lr, betas=(0.9, 0.999),
                            weight_decay=args.weight_decay)
     if args.baseline:
         return model, None, opt
@@ -734,8 +751,9 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
 
     for epoch in range(start, args.epochs):
         lr = lr_at(epoch, args.lr, args.schedule)
-        for group in opt.param_groups:  # T_θ keeps its own constant rate (--lr-t)
-            group["lr"] = lr
+        for group in opt.param_groups:  # T_θ and the adversary keep their own constant rates
+            if not group.get("constant"):
+                group["lr"] = lr
         seed = args.seed * 1000 + epoch
         seed_everything(rank_seed(seed))  # resumable: each epoch's randomness is fixed
         sampler = (DistributedSampler(train_ds, seed=seed, drop_last=True)  # one order for all
@@ -819,18 +837,18 @@ def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim
     L_CE + α·MI + β·L_rec. Stops with `TrainingError` on a non-finite term, before any update."""
     use_rec = not args.no_rec
     with autocast(device):
-        out = step_fn(b["input"], b.get("mv"), z_i, use_rec)
+        out = step_fn(b["input"], b.get("mv"), z_i, b["label"], use_rec)
     z_e = out["z_e"].float()
     terms = {"ce": F.cross_entropy(out["logits"].float(), b["label"], weight=class_weights)}
     raw = None if critic is None else mi_estimate(critic, z_e, z_i, b["index"], args)
     if raw is not None:
         with torch.no_grad() if args.no_mi else nullcontext():
             terms["mi"] = mi.mi_penalty(critic.estimator, raw)
-    if "adv" in out:  # MIC−MI+Adv: the discriminator sits behind gradient reversal
+    if "adv" in out:  # MIC−MI+Adv: behind gradient reversal, which gives f_E −α × its gradient
         terms["adv"] = F.cross_entropy(out["adv"].float(), b["subject"])
     if use_rec and b["has_apex"].any():  # L_rec = ||I_apex − Dec(z_I, z_E)||²
         terms["rec"] = F.mse_loss(out["rec"].float()[b["has_apex"]], b["apex"][b["has_apex"]])
-    weights = {"ce": 1.0, "mi": 0.0 if args.no_mi else args.alpha, "adv": args.alpha,
+    weights = {"ce": 1.0, "mi": 0.0 if args.no_mi else args.alpha, "adv": 1.0,
                "rec": args.beta}
     loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
     read = {**terms, "loss": loss}
@@ -920,12 +938,12 @@ class TrainForward(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, mv: torch.Tensor | None, z_i: torch.Tensor,
-                rec: bool) -> dict[str, torch.Tensor]:
+                y: torch.Tensor, rec: bool) -> dict[str, torch.Tensor]:
         out = self.model(x, mv)
         if rec:
             out["rec"] = self.model.reconstruct(z_i, out["z_e"])
         if self.model.discriminator is not None:
-            out["adv"] = self.model.discriminator(out["z_e"])
+            out["adv"] = self.model.discriminator(out["z_e"], y)
         return out
 
 
@@ -978,6 +996,11 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
         dist.barrier()
     splits = [s for s in protocol(args.dataset, args.root / "index.csv")
               if args.fold is None or s.test[0] in args.fold]
+    if args.validate:
+        try:
+            splits = [validation_split(s) for s in splits]
+        except ValueError as exc:
+            raise TrainingError(f"--validate on {args.dataset}: {exc}") from None
     data = check_splits(args, splits)
     if rank0:
         f_i = identity_network(args, device)

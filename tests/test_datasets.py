@@ -518,3 +518,15 @@ def test_frame_names_with_superscripts_sort(tmp_path: Path) -> None:
     for name in ("1²2.png", "1.png", "10.png", "2.png"):
         Image.new("L", (4, 4)).save(tmp_path / name)
     assert [p.name for p in ds.frame_files(tmp_path)] == ["1.png", "1²2.png", "2.png", "10.png"]
+
+
+def test_validation_split_holds_out_a_training_fold():
+    splits = ds.PROTOCOLS["ckplus"]
+    val = [ds.validation_split(s) for s in splits]
+    for s, v in zip(splits, val, strict=True):
+        assert v.name == f"{s.name}-val"
+        assert s.test[0] not in v.train + v.test  # the test fold stays unseen
+        assert set(v.train) | set(v.test) == set(s.train) and not set(v.train) & set(v.test)
+    assert [v.test[0] for v in val] == [str((i + 1) % 10) for i in range(10)]  # the next fold
+    with pytest.raises(ValueError, match="one fold"):
+        ds.validation_split(ds.Split("x", ("a",), ("b",)))

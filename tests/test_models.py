@@ -295,6 +295,15 @@ def test_identity_discriminator_reverses_gradient():
     assert disc.mlp[0].weight.grad is not None
 
 
+def test_label_conditional_discriminator_sees_y():
+    disc = IdentityDiscriminator(d_e=12, num_subjects=5, hidden=8, num_classes=3)
+    z_e = torch.randn(B, 12)
+    a, b = disc(z_e, torch.tensor([0, 1])), disc(z_e, torch.tensor([2, 1]))
+    assert not torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])  # y moves its logits
+    with pytest.raises(ValueError, match="labels"):
+        disc(z_e)
+
+
 def test_mic_shapes_and_grads():
     model = MIC(
         7,

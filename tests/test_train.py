@@ -33,6 +33,7 @@ VARIANTS = {
     "mic": [],
     "mic-mi": ["--no-mi"],
     "mic-mi+adv": ["--no-mi", "--adv"],
+    "mic-mi+adv+cond": ["--no-mi", "--adv", "--adv-conditional"],
     "mic-rec": ["--no-rec"],
     "mic+mv": ["--with-mv"],
     "rgb": ["--baseline", "rgb"],
@@ -63,13 +64,39 @@ def test_every_variant_lowers_its_loss(data, variant):
         if key in terms[0]:
             assert terms[-1][key] < terms[0][key], (key, [t[key] for t in terms])
     assert ("rec" in terms[0]) == (variant not in ("mic-rec", "rgb"))
-    assert ("adv" in terms[0]) == (variant == "mic-mi+adv")
+    assert ("adv" in terms[0]) == variant.startswith("mic-mi+adv")
     if variant == "rgb":  # the paper's Mode VLSTM: CNN → LSTM → classifier, nothing else
         assert critic is None and model.decoder is None and model.discriminator is None
         assert isinstance(model.residual.data_bn, torch.nn.Identity)
         held = {id(p) for g in opt.param_groups for p in g["params"]}
         assert held == {id(p) for p in model.parameters()}
         assert "mi" not in terms[0]
+
+
+def test_adversary_weight_apart_from_its_rate(data):
+    """α scales only the reversed gradient f_E gets: the adversary's own gradient and its
+    constant learning rate (--lr-adv) do not change with α, and the schedule leaves its rate."""
+    grads = {}
+    for alpha in (0.1, 1.0):
+        args = train.parse_args([*TINY, "--root", str(data), "--no-mi", "--adv",
+                                 "--alpha", str(alpha), "--lr-adv", "5e-4"])
+        ds = train.make_datasets(args, PROTOCOLS["synthetic"][1])[1]  # test mode: one draw
+        batch = collate([ds[i] for i in range(4)])
+        z_i_train = torch.randn(len(ds), 24, generator=torch.Generator().manual_seed(1))
+        model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
+        adv_group = [g for g in opt.param_groups if g.get("constant")]
+        assert len(adv_group) == 1 and adv_group[0]["lr"] == 5e-4
+        assert {id(p) for p in adv_group[0]["params"]} == {
+            id(p) for p in model.discriminator.parameters()}
+        model.eval()  # no dropout, BatchNorm fixed: the two α see the same forward
+        out = train.TrainForward(model)(batch["input"], None, z_i_train[batch["index"]],
+                                        batch["label"], False)
+        z_e = out["z_e"]
+        z_e.retain_grad()
+        torch.nn.functional.cross_entropy(out["adv"], batch["subject"]).backward()
+        grads[alpha] = (z_e.grad.clone(), model.discriminator.mlp[0].weight.grad.clone())
+    torch.testing.assert_close(grads[1.0][0], 10 * grads[0.1][0])  # f_E: −α × the gradient
+    torch.testing.assert_close(grads[1.0][1], grads[0.1][1])  # the adversary: its own
 
 
 def test_lr_schedule():
@@ -164,6 +191,23 @@ def test_splits_without_clips_stop_before_any_work(data, tmp_path):
     with pytest.raises(SystemExit, match=r"index.csv: fold9 has no test clips \(fold 9\)"):
         train.main([*TINY, "--fold", "9", "--root", str(data), "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()
+
+
+def test_validate_trains_without_the_test_fold(data, tmp_path):
+    """--validate: the split's next training fold is tested on, the others trained on, and no
+    clip of the split's test fold is in either (model selection never sees the test folds)."""
+    with open(data / "index.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["fold"]]
+    used = sorted({int(r["fold"]) for r in rows})
+    test, held = next((f, (f + 1) % 10) for f in used if (f + 1) % 10 in used)
+    tiny = [a for i, a in enumerate(TINY) if "--fold" not in TINY[max(i - 1, 0):i + 1]]
+    train.main([*tiny, "--root", str(data), "--out", str(tmp_path / "r"), "--epochs", "1",
+                "--fold", str(test), "--validate", "--no-rec"])
+    (result_file,) = (tmp_path / "r").glob(f"*/fold{test}-val/result.json")
+    result = json.loads(result_file.read_text())
+    count = {f: sum(int(r["fold"]) == f for r in rows) for f in used}
+    assert result["num_test"] == count[held]
+    assert result["num_train"] == len(rows) - count[held] - count[test]
 
 
 def test_unwritable_out_is_one_line(data, tmp_path):
