@@ -163,7 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedule", help="'epoch:lr,...' step schedule (default per dataset)")
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--cache", help="folder for a cache of decoded clips (speeds up GPU runs)")
+    p.add_argument("--cache", help="folder for a cache of decoded clips and of z_I (speeds up "
+                                   "repeated runs on the same clips)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run found in --out")
@@ -467,12 +468,45 @@ def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int
 
 @torch.no_grad()
 def identity_features(ds: ClipDataset, f_i: torch.nn.Module, device: torch.device,
-                      workers: int) -> torch.Tensor:
-    """z_I of every clip of `ds` (frozen f_I on its I-frame), computed once."""
+                      workers: int, cache: Path | None = None, tag: dict | None = None,
+                      write: bool = True) -> torch.Tensor:
+    """z_I of every clip of `ds` (frozen f_I on its I-frame), computed once. With `cache`, kept
+    there under a hash of `tag` (f_I's weights and input size) and of every clip's file (path,
+    size, modification time), and read back by the next run on the same clips (`write`: this
+    process may store it; one rank under DDP)."""
+    path = None
+    if cache is not None:
+        files = [ds.root / r["path"] for r in ds.rows]
+        key = json.dumps([tag, str(ds.root.resolve()),
+                          [(str(f), *_stamp(f)) for f in files]], sort_keys=True)
+        path = cache / f"z_i-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+        if path.exists():
+            try:
+                z_i = torch.load(path, map_location="cpu", weights_only=True)
+                if isinstance(z_i, torch.Tensor) and len(z_i) == len(ds):
+                    log0(f"identity features z_I: read from {path}")
+                    return z_i
+            except (OSError, RuntimeError, ValueError, EOFError):
+                pass
+            log0(f"identity features z_I: {path} unreadable or not of these clips: recomputed")
     loader = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=collate,
                         worker_init_fn=worker_init)
-    return torch.cat([f_i(b["iframe"].to(device)).cpu()
-                      for b in tqdm(loader, desc="identity features z_I", leave=False)])
+    z_i = torch.cat([f_i(b["iframe"].to(device)).cpu()
+                     for b in tqdm(loader, desc="identity features z_I", leave=False)])
+    if path is not None and write:
+        cache.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda f: torch.save(z_i, f))
+    return z_i
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of a clip's file (0, 0 when it is missing: the reader
+    then says so)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_size, st.st_mtime_ns)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1023,7 +1057,9 @@ def run_all(args: argparse.Namespace, device: torch.device, rank0: bool, distrib
         log0("every split is finished: z_I not computed")
         z_i_all = torch.empty(0)
     else:
-        z_i_all = identity_features(everything, f_i, device, args.workers)
+        z_i_all = identity_features(everything, f_i, device, args.workers,
+                                    cache=Path(args.cache) if args.cache else None,
+                                    tag=identity, write=rank0)
     del f_i
     t0 = time.time()
     z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}

@@ -99,6 +99,33 @@ def test_adversary_weight_apart_from_its_rate(data):
     torch.testing.assert_close(grads[1.0][1], grads[0.1][1])  # the adversary: its own
 
 
+def test_identity_features_cached(data, tmp_path):
+    """--cache keeps z_I: the second run on the same clips reads it (f_I not called), equal to
+    the computed one; a clip file that changes makes it recomputed."""
+    from reader import ClipDataset
+
+    calls = []
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return x.mean((2, 3))
+
+    ds = ClipDataset(data, num_segments=1, size=32, apex=False, iframe=True, iframe_size=32)
+    tag = {"network": "mean", "sha256": "x"}
+    first = train.identity_features(ds, Mean(), torch.device("cpu"), 0, tmp_path, tag)
+    n = len(calls)
+    again = train.identity_features(ds, Mean(), torch.device("cpu"), 0, tmp_path, tag)
+    assert len(calls) == n and torch.equal(first, again) and first.shape == (len(ds), 3)
+    other = train.identity_features(ds, Mean(), torch.device("cpu"), 0, tmp_path,
+                                    {**tag, "sha256": "y"})  # other weights: computed
+    assert len(calls) == 2 * n and torch.equal(first, other)
+    clip = data / ds.rows[0]["path"]
+    os.utime(clip, ns=(clip.stat().st_atime_ns, clip.stat().st_mtime_ns + 10**9))
+    train.identity_features(ds, Mean(), torch.device("cpu"), 0, tmp_path, tag)
+    assert len(calls) == 3 * n
+
+
 def test_lr_schedule():
     assert train.lr_at(0, 1e-3, "30:1e-4") == 1e-3
     assert train.lr_at(30, 1e-3, "30:1e-4") == 1e-4
