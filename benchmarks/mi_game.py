@@ -26,6 +26,7 @@ another (``mi.heldout_mi``).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -106,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"comma-separated rows among {', '.join(PROCEDURES)}")
     p.add_argument("--steps", type=int, default=2000, help="encoder steps")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the MI term")
+    p.add_argument("--train-options", default="",
+                   help="more train.py options for every row, one string (e.g. '--mi-ridge 10')")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--hidden", type=int, help="width of T_θ of the memory and paper rows")
     p.add_argument("--lr-encoder", type=float, default=1e-3)
@@ -116,6 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, help="clips that recur every epoch")
     p.add_argument("--identity-scale", type=float, help="scale of the identity in x")
     p.add_argument("--identity-rows", type=int, help="dimensions of x that carry identity")
+    p.add_argument("--init", choices=["random", "span"], default="random",
+                   help="the encoder's start: random, or random projected onto the span of the "
+                        "pool's x (the part of z_E that no gradient of the pool can change is "
+                        "then 0; with a pool smaller than d_x a random start keeps identity "
+                        "there that no procedure can remove: printed as the floor)")
     p.add_argument("--independent", action="store_true",
                    help="x carries no identity: the true MI is 0 throughout")
     p.add_argument("--sigma-x", type=float, default=0.3)
@@ -147,7 +155,8 @@ def mi_options(procedure: str, args: argparse.Namespace) -> argparse.Namespace:
     """train.py's options of a row (its defaults, the row's MI options, the game's batch)."""
     flags = [f.format(hidden=args.hidden) for f in PROCEDURES[procedure]]
     return train.parse_args(["--dataset", "synthetic", "--batch-size", str(args.batch_size),
-                             "--alpha", str(args.alpha), *flags])
+                             "--alpha", str(args.alpha), *flags,
+                             *shlex.split(args.train_options)])
 
 
 def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
@@ -158,6 +167,10 @@ def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
     head = nn.Linear(args.dz, 1)
     opt_e = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=args.lr_encoder)
     x, c, y = toy.sample(args.pool, g)  # the pool; clip k is subject k
+    span = pool_span(x)
+    if args.init == "span":
+        with torch.no_grad():
+            encoder.weight.copy_(encoder.weight @ span)
     critic, options = None, None
     if procedure is not None:
         options = mi_options(procedure, args)
@@ -165,6 +178,9 @@ def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
                                subjects=[str(k) for k in range(args.pool)])
         critic = train.build_critic(options, pool, args.dz, y, torch.device("cpu"))
     mi_start = toy.true_mi(encoder.weight.detach().double().numpy())
+    # what the pool's gradients cannot reach: W's part outside the span of the pool's x
+    floor = toy.true_mi(encoder.weight.detach().double().numpy()
+                        @ (np.eye(args.dx) - span.double().numpy()))
     curve, estimates, task, active = [], [], [], []
     step = 0
     while step < args.steps:
@@ -195,6 +211,7 @@ def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
     held = mi.heldout_mi(z_tr, y_tr, z_te, y_te, "mine", dims=16)
     return {
         "mi_start": mi_start,
+        "floor": floor,
         "mi_end": float(curve[curve[:, 0] >= args.steps - tail, 1].mean()),
         "estimate": float(np.mean(estimates[-tail:])) if estimates else float("nan"),
         "active": float(np.mean(active)) if active else float("nan"),
@@ -203,6 +220,14 @@ def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
         "curve": curve,
         "estimates": np.array(estimates),
     }
+
+
+def pool_span(x: torch.Tensor) -> torch.Tensor:
+    """(d_x, d_x) projection onto the span of the pool's x: every gradient step of the encoder
+    W moves W only inside it (∂/∂W = Σ_k g_k x_kᵀ)."""
+    u, sv, vt = torch.linalg.svd(x.double(), full_matrices=False)
+    basis = vt[sv > sv.max() * 1e-10]
+    return (basis.T @ basis).float()
 
 
 def plot(runs: dict[str, dict], path: Path, title: str) -> None:
@@ -233,20 +258,21 @@ def main(argv: list[str] | None = None) -> None:
     title = (f"preset {args.preset}: {args.steps} encoder steps, batch {args.batch_size}, pool "
              f"{args.pool}, alpha {args.alpha}, lr encoder {args.lr_encoder}; d_x {args.dx}, "
              f"d_z {args.dz}, k {args.k}, d_y {args.dy}, identity in {args.identity_rows} dims "
-             f"of x, scale {args.identity_scale}"
+             f"of x, scale {args.identity_scale}, init {args.init}"
              f"{', independent (true MI 0)' if args.independent else ''}")
     print(title + "; the MI term, true MI end and task MSE averaged over the last 10% of steps; "
           "active: share of steps whose MI term moved z_E; held out: a fresh MINE on new "
-          "samples\n")
-    print("| procedure | true MI start | true MI end | end / task alone | MI term (training) "
-          "| active | held-out estimate | task MSE end | task / task alone |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+          "samples; floor: the true MI of the encoder's part no gradient of the pool can "
+          "change\n")
+    print("| procedure | true MI start | floor | true MI end | end / task alone | MI term "
+          "(training) | active | held-out estimate | task MSE end | task / task alone |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     runs = {}
     for name in ["task alone", *args.procedures.split(",")]:  # each row as its game ends
         t = time.time()
         r = runs[name] = play(toy, None if name == "task alone" else name, args)
         base = runs["task alone"]
-        print(f"| {name} | {r['mi_start']:.3f} | {r['mi_end']:.3f} | "
+        print(f"| {name} | {r['mi_start']:.3f} | {r['floor']:.3f} | {r['mi_end']:.3f} | "
               f"{r['mi_end'] / base['mi_end']:.2f} | {r['estimate']:.3f} | {r['active']:.2f} | "
               f"{r['heldout']:.3f} | {r['task']:.4f} | {r['task'] / base['task']:.2f} |",
               flush=True)

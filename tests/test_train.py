@@ -670,3 +670,56 @@ def test_imagenet_weights_offline_is_one_line(data, tmp_path):
     assert res.stderr.strip().splitlines()[-1].startswith(
         f"train.py: resnet18-f37072fd.pth is not in {folder} and could not be downloaded")
     assert not (tmp_path / "run").exists()
+
+
+def label_coupled_accuracy(conditional: bool | None, alpha: float = 0.5, steps: int = 200) -> float:
+    """A linear f_E trained by train.py's MI path (`build_critic`, `mi_estimate`, the default
+    procedure) on clips whose label follows the subject's appearance group, as z_I does (the
+    synthetic set's --label-coupling 1): each subject shows the two emotions of its group.
+    `conditional` None: no MI term. Accuracy on the training clips after `steps`."""
+    from types import SimpleNamespace
+
+    import mi
+
+    g = torch.Generator().manual_seed(0)
+    subjects = torch.arange(24).repeat_interleave(8)
+    group = subjects % 2
+    labels = 2 * group + torch.randint(0, 2, (len(subjects),), generator=g)
+    appearance = torch.randn(24, 8, generator=g) + 3.0 * group[::8, None].float()
+    z_i = appearance[subjects] + 0.1 * torch.randn(len(subjects), 8, generator=g)
+    prototypes = 1.5 * torch.randn(4, 8, generator=g)
+    x = torch.cat([prototypes[labels] + torch.randn(len(subjects), 8, generator=g),
+                   appearance[subjects]], 1)
+    torch.manual_seed(0)
+    encoder, head = torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)
+    opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=3e-3)
+    args = train.parse_args(["--dataset", "synthetic", "--batch-size", "16", "--alpha",
+                             str(alpha), "--mi-dims", "8",
+                             *(["--mi-conditional"] if conditional else [])])
+    pool = SimpleNamespace(rows=[{"subject": str(int(s)), "label": int(y)}
+                                 for s, y in zip(subjects, labels, strict=True)],
+                           subjects=[str(k) for k in range(24)])
+    critic = (None if conditional is None
+              else train.build_critic(args, pool, 16, z_i, torch.device("cpu")))
+    for _ in range(steps):
+        ids = torch.randperm(len(subjects), generator=g)[:16]
+        z_e = encoder(x[ids])
+        loss = torch.nn.functional.cross_entropy(head(z_e), labels[ids])
+        raw = None if critic is None else train.mi_estimate(critic, z_e, z_i[ids], ids, args)
+        if raw is not None:
+            loss = loss + alpha * mi.mi_penalty(critic.estimator, raw)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return (head(encoder(x)).argmax(1) == labels).float().mean().item()
+
+
+def test_conditional_mi_keeps_the_accuracy_the_unconditional_term_takes():
+    """Where z_I predicts the label, minimising I(z_E; z_I) removes label information with the
+    identity; I(z_E; z_I | y) (--mi-conditional) does not (measured: 0.97 without an MI term,
+    0.59 unconditional, 0.96 conditional)."""
+    alone = label_coupled_accuracy(None)
+    assert alone >= 0.9
+    assert label_coupled_accuracy(False) <= alone - 0.2
+    assert label_coupled_accuracy(True) >= alone - 0.05
