@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv build demo study table precondition test lint clean
+.PHONY: venv build demo study table precondition sweep test lint clean
 
 # The virtual environment, from the pinned requirements; rebuilt when they change.
 $(STAMP): requirements.txt pyproject.toml setup.py
@@ -72,6 +72,15 @@ precondition: build
 	done
 	$(PY) evaluate.py $(PRE_OUT)-style0/c1 --no-speed
 	$(PY) evaluate.py $(PRE_OUT)/c1 --no-speed --against $(PRE_OUT)-style0/c1
+
+# Which identity regulariser recovers what identity costs (study.py sweep; docs/identity-study.md):
+# on make precondition's 200-subject set, each family × α on validation folds, each family's best
+# α on the 10 test folds × 2 seeds, the conditional MI term on a label-coupled set. Resumable; it
+# prints its estimate first (many hours on the 2-core CPU). A part: SWEEP_ARGS, e.g.
+# make sweep SWEEP_ARGS="--families mi adv placebo --alphas 0.1 1 --folds 0 1 --stages sweep"
+SWEEP_ARGS ?=
+sweep: build
+	$(PY) study.py sweep $(SWEEP_ARGS)
 
 test: build
 	$(PY) -m ruff check .

@@ -46,3 +46,38 @@ def test_ablation_table_end_to_end(tmp_path):
                 "mic+mv+resnet6", "rgb+resnet6"):
         assert f"| {row} |" in table, row
     assert "Mode VLSTM" in table and "99.71" in table  # the paper's column
+
+
+@pytest.mark.timeout(2400)  # ten train.py runs on three tiny sets
+def test_identity_sweep_end_to_end(tmp_path):
+    """study.py sweep: every stage trains (validation folds, then each family's best α on the
+    test folds, then the label-coupled set), the document, its JSON and the plot are written
+    from the evaluated runs, and a second call trains nothing."""
+    doc = tmp_path / "doc" / "identity-study"
+    args = ["sweep", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"),
+            "--subjects", "10", "--epochs", "1", "--folds", "0", "--confirm-folds", "0", "1",
+            "--seeds", "0", "--families", "mi", "adv", "--alphas", "1", "--synthetic",
+            TINY_SET, "--doc", str(doc), "--train", *TINY_TRAIN]
+    study.main(args)
+    summary = json.loads(doc.with_suffix(".json").read_text())
+    assert summary["best_alpha"] == {"mi": 1.0, "adv": 1.0}
+    sweep_rows = {x["variant"]: x for x in summary["sweep"]["rows"]}
+    assert set(sweep_rows) == {"mi-a1+resnet6", "adv-a1+resnet6", study.REFERENCE}
+    assert summary["sweep"]["style_off"]["variant"] == f"{study.REFERENCE}, style off"
+    assert all(x["splits"] == 1 for x in sweep_rows.values())  # fold0-val
+    assert {x["variant"] for x in summary["c1"]["rows"]} == set(sweep_rows)
+    assert all(x["splits"] == 2 for x in summary["c1"]["rows"])
+    assert {x["variant"] for x in summary["coupled"]} == {"mi-a1+resnet6", study.REFERENCE}
+    assert sweep_rows["mi-a1+resnet6"]["mi_active"] >= 0  # the MI term's diagnostics
+    assert sweep_rows["adv-a1+resnet6"]["mi_active"] == 0  # no MI term in its loss
+    text = doc.with_suffix(".md").read_text()
+    for part in ("## The sweep", "## Confirmation", "## The label-coupled set",
+                 "| mi-a1+resnet6 | 1 |", f"| {study.REFERENCE}, style off |"):
+        assert part in text, part
+    assert doc.with_suffix(".png").stat().st_size > 5000
+    assert (tmp_path / "runs" / "sweep" / "mi-a1+resnet6" / "fold0-val" / "result.json").exists()
+    assert (tmp_path / "runs-lc1" / "c1" / study.REFERENCE / "fold1" / "result.json").exists()
+    timing = (tmp_path / "runs" / "sweep-timing.json").read_text()
+    assert len(json.loads(timing)) == 2 + 2 + 2 * 4 + 2 * 2  # fold-runs trained
+    study.main(args)  # resumes: nothing to train
+    assert (tmp_path / "runs" / "sweep-timing.json").read_text() == timing
