@@ -77,6 +77,11 @@ DEPENDENCE = dict(zi_dims=(None, 8), permutations=1000)
 DIAGNOSTICS = ("mi_raw", "mi_active", "mi_grad_ratio")
 
 
+class EvaluateError(RuntimeError):
+    """A run that cannot be evaluated as asked (a missing folder or report, an unwritable
+    file): `main` reports it in one line."""
+
+
 def paper_row(variant: str) -> str:
     core, _, backbone = variant.partition("+resnet")
     label = PAPER_ROWS.get(core, core)
@@ -533,7 +538,7 @@ def against(run: Path, variants: list[dict], other: Path) -> list[dict]:
     of a dataset (a knob of the synthetic set on and off, say)."""
     path = other / "results.json"
     if not path.is_file():
-        raise SystemExit(f"evaluate.py: {path} not found: run `python evaluate.py {other}` first")
+        raise EvaluateError(f"{path} not found: run `python evaluate.py {other}` first")
     theirs = {v["variant"]: v for v in json.loads(path.read_text())["variants"]}
     out = []
     for v in variants:
@@ -729,8 +734,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--against", type=Path, metavar="OTHER",
                    help="an evaluated run: each variant paired with its namesake there")
     args = p.parse_args(argv)
+    try:
+        evaluate_run(args)
+    except EvaluateError as exc:
+        raise SystemExit(f"evaluate.py: {exc}") from None
+
+
+def evaluate_run(args: argparse.Namespace) -> None:
+    """Evaluate the run folder `args.run` as the command line asks; `EvaluateError` when it
+    cannot."""
     if not args.run.is_dir():
-        raise SystemExit(f"evaluate.py: {args.run} is not a folder")
+        raise EvaluateError(f"{args.run} is not a folder")
     found, skipped = {}, {}
     for d in sorted(p for p in args.run.iterdir() if p.is_dir()):
         done, left = read_splits(d)
@@ -742,7 +756,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, why in reasons.items():
             print(f"evaluate.py: left out {variant}/{name}: {why}")
     if not found:
-        raise SystemExit(f"evaluate.py: no finished split (result.json) under {args.run}")
+        raise EvaluateError(f"no finished split (result.json) under {args.run}")
     order = list(PAPER_ROWS)
 
     def rank(d: Path) -> tuple[int, str]:
@@ -757,15 +771,15 @@ def main(argv: list[str] | None = None) -> None:
     def save(speed: list[dict], note: str) -> str:
         """results.json and results.md as they stand (the tables first, then with the speed)."""
         md = write_markdown(args.run, variants, compared, speed, skipped, across, probes, note)
-        write_or_exit(args.run / "results.json", lambda path: path.write_text(json.dumps(
+        write_checked(args.run / "results.json", lambda path: path.write_text(json.dumps(
             {"variants": variants, "comparisons": compared, "against": across,
              "probe_over_majority": probes, "speed": speed, "speed_skipped": note,
              "left_out": skipped}, indent=1)))
-        write_or_exit(args.run / "results.md", lambda path: path.write_text(md))
+        write_checked(args.run / "results.md", lambda path: path.write_text(md))
         return md
 
     for v in variants:
-        write_or_exit(args.run / v["variant"] / "confusion.png", lambda path, v=v:
+        write_checked(args.run / v["variant"] / "confusion.png", lambda path, v=v:
                       plot_confusion(v, path))
     md = save([], "")
     if not args.no_speed:
@@ -778,12 +792,12 @@ def main(argv: list[str] | None = None) -> None:
     print(md)
 
 
-def write_or_exit(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(path)`, or stop with one line naming the file when it cannot be written."""
+def write_checked(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(path)`; `EvaluateError` naming the file when it cannot be written."""
     try:
         write(path)
     except OSError as exc:
-        raise SystemExit(f"evaluate.py: cannot write {path}: {exc.strerror or exc}") from None
+        raise EvaluateError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

@@ -362,7 +362,7 @@ def prepare_data(args: argparse.Namespace) -> None:
         what = (f"{args.root} holds videos but no index.csv: run\n"
                 f"    python datasets.py --dataset {args.dataset} --root {args.root}"
                 if has_mp4 else prepare_text(args.dataset, raw, args.root))
-        sys.exit(f"train.py: no {args.dataset} data in {args.root}.\n{what}")
+        raise TrainingError(f"no {args.dataset} data in {args.root}.\n{what}")
     py = sys.executable
     if not (raw / "synthetic.json").exists():
         run([py, str(ROOT / "synthetic.py"), "--out", str(raw),
@@ -384,10 +384,10 @@ def identity_network(args: argparse.Namespace, device: torch.device) -> torch.nn
     weights = args.identity_weights
     if weights == "pretrain":
         if args.dataset != "synthetic":
-            sys.exit("train.py: --identity-weights pretrain is for the synthetic set only")
+            raise TrainingError("--identity-weights pretrain is for the synthetic set only")
         if args.identity not in (None, "facenet_mobilenet"):
-            sys.exit("train.py: pretraining on the synthetic identities needs --identity "
-                     "facenet_mobilenet (or pass --identity-weights)")
+            raise TrainingError("pretraining on the synthetic identities needs --identity "
+                                "facenet_mobilenet (or pass --identity-weights)")
         args.identity = "facenet_mobilenet"
         path = args.root / f"identity_facenet_mobilenet_{args.identity_size}px.pth"
         if not path.exists():
@@ -407,7 +407,7 @@ def identity_network(args: argparse.Namespace, device: torch.device) -> torch.nn
             torch.manual_seed(args.seed)  # 'random' weights: one network per --seed, every rank
             return build_identity(args.identity, weights, size=args.identity_size).to(device)
     except (FileNotFoundError, RuntimeError, ValueError, KeyError) as exc:
-        sys.exit(f"train.py: identity network: {exc}")
+        raise TrainingError(f"identity network: {exc}") from None
 
 
 def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int,
@@ -420,7 +420,7 @@ def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int
 
     ids = sorted(d for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
     if not ids:
-        sys.exit(f"train.py: no identity folders in {folder} to pretrain the identity network")
+        raise TrainingError(f"no identity folders in {folder} to pretrain the identity network")
     images, labels = [], []
     for k, d in enumerate(ids):
         for f in sorted(d.glob("*.png")):

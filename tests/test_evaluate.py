@@ -109,3 +109,12 @@ def test_a_run_folder_it_cannot_write_is_one_line(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match=r"^evaluate.py: cannot write \S+results.json: Is a "
                                          r"directory$"):
         evaluate.main([str(run), "--no-speed"])
+
+
+def test_helpers_raise_and_only_main_exits(tmp_path):
+    """evaluate.py's helpers raise `EvaluateError` (only `main` exits with its line)."""
+    with pytest.raises(evaluate.EvaluateError, match=r"results.json not found: run `python "
+                                                     r"evaluate.py \S+other` first"):
+        evaluate.against(tmp_path, [], tmp_path / "other")
+    with pytest.raises(evaluate.EvaluateError, match="cannot write"):
+        evaluate.write_checked(tmp_path / "no" / "such.md", lambda path: path.write_text(""))

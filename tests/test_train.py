@@ -557,6 +557,20 @@ def test_missing_dataset_says_what_to_do(tmp_path):
     assert "Train_AFEW" in run.stderr and "reencode.sh" in run.stderr
 
 
+def test_helpers_raise_and_only_main_exits(tmp_path):
+    """train.py's helpers raise `TrainingError` (only `main` exits), so that study.py and tests
+    can call them: no data, pretraining for a real set, no identity folders to pretrain on."""
+    args = train.parse_args(["--dataset", "afew", "--root", str(tmp_path / "afew")])
+    with pytest.raises(train.TrainingError, match="(?s)no afew data in .*Train_AFEW"):
+        train.prepare_data(args)
+    args.identity_weights = "pretrain"
+    with pytest.raises(train.TrainingError, match="synthetic set only"):
+        train.identity_network(args, torch.device("cpu"))
+    with pytest.raises(train.TrainingError, match="no identity folders in"):
+        train.pretrain_identity(tmp_path / "none", tmp_path / "w.pth", 1, 32, 0,
+                                torch.device("cpu"))
+
+
 def test_identity_probe_finds_identity():
     g = torch.Generator().manual_seed(0)
     subjects = torch.arange(10).repeat_interleave(6)
