@@ -44,18 +44,15 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from scipy import stats  # noqa: E402
-
-import mi  # noqa: E402
-from models import MIC, RANDOM  # noqa: E402
-from reader import ClipDataset  # noqa: E402
+import mi
+from metrics import recall_metrics
+from models import MIC, RANDOM
+from reader import ClipDataset
 
 # Variant name (train.variant_name without the backbone) -> the paper's row label.
 PAPER_ROWS = {
@@ -86,18 +83,6 @@ def paper_row(variant: str) -> str:
     core, _, backbone = variant.partition("+resnet")
     label = PAPER_ROWS.get(core, core)
     return f"{label}, ResNet{backbone}" if backbone else f"{label}, ResNet50"
-
-
-def recall_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int
-                   ) -> tuple[float, float, list[float]]:
-    """(WAR = accuracy, UAR = mean recall over the classes present in `labels`, per-class recall
-    with NaN for absent classes)."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    recall = []
-    for c in range(num_classes):
-        mask = labels == c
-        recall.append(float((preds[mask] == c).mean()) if mask.any() else float("nan"))
-    return float((labels == preds).mean()), float(np.nanmean(recall)), recall
 
 
 # What evaluate_variant reads of a split's features.npz.
@@ -550,6 +535,11 @@ def against(run: Path, variants: list[dict], other: Path) -> list[dict]:
 
 
 def plot_confusion(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     c = np.array(res["confusion"], float)
     norm = c / np.maximum(c.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))

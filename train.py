@@ -58,7 +58,7 @@ import identity_weights
 import mi
 import models
 from datasets import PROTOCOLS, SPECS, Split, prepare_text, protocol, read_index
-from evaluate import recall_metrics
+from metrics import recall_metrics
 from models import DEFAULT_IDENTITY, IDENTITY_DIMS, MIC, RANDOM, FaceNetMobileNet, build_identity
 from reader import SCALES, ClipDataset, DecodeCache, collate, worker_init
 

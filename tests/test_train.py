@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import evaluate
+import metrics
 import train
 from datasets import PROTOCOLS
 from reader import collate
@@ -486,10 +487,20 @@ def test_evaluate_against_another_run(tiny_run, tmp_path):
     assert "splits both runs finished" in (run / "results.md").read_text()
 
 
+def test_train_does_not_import_evaluate_scipy_or_matplotlib():
+    """train.py takes its metric from metrics.py: importing it loads neither evaluate.py nor
+    scipy nor matplotlib (evaluate.py imports matplotlib where it plots)."""
+    code = ("import sys, train; print(sorted(m for m in ('evaluate', 'scipy', 'matplotlib') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_recall_metrics_hand_computed():
     labels = [0, 0, 0, 1, 2, 2]
     preds = [0, 1, 1, 1, 2, 0]
-    war, uar, recall = evaluate.recall_metrics(labels, preds, 4)  # class 3 absent
+    war, uar, recall = metrics.recall_metrics(labels, preds, 4)  # class 3 absent
     assert war == pytest.approx(3 / 6)
     assert recall[:3] == pytest.approx([1 / 3, 1.0, 1 / 2]) and recall[3] != recall[3]
     assert uar == pytest.approx((1 / 3 + 1 + 1 / 2) / 3)
