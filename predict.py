@@ -75,8 +75,9 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 import coviar
-from datasets import CLASSES, COLUMNS, FOLDS, frame_files
+from datasets import CLASSES, COLUMNS, FOLDS
 from faces import detect_indices, detector, face_box, fast_max_pools, read_frames
+from frames import frame_files
 from models import MIC, RANDOM
 from reader import ClipDataset, collate
 
