@@ -42,6 +42,7 @@ import pickle
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ from scipy import stats
 
 import mi
 from metrics import recall_metrics
-from models import MIC, RANDOM
+from models import MIC, RANDOM, MICConfig
 from reader import ClipDataset
 
 # Variant name (train.variant_name without the backbone) -> the paper's row label.
@@ -564,13 +565,14 @@ def plot_confusion(res: dict, path: Path) -> None:
 def measure_speed(root: Path, config: dict, representation: str, backbone: str, clips: int,
                   device: torch.device) -> dict:
     """Clips/s and frames/s of reading `clips` clips (the reader in test mode: the sampled
-    residuals or frames only) and running the expression branch on them, one at a time."""
-    ds = ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
+    residuals or frames only) and running the expression branch on them, one at a time; the
+    model of the checkpoint record `config` with the `backbone`, on the `representation`."""
+    cfg = replace(MICConfig.from_checkpoint(config), backbone=backbone, with_mv=False,
+                  decoder=False, num_subjects=0, data_bn=representation != "rgb")
+    ds = ClipDataset(root, num_segments=cfg.num_segments, size=cfg.size,
                      representation=representation, accumulate=config.get("accumulate", False),
                      apex=False)
-    model = MIC(config["num_classes"], config["num_segments"], backbone, config["hidden"],
-                decoder=False, size=config["size"], backbone_weights=RANDOM,
-                data_bn=representation != "rgb").to(device).eval()
+    model = MIC.from_config(cfg, backbone_weights=RANDOM).to(device).eval()
     n = min(clips, len(ds))
     model(ds[0]["input"][None].to(device))  # warm-up
     t0 = time.perf_counter()
@@ -585,8 +587,8 @@ def measure_speed(root: Path, config: dict, representation: str, backbone: str, 
 
 
 def speed_config(run: Path, v: dict) -> dict:
-    """The model config of a variant (from the first of its splits with a readable ckpt.pt);
-    `ValueError` saying why there is none."""
+    """The checkpoint record of a variant (from the first of its splits with a readable ckpt.pt
+    whose model config is whole); `ValueError` saying why there is none."""
     why = []
     for split in v["splits"]:
         path = run / v["variant"] / split / "ckpt.pt"
@@ -594,8 +596,10 @@ def speed_config(run: Path, v: dict) -> dict:
             why.append(f"{split}: no ckpt.pt")
             continue
         try:
-            return json.loads(torch.load(path, map_location="cpu", weights_only=True,
-                                         mmap=True)["config"])
+            config = json.loads(torch.load(path, map_location="cpu", weights_only=True,
+                                           mmap=True)["config"])
+            MICConfig.from_checkpoint(config)
+            return config
         except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError,
                 TypeError) as exc:
             why.append(f"{split}: unreadable ckpt.pt ({str(exc).splitlines()[0][:80]})")
@@ -612,7 +616,8 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
         raise ValueError(f"the data of the checkpoints, {root}/index.csv, is not found"
                          + (" (a relative root: run evaluate.py from the folder train.py ran in)"
                             if not root.is_absolute() else ""))
-    backbones = sorted({c["backbone"] for c in configs.values()})
+    backbone = {name: MICConfig.from_checkpoint(c).backbone for name, c in configs.items()}
+    backbones = sorted(set(backbone.values()))
     paths = [("residual", b) for b in backbones] + [("rgb", b) for b in backbones]
     if "resnet50" not in backbones:
         paths.append(("rgb", "resnet50"))
@@ -623,7 +628,7 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
     for v in variants:
         c = configs[v["variant"]]
         v["speed"] = next(r for r in rows if r["representation"] == c["input"]
-                          and r["backbone"] == c["backbone"])
+                          and r["backbone"] == backbone[v["variant"]])
     return rows
 
 

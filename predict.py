@@ -62,7 +62,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -78,12 +78,10 @@ import coviar
 from datasets import CLASSES, COLUMNS, FOLDS
 from faces import detect_indices, detector, face_box, fast_max_pools, read_frames
 from frames import frame_files
-from models import MIC, RANDOM
+from models import MIC, RANDOM, MICConfig
 from reader import ClipDataset, collate
 
 ROOT = Path(__file__).resolve().parent
-CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden", "with_mv",
-               "d_i", "size", "input", "data_bn")
 BATCH = 16  # windows per forward pass
 DETECT_FRAMES = 16  # frames MTCNN looks at (faces.face_box's default, as `datasets.py crop`)
 FF_QP2LAMBDA = 118  # libavcodec's lambda of quantiser 1
@@ -118,7 +116,8 @@ class Window:
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[str, Any]]:
     """The expression model of a train.py checkpoint (eval mode; on the CPU with
-    `faces.fast_max_pools`: the same outputs, faster) and its config."""
+    `faces.fast_max_pools`: the same outputs, faster) and its config (the model's under
+    "model", as `MICConfig.from_checkpoint` reads it)."""
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -143,20 +142,20 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
         raise CheckpointError(f"{path}: its 'config' is not train.py's JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its 'config' is not a JSON object, as train.py writes")
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    if missing:
-        raise CheckpointError(f"{path}: its config lacks {missing}; is it from train.py?")
-    if config["input"] not in ("residual", "rgb") or len(config["class_names"]) != config[
-            "num_classes"]:
-        raise CheckpointError(f"{path}: inconsistent config (input {config['input']!r}, "
-                              f"{len(config['class_names'])} class names, "
-                              f"num_classes {config['num_classes']})")
     try:
-        model = MIC(config["num_classes"], config["num_segments"], config["backbone"],
-                    config["hidden"], with_mv=config["with_mv"], decoder=False,
-                    d_i=config["d_i"], size=config["size"], backbone_weights=RANDOM,
-                    data_bn=config["data_bn"])
+        cfg = MICConfig.from_checkpoint(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}; is it from train.py?") from None
+    names = config.get("class_names")
+    if config.get("input") not in ("residual", "rgb") or not isinstance(names, list) \
+            or len(names) != cfg.num_classes:
+        raise CheckpointError(f"{path}: inconsistent config (input {config.get('input')!r}, "
+                              f"class names {names!r}, num_classes {cfg.num_classes})")
+    config = {**config, "model": asdict(cfg)}  # the model's record, of old checkpoints too
+    try:
         # The decoder and the adversary only serve training.
+        model = MIC.from_config(replace(cfg, decoder=False, num_subjects=0),
+                                backbone_weights=RANDOM)
         model.load_state_dict({k: v for k, v in ckpt["model"].items()
                                if not k.startswith(("decoder.", "discriminator."))})
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -557,8 +556,9 @@ def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> C
             rows.writerow(dict(path=f"{name}.mp4", subject="video", label=0, label_name=label,
                                num_frames=n, fold=FOLDS[dataset][0], dataset=dataset, view=0,
                                crop="none", apex=-1))
-    return ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
-                       representation=config["input"], with_mv=config["with_mv"],
+    model = config["model"]
+    return ClipDataset(root, num_segments=model["num_segments"], size=model["size"],
+                       representation=config["input"], with_mv=model["with_mv"],
                        accumulate=config.get("accumulate", False), apex=False)
 
 
@@ -582,7 +582,7 @@ def _entry(classes: list[str], p: np.ndarray) -> dict[str, Any]:
 def _settings(config: dict[str, Any], window: int | None,
               stride: int | None) -> tuple[int, int]:
     """The window and stride (defaults: 2 x num_segments, half a window), checked."""
-    window = 2 * config["num_segments"] if window is None else window
+    window = 2 * config["model"]["num_segments"] if window is None else window
     stride = max(1, window // 2) if stride is None else stride
     if window < 2 or stride < 1:
         raise PredictError(f"window must be >= 2 and stride >= 1, not {window} and {stride}")

@@ -41,7 +41,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -59,7 +59,15 @@ import mi
 import models
 from datasets import PROTOCOLS, SPECS, Split, prepare_text, protocol, read_index
 from metrics import recall_metrics
-from models import DEFAULT_IDENTITY, IDENTITY_DIMS, MIC, RANDOM, FaceNetMobileNet, build_identity
+from models import (
+    DEFAULT_IDENTITY,
+    IDENTITY_DIMS,
+    MIC,
+    RANDOM,
+    FaceNetMobileNet,
+    MICConfig,
+    build_identity,
+)
 from reader import SCALES, ClipDataset, DecodeCache, collate, worker_init
 
 ROOT = Path(__file__).resolve().parent
@@ -512,11 +520,8 @@ def build(args: argparse.Namespace, ds: ClipDataset, z_i_train: torch.Tensor,
     β1 0.9). The baseline's model has no decoder and no input BatchNorm (its frames are
     ImageNet-normalised once, by the reader)."""
     seed_everything(args.seed)
-    d_i = z_i_train.shape[1]
-    model = MIC(ds.num_classes, args.num_segments, args.backbone, args.hidden,
-                with_mv=args.with_mv, decoder=not args.no_rec, d_i=d_i, size=args.size,
-                num_subjects=len(ds.subjects) if args.adv else 0,
-                backbone_weights=args.backbone_weights, data_bn=args.baseline is None).to(device)
+    cfg = mic_config(args, ds, z_i_train.shape[1])
+    model = MIC.from_config(cfg, backbone_weights=args.backbone_weights).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
                            weight_decay=args.weight_decay)
     if args.baseline:
@@ -700,14 +705,14 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
     train_ds, train_eval_ds, test_ds = make_datasets(args, split)
     # z_I of the training clips, in the dataset's order (precomputed once for every clip)
     z_i_train = z_i_all[[z_i_row[r["path"]] for r in train_ds.rows]].to(device)
-    d_i = z_i_all.shape[1]
     model, critic, opt = build(args, train_ds, z_i_train, device)
     class_weights = None
     if args.class_weights:
         counts = torch.bincount(torch.tensor([int(r["label"]) for r in train_ds.rows]),
                                 minlength=train_ds.num_classes).float()
         class_weights = (counts.sum() / counts.clamp(min=1) / train_ds.num_classes).to(device)
-    config = {**model_config(args, train_ds, d_i, identity), "data": data}
+    config = {**run_config(args, train_ds, mic_config(args, train_ds, z_i_train.shape[1]),
+                           identity), "data": data}
     start, history = 0, []
     if args.resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
@@ -934,15 +939,23 @@ def options(args: argparse.Namespace) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())}
 
 
-def model_config(args: argparse.Namespace, ds: ClipDataset, d_i: int, identity: dict) -> dict:
-    """What predict.py and evaluate.py need to rebuild the model of a checkpoint, the identity
-    network used and every option of the run (for --resume's check)."""
-    return {"num_classes": ds.num_classes, "class_names": ds.class_names,
-            "num_segments": args.num_segments, "backbone": args.backbone, "hidden": args.hidden,
-            "with_mv": args.with_mv, "decoder": not args.no_rec, "d_i": d_i, "size": args.size,
-            "input": "rgb" if args.baseline else "residual", "data_bn": args.baseline is None,
-            "accumulate": args.accumulate, "dataset": args.dataset, "variant": args.name,
-            "root": str(args.root.resolve()), "identity": identity, "options": options(args)}
+def mic_config(args: argparse.Namespace, ds: ClipDataset, d_i: int) -> MICConfig:
+    """The model of the run on the training clips of `ds` (z_I d_i-dimensional)."""
+    return MICConfig(num_classes=ds.num_classes, num_segments=args.num_segments,
+                     backbone=args.backbone, hidden=args.hidden, with_mv=args.with_mv,
+                     decoder=not args.no_rec, d_i=d_i, size=args.size,
+                     num_subjects=len(ds.subjects) if args.adv else 0,
+                     data_bn=args.baseline is None)
+
+
+def run_config(args: argparse.Namespace, ds: ClipDataset, cfg: MICConfig, identity: dict) -> dict:
+    """The checkpoint's record: the model (`cfg`, which rebuilds it: `MICConfig.from_checkpoint`),
+    how its input is read, the identity network used and every option of the run (for
+    --resume's check)."""
+    return {"model": asdict(cfg), "class_names": ds.class_names,
+            "input": "rgb" if args.baseline else "residual", "accumulate": args.accumulate,
+            "dataset": args.dataset, "variant": args.name, "root": str(args.root.resolve()),
+            "identity": identity, "options": options(args)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -306,7 +306,8 @@ def test_checkpoint_records_an_absolute_root(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     args = train.parse_args([*TINY, "--root", "rel/data"])
     ds = types.SimpleNamespace(num_classes=2, class_names=["a", "b"])
-    assert train.model_config(args, ds, 8, {})["root"] == str(tmp_path / "rel" / "data")
+    record = train.run_config(args, ds, train.mic_config(args, ds, 8), {})
+    assert record["root"] == str(tmp_path / "rel" / "data")
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
