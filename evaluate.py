@@ -54,8 +54,9 @@ import mi
 from metrics import recall_metrics
 from models import MIC, RANDOM, MICConfig
 from reader import ClipDataset
+from train_options import variant_ablation
 
-# Variant name (train.variant_name without the backbone) -> the paper's row label.
+# A variant's row (train_options.variant_ablation of its options) -> the paper's row label.
 PAPER_ROWS = {
     "mic": "MIC",
     "mic-mi": "MIC − MI",
@@ -80,10 +81,15 @@ class EvaluateError(RuntimeError):
     file): `main` reports it in one line."""
 
 
-def paper_row(variant: str) -> str:
-    core, _, backbone = variant.partition("+resnet")
-    label = PAPER_ROWS.get(core, core)
-    return f"{label}, ResNet{backbone}" if backbone else f"{label}, ResNet50"
+def paper_row(ablation: str, backbone: str) -> str:
+    """The paper's label of a variant's row (`variant_ablation`) with its backbone."""
+    return f"{PAPER_ROWS.get(ablation, ablation)}, ResNet{backbone.removeprefix('resnet')}"
+
+
+def variant_kind(result: dict) -> tuple[str, str]:
+    """(row of the paper's table, backbone) of a split's run, from the options result.json
+    stores."""
+    return variant_ablation(result["options"]), result["options"].get("backbone", "resnet50")
 
 
 # What evaluate_variant reads of a split's features.npz.
@@ -124,6 +130,8 @@ def read_splits(variant_dir: Path) -> tuple[list[tuple[Path, dict]], dict[str, s
             acc, classes, _ = result["accuracy"], result["classes"], result["fold"]
             if isinstance(acc, bool) or not isinstance(acc, int | float):
                 raise TypeError(f"accuracy {acc!r} is not a number")
+            if not isinstance(result["options"], dict):
+                raise TypeError(f"options {result['options']!r} is not train.py's record")
             if (not isinstance(classes, list) or not classes
                     or not all(isinstance(c, str) for c in classes)):
                 raise TypeError(f"classes {classes!r} is not a list of class names")
@@ -349,7 +357,9 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
         per["probe_resid"].append(identity_probe(label_residual(
             f["train_z"], f["train_label"], f["test_z"], f["test_label"]), f["test_subject"])[0])
     recall = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    out = {"variant": variant_dir.name, "row": paper_row(variant_dir.name),
+    ablation, backbone = variant_kind(results[0])
+    out = {"variant": variant_dir.name, "ablation": ablation, "backbone": backbone,
+           "row": paper_row(ablation, backbone),
            "splits": [d.name for d, _ in splits], "folds": [r["fold"] for r in results],
            "accuracy_per_split": per["war"], "uar_per_split": per["uar"],
            "per_class_recall": dict(zip(classes, recall.tolist(), strict=True)),
@@ -493,10 +503,9 @@ def comparisons(variants: list[dict]) -> list[dict]:
     probes on unseen test clips, plain and label-residualised (MIC's claim: its probe is
     lower)."""
     out = []
-    by_name = {v["variant"]: v for v in variants}
     for v in variants:
-        core, sep, backbone = v["variant"].partition("+resnet")
-        base = by_name.get("mic-mi" + (f"+resnet{backbone}" if sep else ""))
+        base = next((b for b in variants if b["ablation"] == "mic-mi"
+                     and b["backbone"] == v["backbone"]), None)
         if base is None or base is v:
             continue
         for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split",
@@ -755,8 +764,8 @@ def evaluate_run(args: argparse.Namespace) -> None:
     order = list(PAPER_ROWS)
 
     def rank(d: Path) -> tuple[int, str]:
-        core = d.name.partition("+resnet")[0]
-        return (order.index(core) if core in order else 99, d.name)
+        ablation = variant_kind(found[d][0][1])[0]
+        return (order.index(ablation) if ablation in order else 99, d.name)
 
     variants = [evaluate_variant(d, found[d]) for d in sorted(found, key=rank)]
     compared = comparisons(variants)

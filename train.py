@@ -69,6 +69,7 @@ from models import (
     build_identity,
 )
 from reader import SCALES, ClipDataset, DecodeCache, collate, worker_init
+from train_options import variant_name
 
 ROOT = Path(__file__).resolve().parent
 
@@ -249,17 +250,6 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parse_schedule(args.schedule)
         except ValueError as exc:
             p.error(f"--schedule {args.schedule!r}: {exc}")
-
-
-def variant_name(args: argparse.Namespace) -> str:
-    """The row of the paper's table this configuration is: mic, mic-mi, mic-mi+adv, mic+mv, ..."""
-    if args.baseline == "rgb":
-        name = "rgb"
-    else:
-        name = "mic" + ("-mi" if args.no_mi else "") + ("+adv" if args.adv else "")
-        name += ("+placebo" if args.mi_placebo else "") + ("+cond" if args.mi_conditional else "")
-        name += ("-rec" if args.no_rec else "") + ("+mv" if args.with_mv else "")
-    return name + ("" if args.backbone == "resnet50" else f"+{args.backbone}")
 
 
 def parse_schedule(schedule: str) -> list[tuple[int, float]]:
