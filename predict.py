@@ -516,7 +516,7 @@ def reencode(src: Path, out: Path, video: Path) -> None:
         raise VideoError(f"{video}: reencode.sh could not convert it ({why})")
 
 
-def _stream(path: Path, video: Path, frames: int | None = None) -> int:
+def _reencoded_frames(path: Path, video: Path, frames: int | None = None) -> int:
     """Number of frames of a re-encoded stream, checked: one GOP (and `frames` frames)."""
     if not path.is_file():
         raise VideoError(f"{video}: reencode.sh wrote no {path.name}")
@@ -574,7 +574,8 @@ def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarra
     return torch.cat(probs).numpy()
 
 
-def _entry(classes: list[str], p: np.ndarray) -> dict[str, Any]:
+def _prediction(classes: list[str], p: np.ndarray) -> dict[str, Any]:
+    """The JSON of class probabilities `p`: each rounded, and the most probable class."""
     return {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
             "prediction": classes[int(p.argmax())]}
 
@@ -594,7 +595,7 @@ def _result(video: Path, checkpoint: str | Path, config: dict[str, Any], n: int,
     """The whole video's part of the JSON result."""
     classes = list(config["class_names"])
     result: dict[str, Any] = {"video": str(video), "checkpoint": str(checkpoint),
-                              "classes": classes, "frames": n, **_entry(classes, probs)}
+                              "classes": classes, "frames": n, **_prediction(classes, probs)}
     if config.get("dataset") == "synthetic":
         result["warning"] = SYNTHETIC_WARNING
     return result
@@ -618,14 +619,14 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
             made = list(crop_streams(video, frames, box, rate, window, stride, out))
             del frames
             names = {name: w for name, w in made if w is not None}
-            n = _stream(out / "video.mp4", video)
+            n = _reencoded_frames(out / "video.mp4", video)
         else:
             def whole() -> tuple[Source, int]:
                 """The whole video through reencode.sh (another process), while loading."""
                 source = Source(video)
                 source.write(src / "whole", {"video": None})
                 reencode(src / "whole", out, video)
-                n = _stream(out / "video.mp4", video)
+                n = _reencoded_frames(out / "video.mp4", video)
                 if n < 2:
                     raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 "
                                      "frames")
@@ -637,14 +638,14 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
             if names:
                 source.write(src / "windows", names)
                 reencode(src / "windows", out, video)
-        clips = {"video": n} | {name: _stream(out / f"{name}.mp4", video, w.end - w.start)
+        clips = {"video": n} | {name: _reencoded_frames(out / f"{name}.mp4", video, w.end - w.start)
                                 for name, w in names.items()}
         probs = classify(model, clip_dataset(out, clips, config), device)
     result = _result(video, checkpoint, config, n, probs[0])
     if names:
         classes = result["classes"]
         result.update(window=window, stride=stride, windows=[
-            {"start_frame": w.start, "end_frame": w.end, **_entry(classes, p)}
+            {"start_frame": w.start, "end_frame": w.end, **_prediction(classes, p)}
             for w, p in zip(names.values(), probs[1:], strict=True)])
     return result
 
@@ -674,12 +675,13 @@ def predict_stream(video: str | Path, checkpoint: str | Path, window: int | None
         made = crop_streams(video, _rgb_frames(video), box, _frame_rate(video), window, stride,
                             out)
         for name, w in made:
-            n = _stream(out / f"{name}.mp4", video, None if w is None else w.end - w.start)
+            n = _reencoded_frames(out / f"{name}.mp4", video,
+                                  None if w is None else w.end - w.start)
             probs = classify(model, clip_dataset(out, {name: n}, config), device)[0]
             if w is None:
                 yield _result(video, checkpoint, config, n, probs)
             else:
-                yield {"start_frame": w.start, "end_frame": w.end, **_entry(classes, probs)}
+                yield {"start_frame": w.start, "end_frame": w.end, **_prediction(classes, probs)}
                 (out / f"{name}.mp4").unlink()
 
 

@@ -26,6 +26,7 @@ import torch
 import evaluate
 import metrics
 import train
+import train_options
 from datasets import PROTOCOLS
 from reader import collate
 from tests.conftest import ROOT, TINY, train_cmd
@@ -52,7 +53,7 @@ def test_every_variant_lowers_its_loss(data, variant):
     batch = collate([ds[i] for i in range(4)])  # one draw of training clips: a fixed batch
     assert batch["input"].shape == (4, 2, 3, 32, 32)
     z_i_train = torch.randn(len(ds), 24, generator=torch.Generator().manual_seed(1))
-    model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
+    model, critic, opt = train.build_model(args, ds, z_i_train, torch.device("cpu"))
     torch.manual_seed(0)
     z_i = z_i_train[batch["index"]]
     step = train.TrainForward(model)
@@ -73,11 +74,25 @@ def test_every_variant_lowers_its_loss(data, variant):
         assert "mi" not in terms[0]
 
 
+def test_options_module_names_the_variant_and_train_py_helps(capsys):
+    """train_options.py parses train.py's options and names the variant from them (result.json's
+    options, older ones lacking later options included); train.py --help shows train.py's own
+    text."""
+    args = train_options.parse_args(["--dataset", "synthetic", "--no-mi", "--adv",
+                                     "--backbone", "resnet6"])
+    assert args.name == train_options.variant_name(args) == "mic-mi+adv+resnet6"
+    assert train_options.variant_ablation(train_options.options_record(args)) == "mic-mi+adv"
+    assert train_options.variant_ablation({"with_mv": True}) == "mic+mv"
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    assert "Train MIC (or one of its ablations" in capsys.readouterr().out
+
+
 def test_lr_schedule():
-    assert train.lr_at(0, 1e-3, "30:1e-4") == 1e-3
-    assert train.lr_at(30, 1e-3, "30:1e-4") == 1e-4
-    assert train.lr_at(65, 1e-4, "60:1e-7,30:8e-6") == 1e-7
-    assert train.lr_at(5, 1e-4, "") == 1e-4
+    assert train_options.lr_at(0, 1e-3, "30:1e-4") == 1e-3
+    assert train_options.lr_at(30, 1e-3, "30:1e-4") == 1e-4
+    assert train_options.lr_at(65, 1e-4, "60:1e-7,30:8e-6") == 1e-7
+    assert train_options.lr_at(5, 1e-4, "") == 1e-4
 
 
 def test_ranks_draw_their_own_randomness(monkeypatch):
@@ -188,7 +203,7 @@ def test_no_mi_with_infinite_estimate_is_not_nan(data, monkeypatch):
     ds = train.make_datasets(args, PROTOCOLS["synthetic"][1])[0]
     batch = collate([ds[i] for i in range(4)])
     z_i_train = torch.randn(len(ds), 24)
-    model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
+    model, critic, opt = train.build_model(args, ds, z_i_train, torch.device("cpu"))
     monkeypatch.setattr(train, "mi_estimate", lambda *a: torch.tensor(float("inf")))
     with pytest.raises(train.TrainingError, match="non-finite mi"):
         train.train_step(train.TrainForward(model), critic, opt, batch,
@@ -551,11 +566,11 @@ def test_comparisons_pair_the_probe_leaving_out_splits_without_one():
     the splits where both variants have a probe, and say "lower", not "worse"."""
     nan = float("nan")
     splits = [f"fold{k}" for k in range(4)]
-    mic = {"variant": "mic+resnet6", "splits": splits, "folds": splits,
-           "accuracy_per_split": [0.5] * 4,
+    mic = {"variant": "mic+resnet6", "ablation": "mic", "backbone": "resnet6", "splits": splits,
+           "folds": splits, "accuracy_per_split": [0.5] * 4,
            "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.10, 0.12, nan, 0.09]}
-    base = {"variant": "mic-mi+resnet6", "splits": splits, "folds": splits,
-            "accuracy_per_split": [0.5] * 4,
+    base = {"variant": "mic-mi+resnet6", "ablation": "mic-mi", "backbone": "resnet6",
+            "splits": splits, "folds": splits, "accuracy_per_split": [0.5] * 4,
             "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.20, 0.21, 0.5, 0.20]}
     (c,) = [c for c in evaluate.comparisons([mic, base]) if c["metric"] == "probe_test_per_split"]
     assert c["n"] == 3 and c["mean"] == pytest.approx(-0.1)
