@@ -419,8 +419,7 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     """Per-split paired difference a − b over the splits both finished: mean, sd, paired t-test
     p-value and the t 95 % CI of the mean, which excludes 0 exactly when p < 0.05 (None with
     fewer than 2 common splits; a split where either value is not finite, a probe with no
-    subject of 2 clips say, is left out). (A percentile bootstrap over 10 splits is too narrow:
-    it called −4.2 ± 7.6 points "worse" at p = 0.12.) Beside it, where the splits' sizes are known
+    subject of 2 clips say, is left out). Beside it, where the splits' sizes are known
     (`split_size_ratio` of a), the Nadeau–Bengio corrected test (`ci95_corrected`,
     `p_corrected`): cross-validation folds share most of their training clips, which the plain
     t-test ignores. With several seeds, a fold's splits share their test subjects, so the test

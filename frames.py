@@ -1,9 +1,10 @@
-"""Which files of a raw tree are videos and frame folders, and the order of a folder's frames
-(as reencode.sh encodes them): shared by datasets.py (indexing), faces.py (cropping) and
-predict.py."""
+"""Which files of a raw tree are videos and frame folders, the order of a folder's frames (as
+reencode.sh encodes them) and the ffmpeg reencode.sh runs: shared by datasets.py (indexing),
+faces.py (cropping), predict.py and train.py."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,3 +38,18 @@ def frame_files(folder: Path) -> list[Path]:
 
     return sorted((p for p in visible_paths(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS),
                   key=key)
+
+
+def reencode_env() -> dict[str, str]:
+    """The environment to run reencode.sh in: this process's, with $FFMPEG set, unless the user
+    set it, to the ffmpeg of this interpreter's imageio-ffmpeg (so that the script needs no
+    .venv beside it); without imageio-ffmpeg, reencode.sh looks further ($PYTHON, .venv, PATH)."""
+    env = dict(os.environ)
+    if "FFMPEG" not in env:
+        try:
+            import imageio_ffmpeg
+
+            env["FFMPEG"] = imageio_ffmpeg.get_ffmpeg_exe()
+        except (ImportError, RuntimeError):
+            pass
+    return env

@@ -77,9 +77,9 @@ from PIL import Image
 import coviar
 from datasets import CLASSES, COLUMNS, FOLDS
 from faces import detect_indices, detector, face_box, fast_max_pools, read_frames
-from frames import frame_files
+from frames import frame_files, reencode_env
 from models import MIC, RANDOM, MICConfig
-from reader import ClipDataset, collate
+from reader import ClipDataset, model_outputs
 
 ROOT = Path(__file__).resolve().parent
 BATCH = 16  # windows per forward pass
@@ -236,8 +236,9 @@ class Source:
                 for k, f in enumerate(part):
                     _link_or_copy(f, dst / name / f"{k:08d}{f.suffix.lower()}")
         else:
-            if None in runs.values():  # reencode.sh picks videos by suffix; FFmpeg reads the
-                name = next(n for n, w in runs.items() if w is None)  # content whatever its name
+            if None in runs.values():
+                # reencode.sh picks videos by suffix; FFmpeg reads the content whatever its name
+                name = next(n for n, w in runs.items() if w is None)
                 _link_or_copy(self.video, dst / f"{name}.mkv")
             windows = {n: w for n, w in runs.items() if w is not None}
             if windows:
@@ -484,8 +485,10 @@ def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int,
             whole.add(crop, n)
             recent.append(crop)
             n += 1
-            s = n - 1 - window  # a window is written once a frame follows it: the last one
-            if s >= 0 and s % stride == 0:  # (ending at the last frame) is planned at the end
+            # a window is written once a frame follows it; the last one (ending at the last
+            # frame) is planned at the end
+            s = n - 1 - window
+            if s >= 0 and s % stride == 0:
                 yield encoded(Window(s, s + window), list(recent)[:window])
                 last = s
         if n < 2:
@@ -497,19 +500,10 @@ def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int,
 
 
 def reencode(src: Path, out: Path, video: Path) -> None:
-    """Run reencode.sh on the tree `src` into `out` (all cores); a failure is a VideoError
-    naming `video`. ffmpeg: $FFMPEG, else the imageio-ffmpeg of this interpreter if any (so it
-    does not depend on a .venv beside the script)."""
-    env = dict(os.environ)
-    if "FFMPEG" not in env:
-        try:
-            import imageio_ffmpeg
-
-            env["FFMPEG"] = imageio_ffmpeg.get_ffmpeg_exe()
-        except (ImportError, RuntimeError):
-            pass  # reencode.sh looks further (PATH)
+    """Run reencode.sh on the tree `src` into `out` (all cores; its ffmpeg: `reencode_env`); a
+    failure is a VideoError naming `video`."""
     proc = subprocess.run(["bash", str(ROOT / "reencode.sh"), str(src), str(out)],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=reencode_env())
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         why = lines[-1] if lines else f"status {proc.returncode}"
@@ -562,16 +556,10 @@ def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> C
                        accumulate=config.get("accumulate", False), apex=False)
 
 
-@torch.no_grad()
 def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarray:
     """Class probabilities (len(dataset), C) of the clips of `dataset`."""
-    probs = []
-    for i in range(0, len(dataset), BATCH):
-        batch = collate([dataset[j] for j in range(i, min(i + BATCH, len(dataset)))])
-        mv = batch["mv"].to(device) if "mv" in batch else None
-        logits = model(batch["input"].to(device), mv)["logits"]
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(probs).numpy()
+    logits = model_outputs(model, dataset, BATCH, device)["logits"]
+    return torch.softmax(logits, dim=1).numpy()
 
 
 def _prediction(classes: list[str], p: np.ndarray) -> dict[str, Any]:

@@ -16,14 +16,16 @@ import hashlib
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 import coviar
 from datasets import index_classes, read_index
@@ -451,3 +453,27 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
             dtype = torch.bool if isinstance(values[0], bool) else torch.int64
             out[key] = torch.tensor(values, dtype=dtype)
     return out
+
+
+@torch.no_grad()
+def model_outputs(model: torch.nn.Module, ds: ClipDataset, batch_size: int,
+                  device: torch.device | str = "cpu", workers: int = 0,
+                  precision: Callable[[], AbstractContextManager] = nullcontext,
+                  progress: str | None = None) -> dict[str, torch.Tensor]:
+    """The logits and z_E (float32, on the CPU) of `model` (a MIC, put in eval mode) on every
+    clip of `ds` in order, with the clips' labels and subjects: batches of `batch_size` read by
+    `workers` processes, each forward run under `precision()` (train.py: bfloat16 on CUDA);
+    `progress`: the description of a progress bar."""
+    model.eval()
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        worker_init_fn=worker_init)
+    out: dict[str, list[torch.Tensor]] = {"logits": [], "z_e": [], "label": [], "subject": []}
+    for batch in tqdm(loader, desc=progress, leave=False, disable=progress is None):
+        mv = batch["mv"].to(device) if "mv" in batch else None
+        with precision():
+            result = model(batch["input"].to(device), mv)
+        out["logits"].append(result["logits"].float().cpu())
+        out["z_e"].append(result["z_e"].float().cpu())
+        out["label"].append(batch["label"])
+        out["subject"].append(batch["subject"])
+    return {k: torch.cat(v) for k, v in out.items()}

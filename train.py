@@ -58,9 +58,10 @@ import identity_weights
 import mi
 import models
 from datasets import Split, prepare_text, protocol, read_index
+from frames import reencode_env
 from metrics import recall_metrics
 from models import DEFAULT_IDENTITY, MIC, RANDOM, FaceNetMobileNet, MICConfig, build_identity
-from reader import SCALES, ClipDataset, DecodeCache, collate, worker_init
+from reader import SCALES, ClipDataset, DecodeCache, collate, model_outputs, worker_init
 from train_options import RESUMABLE, lr_at, options_record, parse_args
 
 ROOT = Path(__file__).resolve().parent
@@ -171,9 +172,9 @@ def prepare_data(args: argparse.Namespace) -> None:
 
 
 def run_step(cmd: list[str]) -> None:
-    """Run a step of the pipeline; reencode.sh asks this interpreter for its ffmpeg."""
+    """Run a step of the pipeline (reencode.sh's ffmpeg: `frames.reencode_env`)."""
     log0("$", " ".join(cmd))
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHON": sys.executable})
+    subprocess.run(cmd, check=True, env=reencode_env())
 
 
 def identity_network(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
@@ -548,8 +549,8 @@ def finish_fold(args: argparse.Namespace, split: Split, model: MIC,
     fold_dir, fold = run_dir(args, split), split.name
     result = {}
     if is_rank0():
-        test = predict(model, test_ds, args, device)
-        train_eval = predict(model, train_eval_ds, args, device)
+        test = clip_predictions(model, test_ds, args, device)
+        train_eval = clip_predictions(model, train_eval_ds, args, device)
         war, uar, recall = recall_metrics(test["label"], test["pred"], test_ds.num_classes)
         writer.add_scalar("test/war", war, args.epochs)
         writer.add_scalar("test/uar", uar, args.epochs)
@@ -639,28 +640,17 @@ def build_critic(args: argparse.Namespace, ds: ClipDataset, d_e: int, z_i_train:
     return Critic(estimator, opt, memory, table)
 
 
-@torch.no_grad()
-def predict(model: MIC, ds: ClipDataset, args: argparse.Namespace,
-            device: torch.device) -> dict[str, np.ndarray]:
-    """Logits, predictions and z_E of every clip of `ds` (test-mode sampling)."""
-    model.eval()
-    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers,
-                        collate_fn=collate, worker_init_fn=worker_init)
-    logits, z_e, labels, subjects = [], [], [], []
-    for batch in tqdm(loader, desc="predict", leave=False):
-        b = to_device(batch, device)
-        with autocast(device):
-            out = model(b["input"], b.get("mv"))
-        logits.append(out["logits"].float().cpu())
-        z_e.append(out["z_e"].float().cpu())
-        labels.append(batch["label"])
-        subjects.append(batch["subject"])
-    logits_t = torch.cat(logits)
-    if not torch.isfinite(logits_t).all():
+def clip_predictions(model: MIC, ds: ClipDataset, args: argparse.Namespace,
+                     device: torch.device) -> dict[str, np.ndarray]:
+    """Logits, predictions and z_E of every clip of `ds` (test-mode sampling), with their
+    labels and subjects; `TrainingError` on a non-finite logit."""
+    out = model_outputs(model, ds, args.batch_size, device, args.workers,
+                        precision=lambda: autocast(device), progress="predict")
+    if not torch.isfinite(out["logits"]).all():
         raise TrainingError(f"non-finite logits on {len(ds)} clips: the model is broken")
-    return {"logits": logits_t.numpy(), "pred": logits_t.argmax(1).numpy(),
-            "z_e": torch.cat(z_e).numpy(), "label": torch.cat(labels).numpy(),
-            "subject": torch.cat(subjects).numpy()}
+    return {"logits": out["logits"].numpy(), "pred": out["logits"].argmax(1).numpy(),
+            "z_e": out["z_e"].numpy(), "label": out["label"].numpy(),
+            "subject": out["subject"].numpy()}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ import faces
 import predict
 from datasets import CLASSES
 from models import MIC, MICConfig
+from reader import ClipDataset
 from tests.clips import has_libx264
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY
 
 CODEC = "libx264" if has_libx264() else "mpeg4"
 
@@ -188,6 +189,31 @@ def test_reencode_gets_ffmpeg_from_this_interpreter(monkeypatch, tmp_path):
     monkeypatch.setenv("FFMPEG", "/opt/my/ffmpeg")
     predict.reencode(tmp_path, tmp_path / "out", tmp_path)
     assert seen == [imageio_ffmpeg.get_ffmpeg_exe(), "/opt/my/ffmpeg"]
+    import train  # train.py's pipeline steps find it the same way (`frames.reencode_env`)
+
+    monkeypatch.setattr(train.subprocess, "run", run)
+    monkeypatch.delenv("FFMPEG")
+    train.run_step(["true"])
+    assert seen[-1] == imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def test_one_batched_pass_for_train_and_predict(data):
+    """train.py's test pass and predict.classify share `reader.model_outputs`: the clips in
+    order, whatever the batch, as the model gives them one by one."""
+    import train
+
+    ds = ClipDataset(data, num_segments=2, size=32, apex=False)
+    torch.manual_seed(0)
+    model = MIC(ds.num_classes, 2, "resnet6", 8, decoder=False, size=32,
+                backbone_weights="random").eval()
+    args = train.parse_args([*TINY, "--root", str(data), "--batch-size", "3"])
+    out = train.clip_predictions(model, ds, args, torch.device("cpu"))
+    assert out["label"].tolist() == [int(r["label"]) for r in ds.rows]
+    with torch.no_grad():
+        alone = torch.cat([model(ds[i]["input"][None])["logits"] for i in range(len(ds))])
+    assert np.allclose(out["logits"], alone.numpy(), atol=1e-5)
+    probs = predict.classify(model, ds)
+    assert np.allclose(probs, torch.softmax(alone, 1).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", [{"with_mv": True}, {"input": "rgb", "data_bn": False},
