@@ -73,12 +73,15 @@ precondition: build
 	$(PY) evaluate.py $(PRE_OUT)-style0/c1 --no-speed
 	$(PY) evaluate.py $(PRE_OUT)/c1 --no-speed --against $(PRE_OUT)-style0/c1
 
+# One style: ruff's lint rules and its formatter (`ruff format .` writes what --check asks for).
 test: build
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf build *.egg-info coviar_ext/*.egg-info coviar_ext/coviar/*.so
