@@ -82,12 +82,15 @@ SWEEP_ARGS ?=
 sweep: build
 	$(PY) study.py sweep $(SWEEP_ARGS)
 
+# One style: ruff's lint rules and its formatter (`ruff format .` writes what --check asks for).
 test: build
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf build *.egg-info coviar_ext/*.egg-info coviar_ext/coviar/*.so

@@ -83,7 +83,7 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
@@ -92,6 +92,7 @@ import torch
 from tqdm import tqdm
 
 import coviar
+from frames import VIDEO_EXTS, ascii_digits, is_frame_folder, visible_paths
 
 CKPLUS_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
 DFEW_CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
@@ -138,10 +139,6 @@ def _kfold(k: int, first: int = 0) -> tuple[Split, ...]:
     return tuple(Split(f"fold{f}", tuple(g for g in folds if g != f), (f,)) for f in folds)
 
 
-VIDEO_EXTS = frozenset(
-    {".avi", ".mp4", ".m4v", ".mkv", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".webm"}
-)
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 MAX_LISTED = 30  # problems of a kind the command prints (all go to index_problems.txt)
 REENCODE_HINT = "run `reencode.sh RAW_DIR OUT_DIR` first and index OUT_DIR"
 
@@ -188,30 +185,6 @@ class Index:
 
     def problem(self, kind: str, item: str) -> None:
         self.problems.setdefault(kind, []).append(item)
-
-
-def _digits(text: str) -> bool:
-    """Whether ``text`` is ASCII digits only ("²".isdigit() is True, yet int("²") fails)."""
-    return text.isascii() and text.isdigit()
-
-
-def is_frame_folder(path: Path) -> bool:
-    return path.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in path.iterdir())
-
-
-def visible_paths(paths: Iterable[Path]) -> list[Path]:
-    """Sorted paths without hidden files (.DS_Store, ._*)."""
-    return sorted(p for p in paths if not p.name.startswith("."))
-
-
-def frame_files(folder: Path) -> list[Path]:
-    """The image frames of a frame folder in the order reencode.sh encodes them (``sort -V``:
-    numbers compared as numbers, so 2.jpg comes before 10.jpg), hidden files left out."""
-    def key(p: Path) -> list:
-        return [(0, int(t), "") if _digits(t) else (1, 0, t) for t in re.split(r"([0-9]+)", p.name)]
-
-    return sorted((p for p in visible_paths(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS),
-                  key=key)
 
 
 def _report_raw(index: Index, root: Path, raw: list[Path], found: list) -> None:
@@ -374,7 +347,7 @@ def _read_selection(
             sid, text = (row.get("sid") or "").strip(), (row.get("label") or "").strip()
             if not sid:
                 continue
-            label = int(text) - 1 if _digits(text) else named(text)
+            label = int(text) - 1 if ascii_digits(text) else named(text)
             if label is None or not 0 <= label < len(classes):
                 index.problem(
                     "bad selection line",
@@ -401,7 +374,7 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
     index = Index("mmi")
     pinned = _read_selection(selection, classes, index) if selection else None
     dirs = visible_paths(p for p in sessions.iterdir() if p.is_dir())
-    dirs.sort(key=lambda p: (0, int(p.name), "") if _digits(p.name) else (1, 0, p.name))
+    dirs.sort(key=lambda p: (0, int(p.name), "") if ascii_digits(p.name) else (1, 0, p.name))
     clips = [p for d in dirs for p in visible_paths(d.iterdir()) if p.suffix.lower() == ".mp4"]
     raw = [
         p
@@ -440,7 +413,7 @@ def index_mmi(root: Path, dual_view_half: str = "left", selection: Path | None =
             if value is None:
                 index.problem("unlabelled sequence", rel)
                 continue
-            if not _digits(value) or not 1 <= int(value) <= len(classes):
+            if not ascii_digits(value) or not 1 <= int(value) <= len(classes):
                 index.problem("unknown label", f"{rel} (Emotion {value!r} in {annotation.name})")
                 continue
             label = int(value) - 1
@@ -555,7 +528,7 @@ def _read_dfew_splits(root: Path, index: Index) -> list[Listed]:
                 for row in reader:
                     where = f"{found[0].relative_to(root)}:{reader.line_num}"
                     name = (row["video_name"] or "").strip()
-                    if not _digits(name):
+                    if not ascii_digits(name):
                         index.problem("bad clip name", f"{name!r} at {where}")
                         continue
                     out.append(Listed(f"{int(name):05d}", row["label"] or "", str(k), role, where))

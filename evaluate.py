@@ -42,22 +42,21 @@ import pickle
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from scipy import stats  # noqa: E402
+import mi
+from metrics import recall_metrics
+from models import MIC, RANDOM, MICConfig
+from reader import ClipDataset
+from train_options import variant_ablation
 
-import mi  # noqa: E402
-from models import MIC, RANDOM  # noqa: E402
-from reader import ClipDataset  # noqa: E402
-
-# Variant name (train.variant_name without the backbone) -> the paper's row label.
+# A variant's row (train_options.variant_ablation of its options) -> the paper's row label.
 PAPER_ROWS = {
     "mic": "MIC",
     "mic-mi": "MIC − MI",
@@ -77,22 +76,20 @@ DEPENDENCE = dict(zi_dims=(None, 8), permutations=1000)
 DIAGNOSTICS = ("mi_raw", "mi_active", "mi_grad_ratio")
 
 
-def paper_row(variant: str) -> str:
-    core, _, backbone = variant.partition("+resnet")
-    label = PAPER_ROWS.get(core, core)
-    return f"{label}, ResNet{backbone}" if backbone else f"{label}, ResNet50"
+class EvaluateError(RuntimeError):
+    """A run that cannot be evaluated as asked (a missing folder or report, an unwritable
+    file): `main` reports it in one line."""
 
 
-def recall_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int
-                   ) -> tuple[float, float, list[float]]:
-    """(WAR = accuracy, UAR = mean recall over the classes present in `labels`, per-class recall
-    with NaN for absent classes)."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    recall = []
-    for c in range(num_classes):
-        mask = labels == c
-        recall.append(float((preds[mask] == c).mean()) if mask.any() else float("nan"))
-    return float((labels == preds).mean()), float(np.nanmean(recall)), recall
+def paper_row(ablation: str, backbone: str) -> str:
+    """The paper's label of a variant's row (`variant_ablation`) with its backbone."""
+    return f"{PAPER_ROWS.get(ablation, ablation)}, ResNet{backbone.removeprefix('resnet')}"
+
+
+def variant_kind(result: dict) -> tuple[str, str]:
+    """(row of the paper's table, backbone) of a split's run, from the options result.json
+    stores."""
+    return variant_ablation(result["options"]), result["options"].get("backbone", "resnet50")
 
 
 # What evaluate_variant reads of a split's features.npz.
@@ -133,6 +130,8 @@ def read_splits(variant_dir: Path) -> tuple[list[tuple[Path, dict]], dict[str, s
             acc, classes, _ = result["accuracy"], result["classes"], result["fold"]
             if isinstance(acc, bool) or not isinstance(acc, int | float):
                 raise TypeError(f"accuracy {acc!r} is not a number")
+            if not isinstance(result["options"], dict):
+                raise TypeError(f"options {result['options']!r} is not train.py's record")
             if (not isinstance(classes, list) or not classes
                     or not all(isinstance(c, str) for c in classes)):
                 raise TypeError(f"classes {classes!r} is not a list of class names")
@@ -358,7 +357,9 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
         per["probe_resid"].append(identity_probe(label_residual(
             f["train_z"], f["train_label"], f["test_z"], f["test_label"]), f["test_subject"])[0])
     recall = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    out = {"variant": variant_dir.name, "row": paper_row(variant_dir.name),
+    ablation, backbone = variant_kind(results[0])
+    out = {"variant": variant_dir.name, "ablation": ablation, "backbone": backbone,
+           "row": paper_row(ablation, backbone),
            "splits": [d.name for d, _ in splits], "folds": [r["fold"] for r in results],
            "accuracy_per_split": per["war"], "uar_per_split": per["uar"],
            "per_class_recall": dict(zip(classes, recall.tolist(), strict=True)),
@@ -418,8 +419,7 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     """Per-split paired difference a − b over the splits both finished: mean, sd, paired t-test
     p-value and the t 95 % CI of the mean, which excludes 0 exactly when p < 0.05 (None with
     fewer than 2 common splits; a split where either value is not finite, a probe with no
-    subject of 2 clips say, is left out). (A percentile bootstrap over 10 splits is too narrow:
-    it called −4.2 ± 7.6 points "worse" at p = 0.12.) Beside it, where the splits' sizes are known
+    subject of 2 clips say, is left out). Beside it, where the splits' sizes are known
     (`split_size_ratio` of a), the Nadeau–Bengio corrected test (`ci95_corrected`,
     `p_corrected`): cross-validation folds share most of their training clips, which the plain
     t-test ignores. With several seeds, a fold's splits share their test subjects, so the test
@@ -502,10 +502,9 @@ def comparisons(variants: list[dict]) -> list[dict]:
     probes on unseen test clips, plain and label-residualised (MIC's claim: its probe is
     lower)."""
     out = []
-    by_name = {v["variant"]: v for v in variants}
     for v in variants:
-        core, sep, backbone = v["variant"].partition("+resnet")
-        base = by_name.get("mic-mi" + (f"+resnet{backbone}" if sep else ""))
+        base = next((b for b in variants if b["ablation"] == "mic-mi"
+                     and b["backbone"] == v["backbone"]), None)
         if base is None or base is v:
             continue
         for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split",
@@ -533,7 +532,7 @@ def against(run: Path, variants: list[dict], other: Path) -> list[dict]:
     of a dataset (a knob of the synthetic set on and off, say)."""
     path = other / "results.json"
     if not path.is_file():
-        raise SystemExit(f"evaluate.py: {path} not found: run `python evaluate.py {other}` first")
+        raise EvaluateError(f"{path} not found: run `python evaluate.py {other}` first")
     theirs = {v["variant"]: v for v in json.loads(path.read_text())["variants"]}
     out = []
     for v in variants:
@@ -545,6 +544,11 @@ def against(run: Path, variants: list[dict], other: Path) -> list[dict]:
 
 
 def plot_confusion(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     c = np.array(res["confusion"], float)
     norm = c / np.maximum(c.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
@@ -569,13 +573,14 @@ def plot_confusion(res: dict, path: Path) -> None:
 def measure_speed(root: Path, config: dict, representation: str, backbone: str, clips: int,
                   device: torch.device) -> dict:
     """Clips/s and frames/s of reading `clips` clips (the reader in test mode: the sampled
-    residuals or frames only) and running the expression branch on them, one at a time."""
-    ds = ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
+    residuals or frames only) and running the expression branch on them, one at a time; the
+    model of the checkpoint record `config` with the `backbone`, on the `representation`."""
+    cfg = replace(MICConfig.from_checkpoint(config), backbone=backbone, with_mv=False,
+                  decoder=False, num_subjects=0, data_bn=representation != "rgb")
+    ds = ClipDataset(root, num_segments=cfg.num_segments, size=cfg.size,
                      representation=representation, accumulate=config.get("accumulate", False),
                      apex=False)
-    model = MIC(config["num_classes"], config["num_segments"], backbone, config["hidden"],
-                decoder=False, size=config["size"], backbone_weights=RANDOM,
-                data_bn=representation != "rgb").to(device).eval()
+    model = MIC.from_config(cfg, backbone_weights=RANDOM).to(device).eval()
     n = min(clips, len(ds))
     model(ds[0]["input"][None].to(device))  # warm-up
     t0 = time.perf_counter()
@@ -590,8 +595,8 @@ def measure_speed(root: Path, config: dict, representation: str, backbone: str, 
 
 
 def speed_config(run: Path, v: dict) -> dict:
-    """The model config of a variant (from the first of its splits with a readable ckpt.pt);
-    `ValueError` saying why there is none."""
+    """The checkpoint record of a variant (from the first of its splits with a readable ckpt.pt
+    whose model config is whole); `ValueError` saying why there is none."""
     why = []
     for split in v["splits"]:
         path = run / v["variant"] / split / "ckpt.pt"
@@ -599,8 +604,10 @@ def speed_config(run: Path, v: dict) -> dict:
             why.append(f"{split}: no ckpt.pt")
             continue
         try:
-            return json.loads(torch.load(path, map_location="cpu", weights_only=True,
-                                         mmap=True)["config"])
+            config = json.loads(torch.load(path, map_location="cpu", weights_only=True,
+                                           mmap=True)["config"])
+            MICConfig.from_checkpoint(config)
+            return config
         except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError,
                 TypeError) as exc:
             why.append(f"{split}: unreadable ckpt.pt ({str(exc).splitlines()[0][:80]})")
@@ -617,7 +624,8 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
         raise ValueError(f"the data of the checkpoints, {root}/index.csv, is not found"
                          + (" (a relative root: run evaluate.py from the folder train.py ran in)"
                             if not root.is_absolute() else ""))
-    backbones = sorted({c["backbone"] for c in configs.values()})
+    backbone = {name: MICConfig.from_checkpoint(c).backbone for name, c in configs.items()}
+    backbones = sorted(set(backbone.values()))
     paths = [("residual", b) for b in backbones] + [("rgb", b) for b in backbones]
     if "resnet50" not in backbones:
         paths.append(("rgb", "resnet50"))
@@ -628,7 +636,7 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
     for v in variants:
         c = configs[v["variant"]]
         v["speed"] = next(r for r in rows if r["representation"] == c["input"]
-                          and r["backbone"] == c["backbone"])
+                          and r["backbone"] == backbone[v["variant"]])
     return rows
 
 
@@ -729,8 +737,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--against", type=Path, metavar="OTHER",
                    help="an evaluated run: each variant paired with its namesake there")
     args = p.parse_args(argv)
+    try:
+        evaluate_run(args)
+    except EvaluateError as exc:
+        raise SystemExit(f"evaluate.py: {exc}") from None
+
+
+def evaluate_run(args: argparse.Namespace) -> None:
+    """Evaluate the run folder `args.run` as the command line asks; `EvaluateError` when it
+    cannot."""
     if not args.run.is_dir():
-        raise SystemExit(f"evaluate.py: {args.run} is not a folder")
+        raise EvaluateError(f"{args.run} is not a folder")
     found, skipped = {}, {}
     for d in sorted(p for p in args.run.iterdir() if p.is_dir()):
         done, left = read_splits(d)
@@ -742,12 +759,12 @@ def main(argv: list[str] | None = None) -> None:
         for name, why in reasons.items():
             print(f"evaluate.py: left out {variant}/{name}: {why}")
     if not found:
-        raise SystemExit(f"evaluate.py: no finished split (result.json) under {args.run}")
+        raise EvaluateError(f"no finished split (result.json) under {args.run}")
     order = list(PAPER_ROWS)
 
     def rank(d: Path) -> tuple[int, str]:
-        core = d.name.partition("+resnet")[0]
-        return (order.index(core) if core in order else 99, d.name)
+        ablation = variant_kind(found[d][0][1])[0]
+        return (order.index(ablation) if ablation in order else 99, d.name)
 
     variants = [evaluate_variant(d, found[d]) for d in sorted(found, key=rank)]
     compared = comparisons(variants)
@@ -757,15 +774,15 @@ def main(argv: list[str] | None = None) -> None:
     def save(speed: list[dict], note: str) -> str:
         """results.json and results.md as they stand (the tables first, then with the speed)."""
         md = write_markdown(args.run, variants, compared, speed, skipped, across, probes, note)
-        write_or_exit(args.run / "results.json", lambda path: path.write_text(json.dumps(
+        write_checked(args.run / "results.json", lambda path: path.write_text(json.dumps(
             {"variants": variants, "comparisons": compared, "against": across,
              "probe_over_majority": probes, "speed": speed, "speed_skipped": note,
              "left_out": skipped}, indent=1)))
-        write_or_exit(args.run / "results.md", lambda path: path.write_text(md))
+        write_checked(args.run / "results.md", lambda path: path.write_text(md))
         return md
 
     for v in variants:
-        write_or_exit(args.run / v["variant"] / "confusion.png", lambda path, v=v:
+        write_checked(args.run / v["variant"] / "confusion.png", lambda path, v=v:
                       plot_confusion(v, path))
     md = save([], "")
     if not args.no_speed:
@@ -778,12 +795,12 @@ def main(argv: list[str] | None = None) -> None:
     print(md)
 
 
-def write_or_exit(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(path)`, or stop with one line naming the file when it cannot be written."""
+def write_checked(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(path)`; `EvaluateError` naming the file when it cannot be written."""
     try:
         write(path)
     except OSError as exc:
-        raise SystemExit(f"evaluate.py: cannot write {path}: {exc.strerror or exc}") from None
+        raise EvaluateError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from datasets import IMAGE_EXTS, VIDEO_EXTS, frame_files, is_frame_folder
+from frames import IMAGE_EXTS, VIDEO_EXTS, frame_files, is_frame_folder
 
 
 @dataclass

@@ -669,14 +669,15 @@ def heldout_mi(
     with the training set's statistics (MI is invariant to that); ``dims`` first projects each
     on its first principal components (fewer dimensions than samples: the estimate is then a
     lower bound of the MI of the projections)."""
-    xs = [*_pairs(x_train, y_train), *_pairs(x_test, y_test)]
-    if xs[0].shape[1] != xs[2].shape[1] or xs[1].shape[1] != xs[3].shape[1]:
+    train_x, train_y = _pairs(x_train, y_train)
+    test_x, test_y = _pairs(x_test, y_test)
+    if train_x.shape[1] != test_x.shape[1] or train_y.shape[1] != test_y.shape[1]:
         raise ValueError("training and test pairs must have the same dimensions")
-    if len(xs[0]) < 2 or len(xs[2]) < 2:
-        raise ValueError(f"need at least 2 training and 2 test pairs, got {len(xs[0])}, "
-                         f"{len(xs[2])}")
-    x_tr, x_te = _standardise(xs[0], xs[2], dims)
-    y_tr, y_te = _standardise(xs[1], xs[3], dims)
+    if len(train_x) < 2 or len(test_x) < 2:
+        raise ValueError(f"need at least 2 training and 2 test pairs, got {len(train_x)}, "
+                         f"{len(test_x)}")
+    x_tr, x_te = _standardise(train_x, test_x, dims)
+    y_tr, y_te = _standardise(train_y, test_y, dims)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -16,6 +16,8 @@ import glob
 import logging
 import math
 import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -542,6 +544,70 @@ class IdentityDiscriminator(nn.Module):
         return self.mlp(z)
 
 
+@dataclass(frozen=True)
+class MICConfig:
+    """The architecture of a `MIC` (its constructor's arguments but the backbone's ImageNet
+    weights): train.py saves it in the checkpoint (`asdict`, the record's "model"), predict.py
+    and evaluate.py rebuild the model from it (`MIC.from_config`). Checked on construction:
+    `ValueError` saying which value is wrong."""
+
+    num_classes: int
+    num_segments: int
+    backbone: str
+    hidden: int
+    with_mv: bool
+    decoder: bool
+    d_i: int
+    size: int
+    num_subjects: int = 0
+    adv_weight: float = 1.0
+    adv_conditional: bool = False
+    data_bn: bool = True
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = {"int": int, "bool": bool, "str": str, "float": (int, float)}[f.type]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"model config: {f.name} {value!r} is not of type {f.type}")
+        small = {"num_classes": 1, "num_segments": 1, "hidden": 1, "d_i": 1, "size": 1,
+                 "num_subjects": 0}
+        bad = [f"{k} {getattr(self, k)}" for k, least in small.items() if getattr(self, k) < least]
+        if self.backbone not in BACKBONE_DIMS:
+            bad.append(f"backbone {self.backbone!r} (not one of {', '.join(BACKBONE_DIMS)})")
+        if not 0 <= self.dropout < 1:
+            bad.append(f"dropout {self.dropout}")
+        if bad:
+            raise ValueError(f"model config: impossible {', '.join(bad)}")
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> MICConfig:
+        """The config of a saved record (`asdict`'s); `ValueError` naming the keys it lacks
+        or does not know."""
+        names = [f.name for f in fields(cls)]
+        missing = [k for k in names if k not in record]
+        unknown = sorted(str(k) for k in record if k not in names)
+        if missing or unknown:
+            raise ValueError("model config: " + "; ".join(
+                [f"lacks {', '.join(missing)}"] * bool(missing)
+                + [f"unknown {', '.join(unknown)}"] * bool(unknown)))
+        return cls(**record)
+
+    @classmethod
+    def from_checkpoint(cls, config: Mapping[str, Any]) -> MICConfig:
+        """The model config of a train.py checkpoint's record (its JSON "config"): its "model",
+        or, in checkpoints written before there was one, the record's own keys (those had no
+        adversary's size: it only serves training, and predict.py and evaluate.py drop it)."""
+        if "model" in config:
+            if not isinstance(config["model"], Mapping):
+                raise ValueError("model config: not a JSON object")
+            return cls.from_dict(config["model"])
+        legacy = [f.name for f in fields(cls) if f.name not in ("num_subjects", "dropout")]
+        return cls.from_dict({"num_subjects": 0, "dropout": 0.5,
+                              **{k: config[k] for k in legacy if k in config}})
+
+
 class MIC(nn.Module):
     """Expression side of MIC: residuals (B,S,3,H,W) [+ motion vectors (B,S,2,H,W)] → z_E →
     logits; plus the apex decoder (`reconstruct`) and the optional adversary. With
@@ -587,6 +653,12 @@ class MIC(nn.Module):
             if num_subjects > 0
             else None
         )
+
+    @classmethod
+    def from_config(cls, cfg: MICConfig, backbone_weights: str | None = None) -> MIC:
+        """The model of `cfg`; `backbone_weights` as in the constructor (a checkpoint's weights
+        are loaded afterwards: pass `RANDOM`)."""
+        return cls(**asdict(cfg), backbone_weights=backbone_weights)
 
     def forward(self, residuals: Tensor, mvs: Tensor | None = None) -> dict[str, Tensor]:
         if (mvs is None) != (self.mv is None):

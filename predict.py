@@ -62,7 +62,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -75,14 +75,13 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 import coviar
-from datasets import CLASSES, COLUMNS, FOLDS, frame_files
+from datasets import CLASSES, COLUMNS, FOLDS
 from faces import detect_indices, detector, face_box, fast_max_pools, read_frames
-from models import MIC, RANDOM
-from reader import ClipDataset, collate
+from frames import frame_files, reencode_env
+from models import MIC, RANDOM, MICConfig
+from reader import ClipDataset, model_outputs
 
 ROOT = Path(__file__).resolve().parent
-CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden", "with_mv",
-               "d_i", "size", "input", "data_bn")
 BATCH = 16  # windows per forward pass
 DETECT_FRAMES = 16  # frames MTCNN looks at (faces.face_box's default, as `datasets.py crop`)
 FF_QP2LAMBDA = 118  # libavcodec's lambda of quantiser 1
@@ -117,7 +116,8 @@ class Window:
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[str, Any]]:
     """The expression model of a train.py checkpoint (eval mode; on the CPU with
-    `faces.fast_max_pools`: the same outputs, faster) and its config."""
+    `faces.fast_max_pools`: the same outputs, faster) and its config (the model's under
+    "model", as `MICConfig.from_checkpoint` reads it)."""
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -142,20 +142,20 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
         raise CheckpointError(f"{path}: its 'config' is not train.py's JSON ({exc})") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its 'config' is not a JSON object, as train.py writes")
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    if missing:
-        raise CheckpointError(f"{path}: its config lacks {missing}; is it from train.py?")
-    if config["input"] not in ("residual", "rgb") or len(config["class_names"]) != config[
-            "num_classes"]:
-        raise CheckpointError(f"{path}: inconsistent config (input {config['input']!r}, "
-                              f"{len(config['class_names'])} class names, "
-                              f"num_classes {config['num_classes']})")
     try:
-        model = MIC(config["num_classes"], config["num_segments"], config["backbone"],
-                    config["hidden"], with_mv=config["with_mv"], decoder=False,
-                    d_i=config["d_i"], size=config["size"], backbone_weights=RANDOM,
-                    data_bn=config["data_bn"])
+        cfg = MICConfig.from_checkpoint(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}; is it from train.py?") from None
+    names = config.get("class_names")
+    if config.get("input") not in ("residual", "rgb") or not isinstance(names, list) \
+            or len(names) != cfg.num_classes:
+        raise CheckpointError(f"{path}: inconsistent config (input {config.get('input')!r}, "
+                              f"class names {names!r}, num_classes {cfg.num_classes})")
+    config = {**config, "model": asdict(cfg)}  # the model's record, of old checkpoints too
+    try:
         # The decoder and the adversary only serve training.
+        model = MIC.from_config(replace(cfg, decoder=False, num_subjects=0),
+                                backbone_weights=RANDOM)
         model.load_state_dict({k: v for k, v in ckpt["model"].items()
                                if not k.startswith(("decoder.", "discriminator."))})
     except (RuntimeError, ValueError, TypeError) as exc:
@@ -236,8 +236,9 @@ class Source:
                 for k, f in enumerate(part):
                     _link_or_copy(f, dst / name / f"{k:08d}{f.suffix.lower()}")
         else:
-            if None in runs.values():  # reencode.sh picks videos by suffix; FFmpeg reads the
-                name = next(n for n, w in runs.items() if w is None)  # content whatever its name
+            if None in runs.values():
+                # reencode.sh picks videos by suffix; FFmpeg reads the content whatever its name
+                name = next(n for n, w in runs.items() if w is None)
                 _link_or_copy(self.video, dst / f"{name}.mkv")
             windows = {n: w for n, w in runs.items() if w is not None}
             if windows:
@@ -484,8 +485,10 @@ def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int,
             whole.add(crop, n)
             recent.append(crop)
             n += 1
-            s = n - 1 - window  # a window is written once a frame follows it: the last one
-            if s >= 0 and s % stride == 0:  # (ending at the last frame) is planned at the end
+            # a window is written once a frame follows it; the last one (ending at the last
+            # frame) is planned at the end
+            s = n - 1 - window
+            if s >= 0 and s % stride == 0:
                 yield encoded(Window(s, s + window), list(recent)[:window])
                 last = s
         if n < 2:
@@ -497,26 +500,17 @@ def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int,
 
 
 def reencode(src: Path, out: Path, video: Path) -> None:
-    """Run reencode.sh on the tree `src` into `out` (all cores); a failure is a VideoError
-    naming `video`. ffmpeg: $FFMPEG, else the imageio-ffmpeg of this interpreter if any (so it
-    does not depend on a .venv beside the script)."""
-    env = dict(os.environ)
-    if "FFMPEG" not in env:
-        try:
-            import imageio_ffmpeg
-
-            env["FFMPEG"] = imageio_ffmpeg.get_ffmpeg_exe()
-        except (ImportError, RuntimeError):
-            pass  # reencode.sh looks further (PATH)
+    """Run reencode.sh on the tree `src` into `out` (all cores; its ffmpeg: `reencode_env`); a
+    failure is a VideoError naming `video`."""
     proc = subprocess.run(["bash", str(ROOT / "reencode.sh"), str(src), str(out)],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=reencode_env())
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         why = lines[-1] if lines else f"status {proc.returncode}"
         raise VideoError(f"{video}: reencode.sh could not convert it ({why})")
 
 
-def _stream(path: Path, video: Path, frames: int | None = None) -> int:
+def _reencoded_frames(path: Path, video: Path, frames: int | None = None) -> int:
     """Number of frames of a re-encoded stream, checked: one GOP (and `frames` frames)."""
     if not path.is_file():
         raise VideoError(f"{video}: reencode.sh wrote no {path.name}")
@@ -556,24 +550,20 @@ def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> C
             rows.writerow(dict(path=f"{name}.mp4", subject="video", label=0, label_name=label,
                                num_frames=n, fold=FOLDS[dataset][0], dataset=dataset, view=0,
                                crop="none", apex=-1))
-    return ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
-                       representation=config["input"], with_mv=config["with_mv"],
+    model = config["model"]
+    return ClipDataset(root, num_segments=model["num_segments"], size=model["size"],
+                       representation=config["input"], with_mv=model["with_mv"],
                        accumulate=config.get("accumulate", False), apex=False)
 
 
-@torch.no_grad()
 def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarray:
     """Class probabilities (len(dataset), C) of the clips of `dataset`."""
-    probs = []
-    for i in range(0, len(dataset), BATCH):
-        batch = collate([dataset[j] for j in range(i, min(i + BATCH, len(dataset)))])
-        mv = batch["mv"].to(device) if "mv" in batch else None
-        logits = model(batch["input"].to(device), mv)["logits"]
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(probs).numpy()
+    logits = model_outputs(model, dataset, BATCH, device)["logits"]
+    return torch.softmax(logits, dim=1).numpy()
 
 
-def _entry(classes: list[str], p: np.ndarray) -> dict[str, Any]:
+def _prediction(classes: list[str], p: np.ndarray) -> dict[str, Any]:
+    """The JSON of class probabilities `p`: each rounded, and the most probable class."""
     return {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
             "prediction": classes[int(p.argmax())]}
 
@@ -581,7 +571,7 @@ def _entry(classes: list[str], p: np.ndarray) -> dict[str, Any]:
 def _settings(config: dict[str, Any], window: int | None,
               stride: int | None) -> tuple[int, int]:
     """The window and stride (defaults: 2 x num_segments, half a window), checked."""
-    window = 2 * config["num_segments"] if window is None else window
+    window = 2 * config["model"]["num_segments"] if window is None else window
     stride = max(1, window // 2) if stride is None else stride
     if window < 2 or stride < 1:
         raise PredictError(f"window must be >= 2 and stride >= 1, not {window} and {stride}")
@@ -593,7 +583,7 @@ def _result(video: Path, checkpoint: str | Path, config: dict[str, Any], n: int,
     """The whole video's part of the JSON result."""
     classes = list(config["class_names"])
     result: dict[str, Any] = {"video": str(video), "checkpoint": str(checkpoint),
-                              "classes": classes, "frames": n, **_entry(classes, probs)}
+                              "classes": classes, "frames": n, **_prediction(classes, probs)}
     if config.get("dataset") == "synthetic":
         result["warning"] = SYNTHETIC_WARNING
     return result
@@ -617,14 +607,14 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
             made = list(crop_streams(video, frames, box, rate, window, stride, out))
             del frames
             names = {name: w for name, w in made if w is not None}
-            n = _stream(out / "video.mp4", video)
+            n = _reencoded_frames(out / "video.mp4", video)
         else:
             def whole() -> tuple[Source, int]:
                 """The whole video through reencode.sh (another process), while loading."""
                 source = Source(video)
                 source.write(src / "whole", {"video": None})
                 reencode(src / "whole", out, video)
-                n = _stream(out / "video.mp4", video)
+                n = _reencoded_frames(out / "video.mp4", video)
                 if n < 2:
                     raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 "
                                      "frames")
@@ -636,14 +626,14 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
             if names:
                 source.write(src / "windows", names)
                 reencode(src / "windows", out, video)
-        clips = {"video": n} | {name: _stream(out / f"{name}.mp4", video, w.end - w.start)
+        clips = {"video": n} | {name: _reencoded_frames(out / f"{name}.mp4", video, w.end - w.start)
                                 for name, w in names.items()}
         probs = classify(model, clip_dataset(out, clips, config), device)
     result = _result(video, checkpoint, config, n, probs[0])
     if names:
         classes = result["classes"]
         result.update(window=window, stride=stride, windows=[
-            {"start_frame": w.start, "end_frame": w.end, **_entry(classes, p)}
+            {"start_frame": w.start, "end_frame": w.end, **_prediction(classes, p)}
             for w, p in zip(names.values(), probs[1:], strict=True)])
     return result
 
@@ -673,12 +663,13 @@ def predict_stream(video: str | Path, checkpoint: str | Path, window: int | None
         made = crop_streams(video, _rgb_frames(video), box, _frame_rate(video), window, stride,
                             out)
         for name, w in made:
-            n = _stream(out / f"{name}.mp4", video, None if w is None else w.end - w.start)
+            n = _reencoded_frames(out / f"{name}.mp4", video,
+                                  None if w is None else w.end - w.start)
             probs = classify(model, clip_dataset(out, {name: n}, config), device)[0]
             if w is None:
                 yield _result(video, checkpoint, config, n, probs)
             else:
-                yield {"start_frame": w.start, "end_frame": w.end, **_entry(classes, probs)}
+                yield {"start_frame": w.start, "end_frame": w.end, **_prediction(classes, probs)}
                 (out / f"{name}.mp4").unlink()
 
 

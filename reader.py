@@ -16,14 +16,16 @@ import hashlib
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 import coviar
 from datasets import index_classes, read_index
@@ -220,68 +222,70 @@ class ClipDataset(Dataset):
         return {"h": h, "left": left, "width": width, "box": (top, left + x0, ch, cw)}
 
     def _read(
-        self, row: dict[str, str], seg: list[int], pics: list[int]
+        self, row: dict[str, str], segments: list[int], pictures: list[int]
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """One decode of the clip (or the cache): ``input`` (and ``mv``) bytes (k, ch, cw, C) of
-        the crop box, ``pics`` whole BGR frames of ``pics``; and the frame geometry."""
+        the crop box, ``pics`` whole BGR frames of ``pictures``; and the frame geometry."""
         path, n = self.root / row["path"], int(row["num_frames"])
         rgb = self.representation == "rgb"
-        want = {PICTURE: seg + pics} if rgb else {RESIDUAL: seg}
-        if pics and not rgb:
-            want[PICTURE] = pics
+        requested = {PICTURE: segments + pictures} if rgb else {RESIDUAL: segments}
+        if pictures and not rgb:
+            requested[PICTURE] = pictures
         if self.with_mv:
-            want[MV] = seg
-        geo: dict[str, Any] = {}
+            requested[MV] = segments
+        geometry: dict[str, Any] = {}
         try:
             if self.cache is None:  # the crop box drawn at the first frame, then bytes of it
                 def boxes(h: int, w: int) -> dict[int, tuple[int, int, int, int]]:
-                    geo.update(self._geometry(row["crop"], h, w))
-                    return {RESIDUAL: geo["box"], MV: geo["box"]}
+                    geometry.update(self._geometry(row["crop"], h, w))
+                    return {RESIDUAL: geometry["box"], MV: geometry["box"]}
 
                 def tables(h: int, w: int) -> dict[int, np.ndarray]:
-                    _, _, ch, cw = geo["box"]
+                    _, _, ch, cw = geometry["box"]
                     return {RESIDUAL: RESIDUAL_BYTES,
                             MV: mv_table(self.size / cw, self.size / ch, max(h, w))}
 
-                got = coviar.load_clip(path, 0, want, self.accumulate, crop=boxes, lut=tables)
+                decoded = coviar.load_clip(path, 0, requested, self.accumulate, crop=boxes,
+                                           lut=tables)
             else:  # whole frames from the cache (residual bytes, int16 vectors), cropped here
-                stored = {rep: None for rep in want}  # every frame, except the pictures of
-                if not rgb and pics:  # a residual model: just the ones it uses
-                    stored[PICTURE] = sorted(set(pics))
-                got = self.cache.frames(path, want, stored, self.accumulate, n)
-                geo = self._geometry(row["crop"], *next(iter(got.values())).shape[1:3])
-                top, left, ch, cw = geo["box"]
+                # every frame of the cache, but a residual model's pictures: just those it uses
+                kept = {rep: None for rep in requested}
+                if not rgb and pictures:
+                    kept[PICTURE] = sorted(set(pictures))
+                decoded = self.cache.frames(path, requested, kept, self.accumulate, n)
+                geometry = self._geometry(row["crop"], *next(iter(decoded.values())).shape[1:3])
+                top, left, ch, cw = geometry["box"]
                 for rep in (RESIDUAL, MV):
-                    if rep in got:
-                        got[rep] = got[rep][:, top : top + ch, left : left + cw]
-                if MV in got:
-                    v = got[MV]
-                    got[MV] = np.stack([mv_bytes(v[..., 0], self.size / cw),
-                                        mv_bytes(v[..., 1], self.size / ch)], axis=-1)
+                    if rep in decoded:
+                        decoded[rep] = decoded[rep][:, top : top + ch, left : left + cw]
+                if MV in decoded:
+                    v = decoded[MV]
+                    decoded[MV] = np.stack([mv_bytes(v[..., 0], self.size / cw),
+                                            mv_bytes(v[..., 1], self.size / ch)], axis=-1)
         except (OSError, ValueError, IndexError, RuntimeError) as exc:
             raise ClipError(f"cannot load clip {path}: {type(exc).__name__}: {exc}") from exc
         out = {}
         if rgb:
-            top, left, ch, cw = geo["box"]
-            out["input"] = got[PICTURE][: len(seg), top : top + ch, left : left + cw]
-            out["pics"] = got[PICTURE][len(seg) :]
+            top, left, ch, cw = geometry["box"]
+            out["input"] = decoded[PICTURE][: len(segments), top : top + ch, left : left + cw]
+            out["pics"] = decoded[PICTURE][len(segments) :]
         else:
-            out["input"] = got[RESIDUAL]
-            if pics:
-                out["pics"] = got[PICTURE]
+            out["input"] = decoded[RESIDUAL]
+            if pictures:
+                out["pics"] = decoded[PICTURE]
         if self.with_mv:
-            out["mv"] = got[MV]
-        return out, geo
+            out["mv"] = decoded[MV]
+        return out, geometry
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
         n, apex = int(row["num_frames"]), int(row["apex"])
         has_apex = self.apex and apex >= 0
-        seg = sample_indices(
+        segments = sample_indices(
             n, self.num_segments, self.train, 0 if self.representation == "rgb" else 1
         )
-        pics = ([0] if self.iframe else []) + ([apex] if has_apex else [])
-        arrays, geo = self._read(row, seg, pics)  # draws the crop box (training)
+        pictures = ([0] if self.iframe else []) + ([apex] if has_apex else [])
+        arrays, geometry = self._read(row, segments, pictures)  # draws the crop box (training)
         flip = self.train and torch.rand(()).item() < 0.5
 
         def spatial(a: np.ndarray) -> torch.Tensor:
@@ -297,7 +301,7 @@ class ClipDataset(Dataset):
             if flip:  # mirrored motion: the x byte u -> 256 - u (pytorch-coviar), i.e. -x
                 mv[:, 0] = 256 - mv[:, 0]
             item["mv"] = normalise(mv, "mv")
-        h, left, width = geo["h"], geo["left"], geo["width"]
+        h, left, width = geometry["h"], geometry["left"], geometry["width"]
         if self.iframe:
             frame = crop_frames(arrays["pics"][:1], (0, left, h, width))[:, [2, 1, 0]]
             item["iframe"] = letterbox(frame, self.iframe_size)[0]
@@ -449,3 +453,27 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
             dtype = torch.bool if isinstance(values[0], bool) else torch.int64
             out[key] = torch.tensor(values, dtype=dtype)
     return out
+
+
+@torch.no_grad()
+def model_outputs(model: torch.nn.Module, ds: ClipDataset, batch_size: int,
+                  device: torch.device | str = "cpu", workers: int = 0,
+                  precision: Callable[[], AbstractContextManager] = nullcontext,
+                  progress: str | None = None) -> dict[str, torch.Tensor]:
+    """The logits and z_E (float32, on the CPU) of `model` (a MIC, put in eval mode) on every
+    clip of `ds` in order, with the clips' labels and subjects: batches of `batch_size` read by
+    `workers` processes, each forward run under `precision()` (train.py: bfloat16 on CUDA);
+    `progress`: the description of a progress bar."""
+    model.eval()
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        worker_init_fn=worker_init)
+    out: dict[str, list[torch.Tensor]] = {"logits": [], "z_e": [], "label": [], "subject": []}
+    for batch in tqdm(loader, desc=progress, leave=False, disable=progress is None):
+        mv = batch["mv"].to(device) if "mv" in batch else None
+        with precision():
+            result = model(batch["input"].to(device), mv)
+        out["logits"].append(result["logits"].float().cpu())
+        out["z_e"].append(result["z_e"].float().cpu())
+        out["label"].append(batch["label"])
+        out["subject"].append(batch["subject"])
+    return {k: torch.cat(v) for k, v in out.items()}

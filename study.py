@@ -177,16 +177,21 @@ def ablation_table(args: argparse.Namespace) -> None:
              "mic+resnet6; not measured here) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for v in r["variants"]:
-        core, _, backbone = v["variant"].partition("+")
-        if core == "mic" and backbone == "resnet6":  # the paper's "MIC + ResNet6" row
-            paper = PAPER["resnet6"]
-        else:  # the paper's rows (ResNet50); a deeper CNN of ours has no row there
-            paper = PAPER.get(core, "–") if backbone == args.backbone else "–"
+        paper = paper_numbers(v, args.backbone)
         speed = f"{v['speed']['clips_per_s']:.1f}" if "speed" in v else "–"
         lines.append(f"| {v['variant']} | {v['row']} | " + " | ".join(row_cells(v))
                      + f" | {speed} | {paper} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def paper_numbers(v: dict, backbone: str) -> str:
+    """The paper's CK+ / MMI of an evaluated variant (its row and backbone, from the options
+    its runs stored), where the rows are run with `backbone`."""
+    if v["ablation"] == "mic" and v["backbone"] == "resnet6":  # the paper's "MIC + ResNet6" row
+        return PAPER["resnet6"]
+    # the paper's rows (ResNet50); a deeper CNN of ours has no row there
+    return PAPER.get(v["ablation"], "–") if v["backbone"] == backbone else "–"
 
 
 # The identity regularisers of the sweep: train.py's flags, --alpha being each one's weight.

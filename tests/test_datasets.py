@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import datasets as ds
+import frames
 import reader
 from tests.trees import (
     CK_SUBJECTS,
@@ -517,7 +518,7 @@ def test_frame_names_with_superscripts_sort(tmp_path: Path) -> None:
     """A frame named "1²2.png" sorts with "²" as text, as `sort -V` takes it."""
     for name in ("1²2.png", "1.png", "10.png", "2.png"):
         Image.new("L", (4, 4)).save(tmp_path / name)
-    assert [p.name for p in ds.frame_files(tmp_path)] == ["1.png", "1²2.png", "2.png", "10.png"]
+    assert [p.name for p in frames.frame_files(tmp_path)] == ["1.png", "1²2.png", "2.png", "10.png"]
 
 
 def test_validation_split_holds_out_a_training_fold():

@@ -109,3 +109,31 @@ def test_a_run_folder_it_cannot_write_is_one_line(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match=r"^evaluate.py: cannot write \S+results.json: Is a "
                                          r"directory$"):
         evaluate.main([str(run), "--no-speed"])
+
+
+def test_helpers_raise_and_only_main_exits(tmp_path):
+    """evaluate.py's helpers raise `EvaluateError` (only `main` exits with its line)."""
+    with pytest.raises(evaluate.EvaluateError, match=r"results.json not found: run `python "
+                                                     r"evaluate.py \S+other` first"):
+        evaluate.against(tmp_path, [], tmp_path / "other")
+    with pytest.raises(evaluate.EvaluateError, match="cannot write"):
+        evaluate.write_checked(tmp_path / "no" / "such.md", lambda path: path.write_text(""))
+
+
+def test_variants_are_read_from_their_options_not_their_names(tiny_run, tmp_path):
+    """A variant's row, backbone and MIC − MI twin come from the options result.json stores,
+    whatever its folder is called (train.py --name); a result without options is left out."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "mic+resnet6", run / "ours")
+    shutil.copytree(tiny_run / "mic-mi+resnet6", run / "baseline")
+    shutil.copytree(tiny_run / "mic+resnet6" / "fold0", run / "ours" / "fold9")
+    result = json.loads((run / "ours" / "fold9" / "result.json").read_text())
+    del result["options"]
+    (run / "ours" / "fold9" / "result.json").write_text(json.dumps(result))
+    evaluate.main([str(run), "--no-speed"])
+    res = json.loads((run / "results.json").read_text())
+    assert [(v["variant"], v["ablation"], v["backbone"], v["row"]) for v in res["variants"]] == [
+        ("ours", "mic", "resnet6", "MIC, ResNet6"),
+        ("baseline", "mic-mi", "resnet6", "MIC − MI, ResNet6")]
+    assert {(c["a"], c["b"]) for c in res["comparisons"]} == {("ours", "baseline")}
+    assert res["left_out"]["ours"] == {"fold9": "unreadable result.json (KeyError: 'options')"}

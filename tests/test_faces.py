@@ -12,6 +12,7 @@ from skimage import data as skdata
 
 import datasets as ds
 import faces
+import frames
 from tests.trees import read_csv
 
 
@@ -86,13 +87,13 @@ def test_frame_folder_read_in_reencode_order(tmp_path: Path) -> None:
         Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(folder / f"{i}.jpg",
                                                                    quality=95)
     (folder / ".5.jpg").write_bytes(b"not an image")  # hidden: left out
-    files = ds.frame_files(folder)
+    files = frames.frame_files(folder)
     assert [p.name for p in files] == [f"{i}.jpg" for i in range(1, 13)]
     listing = subprocess.run(["sort", "-V"], input="\n".join(p.name for p in reversed(files)),
                              capture_output=True, text=True, check=True).stdout.split()
     assert listing == [p.name for p in files]
-    frames, _ = faces.read_frames(folder)
-    assert [int(round(f.mean() / 20)) for f in frames] == list(range(1, 13))
+    decoded, _ = faces.read_frames(folder)
+    assert [int(round(f.mean() / 20)) for f in decoded] == list(range(1, 13))
 
 
 @pytest.mark.parametrize("out", ["same", "inside", "outside"])
@@ -141,3 +142,15 @@ def test_detector_finds_what_facenet_mtcnn_finds(tmp_path: Path) -> None:
             assert isinstance(fast, faces.MaxPool)
             for part in (x, x[:, :, :22, :29]):
                 assert torch.equal(fast(part), layer(part)), (k, s, p, ceil)
+
+
+def test_no_import_circle_between_datasets_and_faces():
+    """faces.py and datasets.py share the frame-listing helpers of frames.py: faces does not
+    import datasets (which imports faces for its crop command)."""
+    import subprocess
+    import sys
+
+    code = "import sys, faces; print('datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import av
@@ -24,9 +25,10 @@ import coviar
 import faces
 import predict
 from datasets import CLASSES
-from models import MIC
+from models import MIC, MICConfig
+from reader import ClipDataset
 from tests.clips import has_libx264
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY
 
 CODEC = "libx264" if has_libx264() else "mpeg4"
 
@@ -187,6 +189,31 @@ def test_reencode_gets_ffmpeg_from_this_interpreter(monkeypatch, tmp_path):
     monkeypatch.setenv("FFMPEG", "/opt/my/ffmpeg")
     predict.reencode(tmp_path, tmp_path / "out", tmp_path)
     assert seen == [imageio_ffmpeg.get_ffmpeg_exe(), "/opt/my/ffmpeg"]
+    import train  # train.py's pipeline steps find it the same way (`frames.reencode_env`)
+
+    monkeypatch.setattr(train.subprocess, "run", run)
+    monkeypatch.delenv("FFMPEG")
+    train.run_step(["true"])
+    assert seen[-1] == imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def test_one_batched_pass_for_train_and_predict(data):
+    """train.py's test pass and predict.classify share `reader.model_outputs`: the clips in
+    order, whatever the batch, as the model gives them one by one."""
+    import train
+
+    ds = ClipDataset(data, num_segments=2, size=32, apex=False)
+    torch.manual_seed(0)
+    model = MIC(ds.num_classes, 2, "resnet6", 8, decoder=False, size=32,
+                backbone_weights="random").eval()
+    args = train.parse_args([*TINY, "--root", str(data), "--batch-size", "3"])
+    out = train.clip_predictions(model, ds, args, torch.device("cpu"))
+    assert out["label"].tolist() == [int(r["label"]) for r in ds.rows]
+    with torch.no_grad():
+        alone = torch.cat([model(ds[i]["input"][None])["logits"] for i in range(len(ds))])
+    assert np.allclose(out["logits"], alone.numpy(), atol=1e-5)
+    probs = predict.classify(model, ds)
+    assert np.allclose(probs, torch.softmax(alone, 1).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", [{"with_mv": True}, {"input": "rgb", "data_bn": False},
@@ -196,15 +223,13 @@ def test_reencode_gets_ffmpeg_from_this_interpreter(monkeypatch, tmp_path):
 def test_every_model_variant(ckpt, clips, tmp_path, variant):
     """Checkpoints of MIC+T^t, the RGB baseline, MIC−MI+Adv (an adversary in the state dict) and
     without decoder: made here with random weights in train.py's format."""
-    config = {**json.loads(torch.load(ckpt, weights_only=True)["config"]), **variant,
-              "dataset": "ckplus"}
-    config.pop("num_subjects", None)
+    record = json.loads(torch.load(ckpt, weights_only=True)["config"])
+    cfg = replace(MICConfig.from_checkpoint(record),
+                  **{k: v for k, v in variant.items() if k != "input"})
+    config = {**record, "input": variant.get("input", record["input"]), "dataset": "ckplus",
+              "model": asdict(cfg)}
     torch.manual_seed(0)
-    model = MIC(config["num_classes"], config["num_segments"], config["backbone"],
-                config["hidden"], with_mv=config["with_mv"], decoder=config["decoder"],
-                d_i=config["d_i"], size=config["size"],
-                num_subjects=variant.get("num_subjects", 0), backbone_weights="random",
-                data_bn=config["data_bn"])
+    model = MIC.from_config(cfg, backbone_weights="random")
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
     out = predict.predict_video(clips["face"], path, window=8, stride=4, crop=False)
@@ -250,10 +275,18 @@ def test_bad_checkpoints_are_clear_errors(ckpt, clips, tmp_path, capsys):
         "text.pt": "not a checkpoint",
         "state_dict.pt": good["model"],
         "no_keys.pt": {**good, "config": json.dumps({"num_classes": 7})},
-        "mismatch.pt": {**good, "config": json.dumps({**config, "hidden": 16})},
+        "lacking.pt": {**good, "config": json.dumps(
+            {**config, "model": {k: v for k, v in config["model"].items() if k != "hidden"}})},
+        "unknown.pt": {**good, "config": json.dumps(
+            {**config, "model": {**config["model"], "depth": 3}})},
+        "mismatch.pt": {**good, "config": json.dumps(
+            {**config, "model": {**config["model"], "hidden": 16}})},
     }
     messages = {"missing.pt": "no such checkpoint file", "text.pt": "not a PyTorch checkpoint",
-                "state_dict.pt": "not a train.py checkpoint", "no_keys.pt": "config lacks",
+                "state_dict.pt": "not a train.py checkpoint",
+                "no_keys.pt": "no_keys.pt: model config: lacks num_segments, backbone",
+                "lacking.pt": "lacking.pt: model config: lacks hidden;",
+                "unknown.pt": "unknown.pt: model config: unknown depth;",
                 "mismatch.pt": "weights do not match its config"}
     for name, content in bad.items():
         path = tmp_path / name
@@ -316,11 +349,10 @@ def test_a_checkpoint_of_each_dataset(ckpt, clips, tmp_path, dataset):
     """A checkpoint of every dataset predicts: its temporary index lists a fold of that dataset
     and its classes."""
     classes = list(CLASSES[dataset])
-    config = {**json.loads(torch.load(ckpt, weights_only=True)["config"]), "dataset": dataset,
-              "num_classes": len(classes), "class_names": classes}
-    model = MIC(len(classes), config["num_segments"], config["backbone"], config["hidden"],
-                decoder=config["decoder"], d_i=config["d_i"], size=config["size"],
-                backbone_weights="random")
+    record = json.loads(torch.load(ckpt, weights_only=True)["config"])
+    cfg = replace(MICConfig.from_checkpoint(record), num_classes=len(classes))
+    config = {**record, "dataset": dataset, "class_names": classes, "model": asdict(cfg)}
+    model = MIC.from_config(cfg, backbone_weights="random")
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
     out = predict.predict_video(clips["face"], path, window=64, crop=False)
@@ -398,6 +430,25 @@ def test_fast_pools_give_the_model_s_outputs(ckpt, monkeypatch):
     monkeypatch.setattr(predict, "fast_max_pools", lambda m: m)
     plain, _ = predict.load_model(ckpt)
     assert any(isinstance(m, torch.nn.MaxPool2d) for m in plain.modules())
-    x = torch.randn(3, config["num_segments"], 3, config["size"], config["size"])
+    x = torch.randn(3, config["model"]["num_segments"], 3, config["model"]["size"],
+                    config["model"]["size"])
     with torch.no_grad():
         assert torch.equal(model(x, None)["logits"], plain(x, None)["logits"])
+
+
+def test_checkpoints_of_the_flat_config_still_load(ckpt, tmp_path):
+    """Checkpoints written before the model had a record of its own (the MICConfig under
+    "model") kept its keys in the record itself, without the adversary's size: they load to the
+    same model, their config read as the new one's."""
+    state = torch.load(ckpt, weights_only=True)
+    config = json.loads(state["config"])
+    flat = {**{k: v for k, v in config.items() if k != "model"}, **config["model"]}
+    del flat["num_subjects"], flat["dropout"]
+    old = tmp_path / "old.pt"
+    torch.save({**state, "config": json.dumps(flat)}, old)
+    model, loaded = predict.load_model(old)
+    new, _ = predict.load_model(ckpt)
+    assert loaded["model"] == config["model"]
+    x = torch.randn(2, flat["num_segments"], 3, flat["size"], flat["size"])
+    with torch.no_grad():
+        assert torch.equal(model(x, None)["logits"], new(x, None)["logits"])

@@ -81,3 +81,14 @@ def test_identity_sweep_end_to_end(tmp_path):
     assert len(json.loads(timing)) == 2 + 2 + 2 * 4 + 2 * 2  # fold-runs trained
     study.main(args)  # resumes: nothing to train
     assert (tmp_path / "runs" / "sweep-timing.json").read_text() == timing
+
+
+def test_paper_numbers_follow_the_variants_row_and_backbone():
+    """The ablation table's paper column from the row and backbone evaluate.py read from the
+    options (a name such as mic-mi+adv+resnet6 is not taken apart)."""
+    assert study.paper_numbers({"ablation": "mic-mi+adv", "backbone": "resnet6"},
+                               "resnet6") == "98.78 / 80.98"
+    assert study.paper_numbers({"ablation": "mic+mv", "backbone": "resnet6"},
+                               "resnet6") == "98.93 / 81.24"
+    assert study.paper_numbers({"ablation": "mic", "backbone": "resnet6"}, "resnet6") == "99.71 / –"
+    assert study.paper_numbers({"ablation": "mic", "backbone": "resnet18"}, "resnet6") == "–"

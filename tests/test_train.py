@@ -24,7 +24,9 @@ import pytest
 import torch
 
 import evaluate
+import metrics
 import train
+import train_options
 from datasets import PROTOCOLS
 from reader import collate
 from tests.conftest import ROOT, TINY, train_cmd
@@ -52,7 +54,7 @@ def test_every_variant_lowers_its_loss(data, variant):
     batch = collate([ds[i] for i in range(4)])  # one draw of training clips: a fixed batch
     assert batch["input"].shape == (4, 2, 3, 32, 32)
     z_i_train = torch.randn(len(ds), 24, generator=torch.Generator().manual_seed(1))
-    model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
+    model, critic, opt = train.build_model(args, ds, z_i_train, torch.device("cpu"))
     torch.manual_seed(0)
     z_i = z_i_train[batch["index"]]
     step = train.TrainForward(model)
@@ -83,7 +85,7 @@ def test_adversary_weight_apart_from_its_rate(data):
         ds = train.make_datasets(args, PROTOCOLS["synthetic"][1])[1]  # test mode: one draw
         batch = collate([ds[i] for i in range(4)])
         z_i_train = torch.randn(len(ds), 24, generator=torch.Generator().manual_seed(1))
-        model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
+        model, critic, opt = train.build_model(args, ds, z_i_train, torch.device("cpu"))
         adv_group = [g for g in opt.param_groups if g.get("constant")]
         assert len(adv_group) == 1 and adv_group[0]["lr"] == 5e-4
         assert {id(p) for p in adv_group[0]["params"]} == {
@@ -126,11 +128,25 @@ def test_identity_features_cached(data, tmp_path):
     assert len(calls) == 3 * n
 
 
+def test_options_module_names_the_variant_and_train_py_helps(capsys):
+    """train_options.py parses train.py's options and names the variant from them (result.json's
+    options, older ones lacking later options included); train.py --help shows train.py's own
+    text."""
+    args = train_options.parse_args(["--dataset", "synthetic", "--no-mi", "--adv",
+                                     "--backbone", "resnet6"])
+    assert args.name == train_options.variant_name(args) == "mic-mi+adv+resnet6"
+    assert train_options.variant_ablation(train_options.options_record(args)) == "mic-mi+adv"
+    assert train_options.variant_ablation({"with_mv": True}) == "mic+mv"
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    assert "Train MIC (or one of its ablations" in capsys.readouterr().out
+
+
 def test_lr_schedule():
-    assert train.lr_at(0, 1e-3, "30:1e-4") == 1e-3
-    assert train.lr_at(30, 1e-3, "30:1e-4") == 1e-4
-    assert train.lr_at(65, 1e-4, "60:1e-7,30:8e-6") == 1e-7
-    assert train.lr_at(5, 1e-4, "") == 1e-4
+    assert train_options.lr_at(0, 1e-3, "30:1e-4") == 1e-3
+    assert train_options.lr_at(30, 1e-3, "30:1e-4") == 1e-4
+    assert train_options.lr_at(65, 1e-4, "60:1e-7,30:8e-6") == 1e-7
+    assert train_options.lr_at(5, 1e-4, "") == 1e-4
 
 
 def test_ranks_draw_their_own_randomness(monkeypatch):
@@ -258,7 +274,7 @@ def test_no_mi_with_infinite_estimate_is_not_nan(data, monkeypatch):
     ds = train.make_datasets(args, PROTOCOLS["synthetic"][1])[0]
     batch = collate([ds[i] for i in range(4)])
     z_i_train = torch.randn(len(ds), 24)
-    model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
+    model, critic, opt = train.build_model(args, ds, z_i_train, torch.device("cpu"))
     monkeypatch.setattr(train, "mi_estimate", lambda *a: torch.tensor(float("inf")))
     with pytest.raises(train.TrainingError, match="non-finite mi"):
         train.train_step(train.TrainForward(model), critic, opt, batch,
@@ -376,7 +392,8 @@ def test_checkpoint_records_an_absolute_root(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     args = train.parse_args([*TINY, "--root", "rel/data"])
     ds = types.SimpleNamespace(num_classes=2, class_names=["a", "b"])
-    assert train.model_config(args, ds, 8, {})["root"] == str(tmp_path / "rel" / "data")
+    record = train.run_config(args, ds, train.mic_config(args, ds, 8), {})
+    assert record["root"] == str(tmp_path / "rel" / "data")
 
 
 def _state(run: Path) -> dict[str, torch.Tensor]:
@@ -557,10 +574,20 @@ def test_evaluate_against_another_run(tiny_run, tmp_path):
     assert "splits both runs finished" in (run / "results.md").read_text()
 
 
+def test_train_does_not_import_evaluate_scipy_or_matplotlib():
+    """train.py takes its metric from metrics.py: importing it loads neither evaluate.py nor
+    scipy nor matplotlib (evaluate.py imports matplotlib where it plots)."""
+    code = ("import sys, train; print(sorted(m for m in ('evaluate', 'scipy', 'matplotlib') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_recall_metrics_hand_computed():
     labels = [0, 0, 0, 1, 2, 2]
     preds = [0, 1, 1, 1, 2, 0]
-    war, uar, recall = evaluate.recall_metrics(labels, preds, 4)  # class 3 absent
+    war, uar, recall = metrics.recall_metrics(labels, preds, 4)  # class 3 absent
     assert war == pytest.approx(3 / 6)
     assert recall[:3] == pytest.approx([1 / 3, 1.0, 1 / 2]) and recall[3] != recall[3]
     assert uar == pytest.approx((1 / 3 + 1 + 1 / 2) / 3)
@@ -610,11 +637,11 @@ def test_comparisons_pair_the_probe_leaving_out_splits_without_one():
     the splits where both variants have a probe, and say "lower", not "worse"."""
     nan = float("nan")
     splits = [f"fold{k}" for k in range(4)]
-    mic = {"variant": "mic+resnet6", "splits": splits, "folds": splits,
-           "accuracy_per_split": [0.5] * 4,
+    mic = {"variant": "mic+resnet6", "ablation": "mic", "backbone": "resnet6", "splits": splits,
+           "folds": splits, "accuracy_per_split": [0.5] * 4,
            "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.10, 0.12, nan, 0.09]}
-    base = {"variant": "mic-mi+resnet6", "splits": splits, "folds": splits,
-            "accuracy_per_split": [0.5] * 4,
+    base = {"variant": "mic-mi+resnet6", "ablation": "mic-mi", "backbone": "resnet6",
+            "splits": splits, "folds": splits, "accuracy_per_split": [0.5] * 4,
             "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.20, 0.21, 0.5, 0.20]}
     (c,) = [c for c in evaluate.comparisons([mic, base]) if c["metric"] == "probe_test_per_split"]
     assert c["n"] == 3 and c["mean"] == pytest.approx(-0.1)
@@ -626,6 +653,20 @@ def test_missing_dataset_says_what_to_do(tmp_path):
                           "--root", str(tmp_path / "afew")], capture_output=True, text=True)
     assert run.returncode != 0
     assert "Train_AFEW" in run.stderr and "reencode.sh" in run.stderr
+
+
+def test_helpers_raise_and_only_main_exits(tmp_path):
+    """train.py's helpers raise `TrainingError` (only `main` exits), so that study.py and tests
+    can call them: no data, pretraining for a real set, no identity folders to pretrain on."""
+    args = train.parse_args(["--dataset", "afew", "--root", str(tmp_path / "afew")])
+    with pytest.raises(train.TrainingError, match="(?s)no afew data in .*Train_AFEW"):
+        train.prepare_data(args)
+    args.identity_weights = "pretrain"
+    with pytest.raises(train.TrainingError, match="synthetic set only"):
+        train.identity_network(args, torch.device("cpu"))
+    with pytest.raises(train.TrainingError, match="no identity folders in"):
+        train.pretrain_identity(tmp_path / "none", tmp_path / "w.pth", 1, 32, 0,
+                                torch.device("cpu"))
 
 
 def test_identity_probe_finds_identity():

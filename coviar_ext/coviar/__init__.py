@@ -15,6 +15,7 @@ import functools
 import operator
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -269,118 +270,136 @@ def load_clip(
         want[rep] = _indices(path, indices)
     if not want:
         raise ValueError("no representation asked for")
-    tables: dict[int, np.ndarray] = {}
-    last = max(int(idx.max()) for idx in want.values())
-    motion = [rep for rep in (MV, RESIDUAL) if rep in want]
-    store: dict[int, np.ndarray] = {}  # rep -> (distinct frames, h, w, C), frames ascending
-    slot: dict[int, dict[int, int]] = {}  # rep -> {frame: its index in store[rep]}
+    plan: _Plan | None = None
     bgr: dict[int, np.ndarray] = {}
-    boxes: dict[int, Box] = {}
     recs: dict[int, np.ndarray | None] = {}  # accumulate: every frame's records, composed after
     reformatter = VideoReformatter()
     count = 0
     for pos, frame in enumerate(_gop_frames(path, gop_index)):
         count = pos + 1
-        height, width = frame.height, frame.width
-        if pos == 0:  # sizes known: check the boxes and the result's size before any work
-            given = crop(height, width) if callable(crop) else (crop or {})
-            tables = _tables(lut(height, width) if callable(lut) else (lut or {}))
-            boxes = _boxes(path, given, height, width, want, tables)
-            for rep, idx in want.items():
-                frames_of = np.unique(idx).tolist()
-                slot[rep] = {f: j for j, f in enumerate(frames_of)}
-                _, _, h, w = boxes[rep]
-                dtype = np.uint8 if rep == PICTURE or rep in tables else np.int32
-                store[rep] = np.empty((len(frames_of), h, w, _CHANNELS[rep]), dtype)
-            # Frames whose BGR picture is needed: the pictures asked for, the residuals' frames
-            # and their references (the I-frame when accumulated, else the previous frame).
-            need_bgr = set(slot.get(PICTURE, ()))
-            held = {}  # accumulate: the residual's box of its frames, kept (residuals made last)
-            if RESIDUAL in want:
-                res = set(slot[RESIDUAL])
-                need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
-                if accumulate:
-                    _, _, h, w = boxes[RESIDUAL]
-                    held = dict(zip(sorted(res - {0}), np.empty((len(res - {0}), h, w, 3),
-                                                                 np.uint8), strict=True))
-            need_rec = set().union(*(slot[rep] for rep in motion))
-        if pos in need_bgr:
+        if plan is None:  # the frame size known: the plan, checked, before any work
+            plan = _plan(path, want, accumulate, crop, lut, frame.height, frame.width)
+        if pos in plan.need_bgr:
             try:
                 bgr[pos] = _bgr(frame, reformatter)
             except av.error.FFmpegError as e:  # swscale refuses the colour tags of a bad header
                 msg = f"frame {pos} of GOP {gop_index} cannot be converted to BGR ({e})"
                 raise ValueError(f"{path}: {msg}; {_HINT}") from e
-        if pos in slot.get(PICTURE, ()):
-            top, left, h, w = boxes[PICTURE]
-            store[PICTURE][slot[PICTURE][pos]] = bgr[pos][top : top + h, left : left + w]
-        if pos in held:
-            top, left, h, w = boxes[RESIDUAL]
-            held[pos][...] = bgr[pos][top : top + h, left : left + w]
-        if motion:
-            rec = _records(frame) if pos > 0 and (accumulate or pos in need_rec) else None
+        if pos in plan.slot.get(PICTURE, ()):
+            top, left, h, w = plan.boxes[PICTURE]
+            plan.store[PICTURE][plan.slot[PICTURE][pos]] = bgr[pos][top : top + h, left : left + w]
+        if pos in plan.held:
+            top, left, h, w = plan.boxes[RESIDUAL]
+            plan.held[pos][...] = bgr[pos][top : top + h, left : left + w]
+        if plan.motion:
+            rec = _records(frame) if pos > 0 and (accumulate or pos in plan.need_rec) else None
             if accumulate:
                 recs[pos] = rec
             else:
-                for rep in motion:
-                    if pos in slot[rep]:
-                        _motion(rep, pos, rec, None, bgr, boxes[rep], (height, width), None,
-                                tables.get(rep), store[rep][slot[rep][pos]])
+                for rep in plan.motion:
+                    if pos in plan.slot[rep]:
+                        _motion(plan, rep, pos, rec, bgr)
         for k in [k for k in bgr if k < pos and not (accumulate and k == 0)]:
             del bgr[k]  # no later frame refers to it
-        if pos == last:
+        if pos == plan.last:
             break
     else:
+        last = max(int(idx.max()) for idx in want.values())
         raise IndexError(f"{path}: frame {last} out of range (GOP {gop_index} has {count} frames)")
-    if accumulate and motion:
-        pictures = {**held, 0: bgr[0]} if RESIDUAL in want else {}
-        _accumulated(recs, motion, slot, boxes, (height, width), pictures, tables, store)
+    if accumulate and plan.motion:
+        pictures = {**plan.held, 0: bgr[0]} if RESIDUAL in want else {}
+        _accumulated(plan, recs, pictures)
     result = {}
     for rep, idx in want.items():
-        ascending = len(idx) == len(slot[rep]) and bool(np.all(idx[1:] > idx[:-1]))
-        result[rep] = store[rep] if ascending else store[rep][np.searchsorted(list(slot[rep]), idx)]
+        ascending = len(idx) == len(plan.slot[rep]) and bool(np.all(idx[1:] > idx[:-1]))
+        order = None if ascending else np.searchsorted(list(plan.slot[rep]), idx)
+        result[rep] = plan.store[rep] if order is None else plan.store[rep][order]
     return result
 
 
-def _accumulated(
-    recs: Mapping[int, np.ndarray | None],
-    motion: Sequence[int],
-    slot: Mapping[int, Mapping[int, int]],
-    boxes: Mapping[int, Box],
-    size: tuple[int, int],
-    bgr: Mapping[int, np.ndarray],
-    tables: Mapping[int, np.ndarray],
-    store: Mapping[int, np.ndarray],
-) -> None:
-    """The accumulated vectors and residuals of `load_clip`, from every frame's records `recs`.
+@dataclass
+class _Plan:
+    """What `load_clip` makes of one GOP, fixed once the frame size is known and checked before
+    any work: each representation's box and lookup table, its distinct frames in ascending order
+    (`slot`: frame -> its row of `store`, the result being filled), and the frames the decode
+    keeps the BGR picture or the motion records of."""
+
+    size: tuple[int, int]  # (height, width) of the frames
+    boxes: dict[int, Box]
+    tables: dict[int, np.ndarray]
+    slot: dict[int, dict[int, int]]
+    store: dict[int, np.ndarray]  # rep -> (distinct frames, h, w, C), frames ascending
+    motion: list[int]  # MV and/or RESIDUAL, those asked for
+    need_bgr: set[int]  # the pictures asked for, the residuals' frames and their references
+    need_rec: set[int]  # relative vectors and residuals: the frames whose records are read
+    held: dict[int, np.ndarray]  # accumulated residuals: their frames' box, kept until the end
+    last: int  # the last frame read
+
+
+def _plan(path: str, want: Mapping[int, np.ndarray], accumulate: bool, crop: Crop | None,
+          lut: Tables | None, height: int, width: int) -> _Plan:
+    """The plan of `load_clip` for frames of `height` x `width`: `crop` and `lut` resolved
+    (`crop` first) and checked, the result's arrays allocated (its size checked first)."""
+    given = crop(height, width) if callable(crop) else (crop or {})
+    tables = _tables(lut(height, width) if callable(lut) else (lut or {}))
+    boxes = _boxes(path, given, height, width, want, tables)
+    slot: dict[int, dict[int, int]] = {}
+    store: dict[int, np.ndarray] = {}
+    for rep, idx in want.items():
+        frames_of = np.unique(idx).tolist()
+        slot[rep] = {f: j for j, f in enumerate(frames_of)}
+        _, _, h, w = boxes[rep]
+        dtype = np.uint8 if rep == PICTURE or rep in tables else np.int32
+        store[rep] = np.empty((len(frames_of), h, w, _CHANNELS[rep]), dtype)
+    motion = [rep for rep in (MV, RESIDUAL) if rep in want]
+    # Frames whose BGR picture is needed: the pictures asked for, the residuals' frames and
+    # their references (the I-frame when accumulated, else the previous frame).
+    need_bgr = set(slot.get(PICTURE, ()))
+    held = {}  # accumulated residuals are made last: their frames' box is kept
+    if RESIDUAL in want:
+        res = set(slot[RESIDUAL])
+        need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
+        if accumulate:
+            _, _, h, w = boxes[RESIDUAL]
+            held = dict(zip(sorted(res - {0}), np.empty((len(res - {0}), h, w, 3), np.uint8),
+                            strict=True))
+    need_rec = set().union(*(slot[rep] for rep in motion))
+    return _Plan((height, width), boxes, tables, slot, store, motion, need_bgr, need_rec, held,
+                 max(int(idx.max()) for idx in want.values()))
+
+
+def _accumulated(plan: _Plan, recs: Mapping[int, np.ndarray | None],
+                 bgr: Mapping[int, np.ndarray]) -> None:
+    """The accumulated vectors and residuals of `load_clip`'s `plan`, from every frame's records
+    `recs` (and for residuals the pictures `bgr`: the I-frame and their frames' box).
 
     The map into the I-frame is composed frame by frame, but only on the box of it that is read
     later: the boxes asked for at that frame and, going back from the last frame, the pixels that
     a later frame's box is moved from (`_kernels.source_box`); a crop of a large frame composes
     a fraction of it. The values are those of the whole-frame map."""
-    height, width = size
+    height, width = plan.size
     need: dict[int, Box] = {}  # frame -> the box of its map that must be right
     box = None  # none yet: no later frame reads the map
     for pos in range(max(recs), 0, -1):
-        for rep in motion:
-            if pos in slot[rep]:
-                box = boxes[rep] if box is None else _union(box, boxes[rep])
+        for rep in plan.motion:
+            if pos in plan.slot[rep]:
+                box = plan.boxes[rep] if box is None else _union(box, plan.boxes[rep])
         if box is not None:
             need[pos] = box
             if recs[pos] is not None:
                 box = _kernels.source_box(recs[pos], height, width, *box)
     acc = _identity_map(height, width)
     work = None  # accumulated vectors: the (x, y) of every pixel of MV's box
-    if MV in motion:
-        top, left, h, w = boxes[MV]
+    if MV in plan.motion:
+        top, left, h, w = plan.boxes[MV]
         work = _identity(h, w, top, left)
     for pos in range(max(recs) + 1):
         rec = recs.get(pos)
         if rec is not None and pos in need:
             _kernels.accumulate(rec, acc, *need[pos])  # in place: new[dst] = old[src]
-        for rep in motion:
-            if pos in slot[rep]:
-                _motion(rep, pos, rec, acc, bgr, boxes[rep], size, work if rep == MV else None,
-                        tables.get(rep), store[rep][slot[rep][pos]])
+        for rep in plan.motion:
+            if pos in plan.slot[rep]:
+                _motion(plan, rep, pos, rec, bgr, acc=acc, work=work)
 
 
 def _union(a: Box, b: Box) -> Box:
@@ -433,32 +452,26 @@ def _boxes(
     return boxes
 
 
-def _motion(
-    rep: int,
-    pos: int,
-    rec: np.ndarray | None,
-    acc: np.ndarray | None,
-    bgr: dict[int, np.ndarray],
-    box: Box,
-    size: tuple[int, int],
-    work: np.ndarray | None,
-    table: np.ndarray | None,
-    dst: np.ndarray,
-) -> None:
-    """Write into `dst` the motion vectors or residual of frame `pos` on `box` (through `table`
-    when given), from its records, the accumulated map `acc` (None: relative to the previous
-    frame) and the decoded pictures; `work` is the identity map of the box (accumulated
-    vectors only)."""
-    top, left, h, w = box
+def _motion(plan: _Plan, rep: int, pos: int, rec: np.ndarray | None,
+            bgr: Mapping[int, np.ndarray], acc: np.ndarray | None = None,
+            work: np.ndarray | None = None) -> None:
+    """Write frame `pos`'s motion vectors or residual (`rep`) into its row of `plan.store`, on
+    its box and through its table when the plan has them, from the frame's records `rec` and
+    the decoded pictures `bgr`: relative to the previous frame, or, given the accumulated map
+    `acc`, to the I-frame (`work`: the identity map of MV's box, for accumulated vectors)."""
+    top, left, h, w = plan.boxes[rep]
+    table = plan.tables.get(rep)
+    dst = plan.store[rep][plan.slot[rep][pos]]
     if pos == 0 or rec is None:  # the I-frame, or a frame without vectors: zeros
         dst[...] = 0 if table is None else table[:, table.shape[1] // 2]
     elif acc is None:  # relative to the previous frame: straight from the records
         if rep == RESIDUAL:  # (without building their field)
             _kernels.residual_mv(bgr[pos], bgr[pos - 1], rec, top, left, dst, table)
         else:
-            _kernels.mv_field(rec, *size, top, left, h, w, dst, table)
-    elif rep == RESIDUAL:  # accumulated: the I-frame through the map (read at the box; the
-        # current frame is the whole frame or its box)
+            _kernels.mv_field(rec, *plan.size, top, left, h, w, dst, table)
+    elif rep == RESIDUAL:
+        # accumulated: the I-frame through the map, read at the box (the current frame is the
+        # whole frame or its box)
         _kernels.residual(bgr[pos], bgr[0], acc, top, left, dst, table)
     else:  # accumulated vectors: (x, y) - map, `work` holding the box's (x, y)
         if table is None:
