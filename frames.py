@@ -32,12 +32,15 @@ def visible_paths(paths: Iterable[Path]) -> list[Path]:
 def frame_files(folder: Path) -> list[Path]:
     """The image frames of a frame folder in the order reencode.sh encodes them (``sort -V``:
     numbers compared as numbers, so 2.jpg comes before 10.jpg), hidden files left out."""
-    def key(p: Path) -> list:
-        return [(0, int(t), "") if ascii_digits(t) else (1, 0, t)
-                for t in re.split(r"([0-9]+)", p.name)]
 
-    return sorted((p for p in visible_paths(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS),
-                  key=key)
+    def key(p: Path) -> list:
+        return [
+            (0, int(t), "") if ascii_digits(t) else (1, 0, t) for t in re.split(r"([0-9]+)", p.name)
+        ]
+
+    return sorted(
+        (p for p in visible_paths(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS), key=key
+    )
 
 
 def reencode_env() -> dict[str, str]:

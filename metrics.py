@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def recall_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int
-                   ) -> tuple[float, float, list[float]]:
+def recall_metrics(
+    labels: np.ndarray, preds: np.ndarray, num_classes: int
+) -> tuple[float, float, list[float]]:
     """(WAR = accuracy, UAR = mean recall over the classes present in `labels`, per-class recall
     with NaN for absent classes)."""
     labels, preds = np.asarray(labels), np.asarray(preds)

@@ -436,7 +436,10 @@ def build_identity(
             own = net.state_dict()
             loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
             log.warning(
-                "%s: loaded %d of %d tensors from %s (non-strict)", name, len(loaded), len(own),
+                "%s: loaded %d of %d tensors from %s (non-strict)",
+                name,
+                len(loaded),
+                len(own),
                 file,
             )
             state = {**own, **loaded}
@@ -558,8 +561,14 @@ class MICConfig:
             kind = {"int": int, "bool": bool, "str": str, "float": (int, float)}[f.type]
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"model config: {f.name} {value!r} is not of type {f.type}")
-        small = {"num_classes": 1, "num_segments": 1, "hidden": 1, "d_i": 1, "size": 1,
-                 "num_subjects": 0}
+        small = {
+            "num_classes": 1,
+            "num_segments": 1,
+            "hidden": 1,
+            "d_i": 1,
+            "size": 1,
+            "num_subjects": 0,
+        }
         bad = [f"{k} {getattr(self, k)}" for k, least in small.items() if getattr(self, k) < least]
         if self.backbone not in BACKBONE_DIMS:
             bad.append(f"backbone {self.backbone!r} (not one of {', '.join(BACKBONE_DIMS)})")
@@ -576,9 +585,13 @@ class MICConfig:
         missing = [k for k in names if k not in record]
         unknown = sorted(str(k) for k in record if k not in names)
         if missing or unknown:
-            raise ValueError("model config: " + "; ".join(
-                [f"lacks {', '.join(missing)}"] * bool(missing)
-                + [f"unknown {', '.join(unknown)}"] * bool(unknown)))
+            raise ValueError(
+                "model config: "
+                + "; ".join(
+                    [f"lacks {', '.join(missing)}"] * bool(missing)
+                    + [f"unknown {', '.join(unknown)}"] * bool(unknown)
+                )
+            )
         return cls(**record)
 
     @classmethod
@@ -591,8 +604,9 @@ class MICConfig:
                 raise ValueError("model config: not a JSON object")
             return cls.from_dict(config["model"])
         legacy = [f.name for f in fields(cls) if f.name not in ("num_subjects", "dropout")]
-        return cls.from_dict({"num_subjects": 0, "dropout": 0.5,
-                              **{k: config[k] for k in legacy if k in config}})
+        return cls.from_dict(
+            {"num_subjects": 0, "dropout": 0.5, **{k: config[k] for k in legacy if k in config}}
+        )
 
 
 class MIC(nn.Module):
@@ -622,8 +636,9 @@ class MIC(nn.Module):
         data_bn: bool = True,
     ) -> None:
         super().__init__()
-        self.residual = ExpressionBranch(backbone, num_segments, hidden, 3, backbone_weights,
-                                         data_bn)
+        self.residual = ExpressionBranch(
+            backbone, num_segments, hidden, 3, backbone_weights, data_bn
+        )
         self.mv = (
             ExpressionBranch(backbone, num_segments, hidden, 2, backbone_weights)
             if with_mv

@@ -236,17 +236,21 @@ class ClipDataset(Dataset):
         geometry: dict[str, Any] = {}
         try:
             if self.cache is None:  # the crop box drawn at the first frame, then bytes of it
+
                 def boxes(h: int, w: int) -> dict[int, tuple[int, int, int, int]]:
                     geometry.update(self._geometry(row["crop"], h, w))
                     return {RESIDUAL: geometry["box"], MV: geometry["box"]}
 
                 def tables(h: int, w: int) -> dict[int, np.ndarray]:
                     _, _, ch, cw = geometry["box"]
-                    return {RESIDUAL: RESIDUAL_BYTES,
-                            MV: mv_table(self.size / cw, self.size / ch, max(h, w))}
+                    return {
+                        RESIDUAL: RESIDUAL_BYTES,
+                        MV: mv_table(self.size / cw, self.size / ch, max(h, w)),
+                    }
 
-                decoded = coviar.load_clip(path, 0, requested, self.accumulate, crop=boxes,
-                                           lut=tables)
+                decoded = coviar.load_clip(
+                    path, 0, requested, self.accumulate, crop=boxes, lut=tables
+                )
             else:  # whole frames from the cache (residual bytes, int16 vectors), cropped here
                 # every frame of the cache, but a residual model's pictures: just those it uses
                 kept = {rep: None for rep in requested}
@@ -260,8 +264,10 @@ class ClipDataset(Dataset):
                         decoded[rep] = decoded[rep][:, top : top + ch, left : left + cw]
                 if MV in decoded:
                     v = decoded[MV]
-                    decoded[MV] = np.stack([mv_bytes(v[..., 0], self.size / cw),
-                                            mv_bytes(v[..., 1], self.size / ch)], axis=-1)
+                    decoded[MV] = np.stack(
+                        [mv_bytes(v[..., 0], self.size / cw), mv_bytes(v[..., 1], self.size / ch)],
+                        axis=-1,
+                    )
         except (OSError, ValueError, IndexError, RuntimeError) as exc:
             raise ClipError(f"cannot load clip {path}: {type(exc).__name__}: {exc}") from exc
         out = {}
@@ -348,8 +354,10 @@ class DecodeCache:
     def _file(self, path: Path, rep: int, accumulate: bool, stored: list[int] | None) -> Path:
         st = path.stat()
         motion = accumulate if rep != PICTURE else None
-        key = (f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rep}|{motion}|{self.short_side}"
-               f"|{stored}|v{self.VERSION}")
+        key = (
+            f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rep}|{motion}|{self.short_side}"
+            f"|{stored}|v{self.VERSION}"
+        )
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return self.directory / f"{path.stem}-{digest}.npy"
 
@@ -364,13 +372,20 @@ class DecodeCache:
             return None
         try:
             a = np.load(file, mmap_mode="r")
-            if a.dtype != self._dtype(rep) or a.ndim != 4 or a.shape[0] != count or a.shape[
-                    3] != (2 if rep == MV else 3):
+            if (
+                a.dtype != self._dtype(rep)
+                or a.ndim != 4
+                or a.shape[0] != count
+                or a.shape[3] != (2 if rep == MV else 3)
+            ):
                 raise ValueError(f"{a.dtype} {a.shape}, not a {count}-frame array")
             return a
         except (ValueError, OSError, EOFError) as exc:
-            warnings.warn(f"decode cache file {file} is corrupt ({exc}); rebuilding it",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"decode cache file {file} is corrupt ({exc}); rebuilding it",
+                RuntimeWarning,
+                stacklevel=4,
+            )
             file.unlink(missing_ok=True)
             return None
 
@@ -391,13 +406,22 @@ class DecodeCache:
         sizes = {a.shape[1:3] for a in arrays.values() if a is not None}
         if len(sizes) > 1:  # which one is wrong cannot be told: rebuild them all
             names = ", ".join(str(files[rep]) for rep, a in arrays.items() if a is not None)
-            warnings.warn(f"decode cache files {names} disagree on the frame size ({sorted(sizes)}"
-                          "); rebuilding them", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"decode cache files {names} disagree on the frame size ({sorted(sizes)}"
+                "); rebuilding them",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             arrays = dict.fromkeys(arrays)
         missing = [rep for rep, a in arrays.items() if a is None]
         if missing:
-            got = coviar.load_clip(str(path), 0, {rep: frames_of[rep] for rep in missing},
-                                   accumulate, lut={RESIDUAL: RESIDUAL_BYTES})
+            got = coviar.load_clip(
+                str(path),
+                0,
+                {rep: frames_of[rep] for rep in missing},
+                accumulate,
+                lut={RESIDUAL: RESIDUAL_BYTES},
+            )
             for rep in missing:
                 a = self._shrink(got[rep], rep)
                 tmp = files[rep].with_name(f"{files[rep].stem}.{os.getpid()}.tmp.npy")
@@ -456,17 +480,27 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def model_outputs(model: torch.nn.Module, ds: ClipDataset, batch_size: int,
-                  device: torch.device | str = "cpu", workers: int = 0,
-                  precision: Callable[[], AbstractContextManager] = nullcontext,
-                  progress: str | None = None) -> dict[str, torch.Tensor]:
+def model_outputs(
+    model: torch.nn.Module,
+    ds: ClipDataset,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    precision: Callable[[], AbstractContextManager] = nullcontext,
+    progress: str | None = None,
+) -> dict[str, torch.Tensor]:
     """The logits and z_E (float32, on the CPU) of `model` (a MIC, put in eval mode) on every
     clip of `ds` in order, with the clips' labels and subjects: batches of `batch_size` read by
     `workers` processes, each forward run under `precision()` (train.py: bfloat16 on CUDA);
     `progress`: the description of a progress bar."""
     model.eval()
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                        worker_init_fn=worker_init)
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=worker_init,
+    )
     out: dict[str, list[torch.Tensor]] = {"logits": [], "z_e": [], "label": [], "subject": []}
     for batch in tqdm(loader, desc=progress, leave=False, disable=progress is None):
         mv = batch["mv"].to(device) if "mv" in batch else None

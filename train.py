@@ -95,8 +95,13 @@ def main(argv: list[str] | None = None) -> None:
         dist.destroy_process_group()
 
 
-def train_splits(args: argparse.Namespace, device: torch.device, rank0: bool, distributed: bool,
-                 claimed: ExitStack) -> list[dict]:
+def train_splits(
+    args: argparse.Namespace,
+    device: torch.device,
+    rank0: bool,
+    distributed: bool,
+    claimed: ExitStack,
+) -> list[dict]:
     """The whole run: data, f_I, its z_I once per clip, then every selected split."""
     if rank0:
         prepare_data(args)
@@ -104,8 +109,11 @@ def train_splits(args: argparse.Namespace, device: torch.device, rank0: bool, di
             models.imagenet_weights(args.backbone)
     if distributed:
         dist.barrier()
-    splits = [s for s in protocol(args.dataset, args.root / "index.csv")
-              if args.fold is None or s.test[0] in args.fold]
+    splits = [
+        s
+        for s in protocol(args.dataset, args.root / "index.csv")
+        if args.fold is None or s.test[0] in args.fold
+    ]
     data = check_splits(args, splits)
     if rank0:
         f_i = identity_network(args, device)
@@ -113,17 +121,29 @@ def train_splits(args: argparse.Namespace, device: torch.device, rank0: bool, di
         dist.barrier()
         if not rank0:
             f_i = identity_network(args, device)  # the cached file rank 0 made
-    identity = {"network": args.identity, "weights": f_i.weights,
-                "file": f_i.weights_file, "sha256": f_i.weights_sha256,
-                "size": args.identity_size}
+    identity = {
+        "network": args.identity,
+        "weights": f_i.weights,
+        "file": f_i.weights_file,
+        "sha256": f_i.weights_sha256,
+        "size": args.identity_size,
+    }
     if f_i.weights == RANDOM:
         identity["seed"] = args.seed  # random weights drawn from --seed (`identity_network`)
-    log0(f"identity network f_I: {args.identity}, weights {f_i.weights} "
-         f"(sha256 {f_i.weights_sha256})")
+    log0(
+        f"identity network f_I: {args.identity}, weights {f_i.weights} "
+        f"(sha256 {f_i.weights_sha256})"
+    )
     if rank0:
         claim_folders(args, splits, identity, data, claimed)
-    everything = ClipDataset(args.root, num_segments=1, size=args.size, apex=False,
-                             iframe=True, iframe_size=args.identity_size)
+    everything = ClipDataset(
+        args.root,
+        num_segments=1,
+        size=args.size,
+        apex=False,
+        iframe=True,
+        iframe_size=args.identity_size,
+    )
     if all(is_finished(args, s) for s in splits):
         log0("every split is finished: z_I not computed")
         z_i_all = torch.empty(0)
@@ -132,14 +152,17 @@ def train_splits(args: argparse.Namespace, device: torch.device, rank0: bool, di
     del f_i
     t0 = time.time()
     z_i_row = {r["path"]: i for i, r in enumerate(everything.rows)}
-    results = [train_fold(args, s, device, z_i_all, z_i_row, identity, data[s.name])
-               for s in splits]
+    results = [
+        train_fold(args, s, device, z_i_all, z_i_row, identity, data[s.name]) for s in splits
+    ]
     if rank0:
         war = [r["accuracy"] for r in results]
         uar = [r["uar"] for r in results]
-        log0(f"{args.name}: WAR {np.mean(war):.2%} ± {np.std(war):.2%}, UAR {np.mean(uar):.2%} ± "
-             f"{np.std(uar):.2%} over {len(war)} split(s) in {time.time() - t0:.0f} s -> "
-             f"{args.out / args.name}")
+        log0(
+            f"{args.name}: WAR {np.mean(war):.2%} ± {np.std(war):.2%}, UAR {np.mean(uar):.2%} ± "
+            f"{np.std(uar):.2%} over {len(war)} split(s) in {time.time() - t0:.0f} s -> "
+            f"{args.out / args.name}"
+        )
     return results
 
 
@@ -158,15 +181,29 @@ def prepare_data(args: argparse.Namespace) -> None:
     raw = args.root.with_name(args.root.name + "-raw")
     if args.dataset != "synthetic":
         has_mp4 = args.root.is_dir() and any(args.root.rglob("*.mp4"))
-        what = (f"{args.root} holds videos but no index.csv: run\n"
-                f"    python datasets.py --dataset {args.dataset} --root {args.root}"
-                if has_mp4 else prepare_text(args.dataset, raw, args.root))
+        what = (
+            f"{args.root} holds videos but no index.csv: run\n"
+            f"    python datasets.py --dataset {args.dataset} --root {args.root}"
+            if has_mp4
+            else prepare_text(args.dataset, raw, args.root)
+        )
         raise TrainingError(f"no {args.dataset} data in {args.root}.\n{what}")
     py = sys.executable
     if not (raw / "synthetic.json").exists():
-        run_step([py, str(ROOT / "synthetic.py"), "--out", str(raw),
-             "--subjects", str(args.synthetic_subjects), "--seed", str(args.seed),
-             "--jobs", str(os.cpu_count() or 1)])
+        run_step(
+            [
+                py,
+                str(ROOT / "synthetic.py"),
+                "--out",
+                str(raw),
+                "--subjects",
+                str(args.synthetic_subjects),
+                "--seed",
+                str(args.seed),
+                "--jobs",
+                str(os.cpu_count() or 1),
+            ]
+        )
     run_step(["bash", str(ROOT / "reencode.sh"), str(raw), str(args.root)])
     run_step([py, str(ROOT / "datasets.py"), "--dataset", "synthetic", "--root", str(args.root)])
 
@@ -185,22 +222,30 @@ def identity_network(args: argparse.Namespace, device: torch.device) -> torch.nn
         if args.dataset != "synthetic":
             raise TrainingError("--identity-weights pretrain is for the synthetic set only")
         if args.identity not in (None, "facenet_mobilenet"):
-            raise TrainingError("pretraining on the synthetic identities needs --identity "
-                                "facenet_mobilenet (or pass --identity-weights)")
+            raise TrainingError(
+                "pretraining on the synthetic identities needs --identity "
+                "facenet_mobilenet (or pass --identity-weights)"
+            )
         args.identity = "facenet_mobilenet"
         path = args.root / f"identity_facenet_mobilenet_{args.identity_size}px.pth"
         if not path.exists():
             if dist.is_initialized() and dist.get_rank() != 0:
                 raise TrainingError(f"{path} missing: rank 0 should have written it")
             raw = args.root.with_name(args.root.name + "-raw") / "identities"
-            acc = pretrain_identity(raw, path, args.pretrain_epochs, args.identity_size,
-                                    args.seed, device)
+            acc = pretrain_identity(
+                raw, path, args.pretrain_epochs, args.identity_size, args.seed, device
+            )
             log0(f"identity network: {acc:.1%} identity accuracy on held-out frames -> {path}")
         weights = str(path)
     if args.identity is None:  # the network the weights are for; a file: the paper's network
         named = identity_weights.NAMED.get(weights)
-        args.identity = (named.arch if named else DEFAULT_IDENTITY[0] if weights == RANDOM
-                         else "facenet_mobilenet")
+        args.identity = (
+            named.arch
+            if named
+            else DEFAULT_IDENTITY[0]
+            if weights == RANDOM
+            else "facenet_mobilenet"
+        )
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)  # 'random' weights: one network per --seed, every rank
@@ -209,8 +254,9 @@ def identity_network(args: argparse.Namespace, device: torch.device) -> torch.nn
         raise TrainingError(f"identity network: {exc}") from None
 
 
-def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int,
-                      device: torch.device) -> float:
+def pretrain_identity(
+    folder: Path, out: Path, epochs: int, size: int, seed: int, device: torch.device
+) -> float:
     """Train FaceNetMobileNet as an identity classifier on folder/<id>/*.png (held-out: every
     5th frame); save its state dict to `out`; return the held-out identity accuracy."""
     from PIL import Image
@@ -253,13 +299,19 @@ def pretrain_identity(folder: Path, out: Path, epochs: int, size: int, seed: int
 
 
 @torch.no_grad()
-def identity_features(ds: ClipDataset, f_i: torch.nn.Module, device: torch.device,
-                      workers: int) -> torch.Tensor:
+def identity_features(
+    ds: ClipDataset, f_i: torch.nn.Module, device: torch.device, workers: int
+) -> torch.Tensor:
     """z_I of every clip of `ds` (frozen f_I on its I-frame), computed once."""
-    loader = DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=collate,
-                        worker_init_fn=worker_init)
-    return torch.cat([f_i(b["iframe"].to(device)).cpu()
-                      for b in tqdm(loader, desc="identity features z_I", leave=False)])
+    loader = DataLoader(
+        ds, batch_size=32, num_workers=workers, collate_fn=collate, worker_init_fn=worker_init
+    )
+    return torch.cat(
+        [
+            f_i(b["iframe"].to(device)).cpu()
+            for b in tqdm(loader, desc="identity features z_I", leave=False)
+        ]
+    )
 
 
 def check_splits(args: argparse.Namespace, splits: list[Split]) -> dict[str, dict]:
@@ -273,23 +325,36 @@ def check_splits(args: argparse.Namespace, splits: list[Split]) -> dict[str, dic
         raise TrainingError(str(exc)) from None
     data, empty = {}, []
     for split in splits:
-        sides = {side: sorted((r["path"], r["subject"], r["label"]) for r in rows
-                              if r["fold"] in folds)
-                 for side, folds in (("train", split.train), ("test", split.test))}
-        missing = [f"no {side} clips (fold {', '.join(getattr(split, side))})"
-                   for side, clips in sides.items() if not clips]
+        sides = {
+            side: sorted((r["path"], r["subject"], r["label"]) for r in rows if r["fold"] in folds)
+            for side, folds in (("train", split.train), ("test", split.test))
+        }
+        missing = [
+            f"no {side} clips (fold {', '.join(getattr(split, side))})"
+            for side, clips in sides.items()
+            if not clips
+        ]
         if missing:
             empty.append(f"{split.name} has {' and '.join(missing)}")
-        data[split.name] = {"sha256": hashlib.sha256(json.dumps(sides).encode()).hexdigest(),
-                            "train": len(sides["train"]), "test": len(sides["test"])}
+        data[split.name] = {
+            "sha256": hashlib.sha256(json.dumps(sides).encode()).hexdigest(),
+            "train": len(sides["train"]),
+            "test": len(sides["test"]),
+        }
     if empty:
-        raise TrainingError(f"{index}: {'; '.join(empty)}. Index more clips, or leave such "
-                            "splits out with --fold")
+        raise TrainingError(
+            f"{index}: {'; '.join(empty)}. Index more clips, or leave such splits out with --fold"
+        )
     return data
 
 
-def claim_folders(args: argparse.Namespace, splits: list[Split], identity: dict,
-                  data: dict[str, dict], stack: ExitStack) -> None:
+def claim_folders(
+    args: argparse.Namespace,
+    splits: list[Split],
+    identity: dict,
+    data: dict[str, dict],
+    stack: ExitStack,
+) -> None:
     """Before any work: lock every split's folder for this run (`folder_lock`, held until the
     run ends) and check what is in it: a run there needs --resume, and a resumed checkpoint must
     have this run's options and data (`check_resume`) and no more epochs than --epochs."""
@@ -299,22 +364,27 @@ def claim_folders(args: argparse.Namespace, splits: list[Split], identity: dict,
         ckpt_path = fold_dir / "ckpt.pt"
         done = result_epochs(fold_dir)
         if not args.resume and (ckpt_path.exists() or (fold_dir / "result.json").exists()):
-            raise TrainingError(f"{fold_dir} holds a run: pass --resume to continue it, or "
-                                "choose another --out/--name")
+            raise TrainingError(
+                f"{fold_dir} holds a run: pass --resume to continue it, or "
+                "choose another --out/--name"
+            )
         if args.resume and ckpt_path.exists():
             # mmap: only the config record is read here, not the tensors
             ckpt = load_checkpoint(ckpt_path, mmap=True)
-            check_resume(json.loads(ckpt["config"]), args, identity, ckpt_path,
-                         data[split.name])
+            check_resume(json.loads(ckpt["config"]), args, identity, ckpt_path, data[split.name])
             trained = int(ckpt["epoch"]) + 1
             if trained > args.epochs:
-                raise TrainingError(f"{fold_dir} has trained {trained} epochs, more than --epochs "
-                                    f"{args.epochs}: resume it with --epochs {trained} or more, "
-                                    "or start a new run in another --out/--name")
+                raise TrainingError(
+                    f"{fold_dir} has trained {trained} epochs, more than --epochs "
+                    f"{args.epochs}: resume it with --epochs {trained} or more, "
+                    "or start a new run in another --out/--name"
+                )
         elif args.resume and done is not None and done != args.epochs:
-            raise TrainingError(f"{fold_dir} holds a result of {done} epochs and no ckpt.pt to "
-                                f"continue it to --epochs {args.epochs}: resume with --epochs "
-                                f"{done}, or start a new run in another --out/--name")
+            raise TrainingError(
+                f"{fold_dir} holds a result of {done} epochs and no ckpt.pt to "
+                f"continue it to --epochs {args.epochs}: resume with --epochs "
+                f"{done}, or start a new run in another --out/--name"
+            )
 
 
 @contextmanager
@@ -325,16 +395,18 @@ def folder_lock(folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
         f = open(folder / ".lock", "a+")  # noqa: SIM115 (closed by the `with` below)
     except OSError as exc:
-        raise TrainingError(f"cannot write in {folder}: {exc.strerror or exc} (choose a --out "
-                            "you can write to)") from None
+        raise TrainingError(
+            f"cannot write in {folder}: {exc.strerror or exc} (choose a --out you can write to)"
+        ) from None
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             owner = f.read().strip() or "another process"
-            raise TrainingError(f"{folder} is in use by {owner}: wait for it, or choose another "
-                                "--out/--name") from None
+            raise TrainingError(
+                f"{folder} is in use by {owner}: wait for it, or choose another --out/--name"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()} on {os.uname().nodename}\n")
@@ -345,27 +417,33 @@ def folder_lock(folder: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def check_resume(config: dict, args: argparse.Namespace, identity: dict, path: Path,
-                 data: dict | None = None) -> None:
+def check_resume(
+    config: dict, args: argparse.Namespace, identity: dict, path: Path, data: dict | None = None
+) -> None:
     """Refuse to continue a checkpoint whose model, data or objective options differ, or whose
     split had other clips or labels (`data`: `check_splits`'s entry of the split)."""
     now = options_record(args)
     was = config.get("options", {})
-    diff = sorted(k for k in now.keys() | was.keys()
-                  if k not in RESUMABLE and now.get(k) != was.get(k))
+    diff = sorted(
+        k for k in now.keys() | was.keys() if k not in RESUMABLE and now.get(k) != was.get(k)
+    )
     if config.get("identity", {}).get("sha256") != identity.get("sha256"):
         diff.append("identity network weights")
     old = config.get("data")
     if data is not None and old is not None and old["sha256"] != data["sha256"]:
-        diff.append(f"the split's clips or labels (training/test clips {old['train']}/"
-                    f"{old['test']} -> {data['train']}/{data['test']} in {args.root}/index.csv)")
+        diff.append(
+            f"the split's clips or labels (training/test clips {old['train']}/"
+            f"{old['test']} -> {data['train']}/{data['test']} in {args.root}/index.csv)"
+        )
     if diff:
         raise TrainingError(
             f"{path} was trained with other options: "
-            + ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" if k in now or k in was else k
-                        for k in diff)
+            + ", ".join(
+                f"{k} {was.get(k)!r} -> {now.get(k)!r}" if k in now or k in was else k for k in diff
+            )
             + f". Resume with the run's own options (only {', '.join(RESUMABLE)} may change), "
-            "or start a new run in another --out/--name")
+            "or start a new run in another --out/--name"
+        )
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu", mmap: bool = False) -> dict:
@@ -373,15 +451,27 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", mmap: bool =
     foreign file stops the run with `TrainingError` saying what to do."""
     try:
         if not zipfile.is_zipfile(path):  # torch's own message on these misleads ("mmap ...")
-            raise ValueError("an empty file" if path.stat().st_size == 0 else
-                             "not a whole checkpoint archive: truncated, or another file")
+            raise ValueError(
+                "an empty file"
+                if path.stat().st_size == 0
+                else "not a whole checkpoint archive: truncated, or another file"
+            )
         ckpt = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
         json.loads(ckpt["config"]), int(ckpt["epoch"])
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError,
-            AttributeError) as exc:
+    except (
+        RuntimeError,
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as exc:
         why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise TrainingError(f"{path}: ckpt.pt is damaged ({why}): delete it to train this split "
-                            "from the start, or put back a good copy") from None
+        raise TrainingError(
+            f"{path}: ckpt.pt is damaged ({why}): delete it to train this split "
+            "from the start, or put back a good copy"
+        ) from None
     return ckpt
 
 
@@ -408,9 +498,15 @@ def is_finished(args: argparse.Namespace, split: Split) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
-               z_i_all: torch.Tensor, z_i_row: dict[str, int], identity: dict,
-               data: dict | None = None) -> dict:
+def train_fold(
+    args: argparse.Namespace,
+    split: Split,
+    device: torch.device,
+    z_i_all: torch.Tensor,
+    z_i_row: dict[str, int],
+    identity: dict,
+    data: dict | None = None,
+) -> dict:
     """Train and test one split (its folder is claimed: locked, and checked for --resume):
     the model, restored from its checkpoint on --resume, the epochs (each checkpointed), then the
     test (`finish_fold`); `data`: what the split's data is (`check_splits`), recorded in the
@@ -427,8 +523,10 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
     z_i_test = z_i_all[[z_i_row[r["path"]] for r in test_ds.rows]]
     model, critic, opt = build_model(args, train_ds, z_i_train, device)
     class_weights = inverse_frequency_weights(train_ds, device) if args.class_weights else None
-    config = {**run_config(args, train_ds, mic_config(args, train_ds, z_i_train.shape[1]),
-                           identity), "data": data}
+    config = {
+        **run_config(args, train_ds, mic_config(args, train_ds, z_i_train.shape[1]), identity),
+        "data": data,
+    }
     start, history = restore(args, fold_dir, model, opt, critic, device)
     step_fn: torch.nn.Module = TrainForward(model)
     if dist.is_initialized():
@@ -445,12 +543,25 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
         step_fn.train()
         per_step: dict[str, list[float]] = {}
         steps = 0
-        bar = tqdm(loader, desc=f"{args.name} {fold} epoch {epoch + 1}/{args.epochs}",
-                   leave=False, disable=not rank0)
+        bar = tqdm(
+            loader,
+            desc=f"{args.name} {fold} epoch {epoch + 1}/{args.epochs}",
+            leave=False,
+            disable=not rank0,
+        )
         for batch in bar:
             b = to_device(batch, device)
-            terms = train_step(step_fn, critic, opt, b, z_i_train[b["index"]], args, device,
-                               class_weights, where=f"epoch {epoch + 1}, step {steps + 1}")
+            terms = train_step(
+                step_fn,
+                critic,
+                opt,
+                b,
+                z_i_train[b["index"]],
+                args,
+                device,
+                class_weights,
+                where=f"epoch {epoch + 1}, step {steps + 1}",
+            )
             for k, v in terms.items():
                 per_step.setdefault(k, []).append(v)
             steps += 1
@@ -459,8 +570,10 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
                 break
         # per epoch: the mean of each term; mi_active the share of steps on which the MI term
         # moved z_E; mi_grad_ratio the median step's ‖α∇MI‖ / ‖∇L_CE‖
-        means = {k: float(np.median(v) if k == "mi_grad_ratio" else np.mean(v))
-                 for k, v in per_step.items()}
+        means = {
+            k: float(np.median(v) if k == "mi_grad_ratio" else np.mean(v))
+            for k, v in per_step.items()
+        }
         check_finite(model, f"epoch {epoch + 1}")
         history.append({"epoch": epoch, "lr": lr, **means})
         if rank0:
@@ -469,22 +582,41 @@ def train_fold(args: argparse.Namespace, split: Split, device: torch.device,
             writer.add_scalar("train/lr", lr, epoch)
             state = checkpoint_state(model, opt, critic, epoch, history, config)
             write_atomic(fold_dir / "ckpt.pt", lambda f, state=state: torch.save(state, f))
-            log0(f"{args.name} {fold} epoch {epoch + 1}: "
-                 + " ".join(f"{k} {v:.4f}" for k, v in means.items()))
+            log0(
+                f"{args.name} {fold} epoch {epoch + 1}: "
+                + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+            )
 
-    return finish_fold(args, split, model, (train_ds, train_eval_ds, test_ds), z_i_train,
-                       z_i_test, identity, history, writer, device)
+    return finish_fold(
+        args,
+        split,
+        model,
+        (train_ds, train_eval_ds, test_ds),
+        z_i_train,
+        z_i_test,
+        identity,
+        history,
+        writer,
+        device,
+    )
 
 
 def inverse_frequency_weights(ds: ClipDataset, device: torch.device) -> torch.Tensor:
     """--class-weights: L_CE's weight of each class, inverse to its frequency in `ds`."""
-    counts = torch.bincount(torch.tensor([int(r["label"]) for r in ds.rows]),
-                            minlength=ds.num_classes).float()
+    counts = torch.bincount(
+        torch.tensor([int(r["label"]) for r in ds.rows]), minlength=ds.num_classes
+    ).float()
     return (counts.sum() / counts.clamp(min=1) / ds.num_classes).to(device)
 
 
-def restore(args: argparse.Namespace, fold_dir: Path, model: MIC, opt: torch.optim.Optimizer,
-            critic: Critic | None, device: torch.device) -> tuple[int, list[dict]]:
+def restore(
+    args: argparse.Namespace,
+    fold_dir: Path,
+    model: MIC,
+    opt: torch.optim.Optimizer,
+    critic: Critic | None,
+    device: torch.device,
+) -> tuple[int, list[dict]]:
     """On --resume, the state of the split's checkpoint put back into the model, its optimiser
     and T_θ (its memory or table too); (the first epoch to train, the history so far)."""
     ckpt_path = fold_dir / "ckpt.pt"
@@ -505,43 +637,77 @@ def restore(args: argparse.Namespace, fold_dir: Path, model: MIC, opt: torch.opt
     log0(f"{fold_dir}: resuming at epoch {start}")
     done = result_epochs(fold_dir)
     if done is not None:  # finished with fewer epochs (`claim_folders` refuses more)
-        log0(f"{fold_dir}: its result is of {done} epochs: continuing it from its checkpoint "
-             f"to {args.epochs} epochs")
+        log0(
+            f"{fold_dir}: its result is of {done} epochs: continuing it from its checkpoint "
+            f"to {args.epochs} epochs"
+        )
     return start, history
 
 
-def epoch_loader(args: argparse.Namespace, train_ds: ClipDataset, seed: int,
-                 device: torch.device) -> DataLoader:
+def epoch_loader(
+    args: argparse.Namespace, train_ds: ClipDataset, seed: int, device: torch.device
+) -> DataLoader:
     """The training clips of one epoch, shuffled from the epoch's `seed` (under DDP: one order
     for all ranks, each its share)."""
-    sampler = (DistributedSampler(train_ds, seed=seed, drop_last=True)
-               if dist.is_initialized() else None)
-    return DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None,
-                      sampler=sampler, num_workers=args.workers, collate_fn=collate,
-                      drop_last=True, generator=torch.Generator().manual_seed(rank_seed(seed)),
-                      pin_memory=device.type == "cuda", worker_init_fn=worker_init)
+    sampler = (
+        DistributedSampler(train_ds, seed=seed, drop_last=True) if dist.is_initialized() else None
+    )
+    return DataLoader(
+        train_ds,
+        batch_size=args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=collate,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(rank_seed(seed)),
+        pin_memory=device.type == "cuda",
+        worker_init_fn=worker_init,
+    )
 
 
-def checkpoint_state(model: MIC, opt: torch.optim.Optimizer, critic: Critic | None, epoch: int,
-                     history: list[dict], config: dict) -> dict:
+def checkpoint_state(
+    model: MIC,
+    opt: torch.optim.Optimizer,
+    critic: Critic | None,
+    epoch: int,
+    history: list[dict],
+    config: dict,
+) -> dict:
     """What ckpt.pt holds after `epoch`: the model, T_θ (its memory or table too), their
     optimisers, the history and the run's record `config` (`run_config`)."""
-    state = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-             "history": json.dumps(history), "config": json.dumps(config)}
+    state = {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "epoch": epoch,
+        "history": json.dumps(history),
+        "config": json.dumps(config),
+    }
     if critic is not None:
         state.update(estimator=critic.estimator.state_dict(), opt_t=critic.opt.state_dict())
         if critic.memory is not None and len(critic.memory):
-            state.update(memory_z_e=critic.memory.z_e, memory_z_i=critic.memory.z_i,
-                         memory_ids=critic.memory.ids)
+            state.update(
+                memory_z_e=critic.memory.z_e,
+                memory_z_i=critic.memory.z_i,
+                memory_ids=critic.memory.ids,
+            )
         if critic.table is not None and critic.table.z_e is not None:
             state.update(table_z_e=critic.table.z_e, table_seen=critic.table.seen)
     return state
 
 
-def finish_fold(args: argparse.Namespace, split: Split, model: MIC,
-                datasets: tuple[ClipDataset, ClipDataset, ClipDataset], z_i_train: torch.Tensor,
-                z_i_test: torch.Tensor, identity: dict, history: list[dict],
-                writer: SummaryWriter | None, device: torch.device) -> dict:
+def finish_fold(
+    args: argparse.Namespace,
+    split: Split,
+    model: MIC,
+    datasets: tuple[ClipDataset, ClipDataset, ClipDataset],
+    z_i_train: torch.Tensor,
+    z_i_test: torch.Tensor,
+    identity: dict,
+    history: list[dict],
+    writer: SummaryWriter | None,
+    device: torch.device,
+) -> dict:
     """The trained model on the test clips and (in test mode) the training clips: rank 0 writes
     features.npz and result.json (and the test metrics to TensorBoard) and returns the result;
     the other ranks wait for it and return {}."""
@@ -555,20 +721,37 @@ def finish_fold(args: argparse.Namespace, split: Split, model: MIC,
         writer.add_scalar("test/war", war, args.epochs)
         writer.add_scalar("test/uar", uar, args.epochs)
         writer.close()
-        features = dict(train_z=train_eval["z_e"], train_zi=z_i_train.cpu().numpy(),
-                        train_subject=train_eval["subject"], train_label=train_eval["label"],
-                        test_z=test["z_e"], test_zi=z_i_test.numpy(), test_subject=test["subject"],
-                        test_label=test["label"], test_pred=test["pred"],
-                        test_logits=test["logits"],
-                        test_path=np.array([r["path"] for r in test_ds.rows]))
+        features = dict(
+            train_z=train_eval["z_e"],
+            train_zi=z_i_train.cpu().numpy(),
+            train_subject=train_eval["subject"],
+            train_label=train_eval["label"],
+            test_z=test["z_e"],
+            test_zi=z_i_test.numpy(),
+            test_subject=test["subject"],
+            test_label=test["label"],
+            test_pred=test["pred"],
+            test_logits=test["logits"],
+            test_path=np.array([r["path"] for r in test_ds.rows]),
+        )
         write_atomic(fold_dir / "features.npz", lambda f: np.savez_compressed(f, **features))
-        result = {"fold": fold, "seed": args.seed, "accuracy": war, "uar": uar,
-                  "per_class_recall": dict(zip(test_ds.class_names, recall, strict=True)),
-                  "num_test": len(test_ds), "num_train": len(train_ds),
-                  "classes": train_ds.class_names, "variant": args.name, "identity": identity,
-                  "options": options_record(args), "history": history}
-        write_atomic(fold_dir / "result.json",
-                     lambda f: f.write(json.dumps(result, indent=1).encode()))
+        result = {
+            "fold": fold,
+            "seed": args.seed,
+            "accuracy": war,
+            "uar": uar,
+            "per_class_recall": dict(zip(test_ds.class_names, recall, strict=True)),
+            "num_test": len(test_ds),
+            "num_train": len(train_ds),
+            "classes": train_ds.class_names,
+            "variant": args.name,
+            "identity": identity,
+            "options": options_record(args),
+            "history": history,
+        }
+        write_atomic(
+            fold_dir / "result.json", lambda f: f.write(json.dumps(result, indent=1).encode())
+        )
         log0(f"{args.name} {fold}: test WAR {war:.2%}, UAR {uar:.2%} ({len(test_ds)} clips)")
     if dist.is_initialized():
         dist.barrier()
@@ -577,26 +760,38 @@ def finish_fold(args: argparse.Namespace, split: Split, model: MIC,
 
 def make_datasets(args: argparse.Namespace, split: Split) -> tuple[ClipDataset, ...]:
     """(train, train in test mode, test) datasets of one split of the protocol."""
-    cache = (DecodeCache(args.cache, short_side=math.ceil(args.size / min(SCALES)))
-             if args.cache else None)
-    common = dict(num_segments=args.num_segments, size=args.size,
-                  representation="rgb" if args.baseline else "residual",
-                  with_mv=args.with_mv, accumulate=args.accumulate, cache=cache)
-    return (ClipDataset(args.root, folds=split.train, train=True, apex=not args.no_rec, **common),
-            ClipDataset(args.root, folds=split.train, apex=False, **common),
-            ClipDataset(args.root, folds=split.test, apex=False, **common))
+    cache = (
+        DecodeCache(args.cache, short_side=math.ceil(args.size / min(SCALES)))
+        if args.cache
+        else None
+    )
+    common = dict(
+        num_segments=args.num_segments,
+        size=args.size,
+        representation="rgb" if args.baseline else "residual",
+        with_mv=args.with_mv,
+        accumulate=args.accumulate,
+        cache=cache,
+    )
+    return (
+        ClipDataset(args.root, folds=split.train, train=True, apex=not args.no_rec, **common),
+        ClipDataset(args.root, folds=split.train, apex=False, **common),
+        ClipDataset(args.root, folds=split.test, apex=False, **common),
+    )
 
 
-def build_model(args: argparse.Namespace, ds: ClipDataset, z_i_train: torch.Tensor,
-                device: torch.device) -> tuple[MIC, Critic | None, torch.optim.Optimizer]:
+def build_model(
+    args: argparse.Namespace, ds: ClipDataset, z_i_train: torch.Tensor, device: torch.device
+) -> tuple[MIC, Critic | None, torch.optim.Optimizer]:
     """The model, the MI critic (None for the RGB baseline) and the model's optimiser (Adam,
     β1 0.9). The baseline's model has no decoder and no input BatchNorm (its frames are
     ImageNet-normalised once, by the reader)."""
     seed_everything(args.seed)
     cfg = mic_config(args, ds, z_i_train.shape[1])
     model = MIC.from_config(cfg, backbone_weights=args.backbone_weights).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
-                           weight_decay=args.weight_decay)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay
+    )
     if args.baseline:
         return model, None, opt
     return model, build_critic(args, ds, model.d_e, z_i_train, device), opt
@@ -614,43 +809,71 @@ class Critic:
     table: mi.ClipTable | None = None
 
 
-def build_critic(args: argparse.Namespace, ds: ClipDataset, d_e: int, z_i_train: torch.Tensor,
-                 device: torch.device) -> Critic:
+def build_critic(
+    args: argparse.Namespace,
+    ds: ClipDataset,
+    d_e: int,
+    z_i_train: torch.Tensor,
+    device: torch.device,
+) -> Critic:
     """T_θ for the procedure of `--mi-procedure` on the training clips of `ds` (z_I of each in
     `z_i_train`, in the dataset's order)."""
     table = None
     if args.mi_procedure == "table":
         n = len(ds.rows)
-        own = (mi.critic_clips(torch.arange(n), args.mi_split) if args.mi_split
-               else torch.ones(n, dtype=torch.bool))
+        own = (
+            mi.critic_clips(torch.arange(n), args.mi_split)
+            if args.mi_split
+            else torch.ones(n, dtype=torch.bool)
+        )
         number = {s: i for i, s in enumerate(ds.subjects)}
         subjects = torch.tensor([number[r["subject"]] for r in ds.rows])
         labels = torch.tensor([int(r["label"]) for r in ds.rows])
-        table = mi.ClipTable(z_i_train, subjects, labels, own, conditional=args.mi_conditional,
-                             placebo=args.mi_placebo, dims=args.mi_dims or None,
-                             generator=torch.Generator().manual_seed(args.seed))
+        table = mi.ClipTable(
+            z_i_train,
+            subjects,
+            labels,
+            own,
+            conditional=args.mi_conditional,
+            placebo=args.mi_placebo,
+            dims=args.mi_dims or None,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
     d_i = z_i_train.shape[1] if table is None else table.z_i.shape[1]
     extra = {"ridge": args.mi_ridge} if args.estimator == "club" else {}
-    estimator = mi.build_estimator(args.estimator, d_e, d_i, hidden=args.mi_hidden,
-                                   critic=args.mi_critic, **extra).to(device)
-    memory = (mi.PairMemory(args.mi_memory * args.batch_size)
-              if args.mi_procedure == "memory" else None)
-    opt = torch.optim.AdamW(estimator.parameters(), lr=args.lr_t,
-                            weight_decay=args.mi_weight_decay)
+    estimator = mi.build_estimator(
+        args.estimator, d_e, d_i, hidden=args.mi_hidden, critic=args.mi_critic, **extra
+    ).to(device)
+    memory = (
+        mi.PairMemory(args.mi_memory * args.batch_size) if args.mi_procedure == "memory" else None
+    )
+    opt = torch.optim.AdamW(estimator.parameters(), lr=args.lr_t, weight_decay=args.mi_weight_decay)
     return Critic(estimator, opt, memory, table)
 
 
-def clip_predictions(model: MIC, ds: ClipDataset, args: argparse.Namespace,
-                     device: torch.device) -> dict[str, np.ndarray]:
+def clip_predictions(
+    model: MIC, ds: ClipDataset, args: argparse.Namespace, device: torch.device
+) -> dict[str, np.ndarray]:
     """Logits, predictions and z_E of every clip of `ds` (test-mode sampling), with their
     labels and subjects; `TrainingError` on a non-finite logit."""
-    out = model_outputs(model, ds, args.batch_size, device, args.workers,
-                        precision=lambda: autocast(device), progress="predict")
+    out = model_outputs(
+        model,
+        ds,
+        args.batch_size,
+        device,
+        args.workers,
+        precision=lambda: autocast(device),
+        progress="predict",
+    )
     if not torch.isfinite(out["logits"]).all():
         raise TrainingError(f"non-finite logits on {len(ds)} clips: the model is broken")
-    return {"logits": out["logits"].numpy(), "pred": out["logits"].argmax(1).numpy(),
-            "z_e": out["z_e"].numpy(), "label": out["label"].numpy(),
-            "subject": out["subject"].numpy()}
+    return {
+        "logits": out["logits"].numpy(),
+        "pred": out["logits"].argmax(1).numpy(),
+        "z_e": out["z_e"].numpy(),
+        "label": out["label"].numpy(),
+        "subject": out["subject"].numpy(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,9 +881,17 @@ def clip_predictions(model: MIC, ds: ClipDataset, args: argparse.Namespace,
 # ----------------------------------------------------------------------------------------------
 
 
-def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim.Optimizer,
-               b: dict, z_i: torch.Tensor, args: argparse.Namespace, device: torch.device,
-               class_weights: torch.Tensor | None = None, where: str = "") -> dict[str, float]:
+def train_step(
+    step_fn: torch.nn.Module,
+    critic: Critic | None,
+    opt: torch.optim.Optimizer,
+    b: dict,
+    z_i: torch.Tensor,
+    args: argparse.Namespace,
+    device: torch.device,
+    class_weights: torch.Tensor | None = None,
+    where: str = "",
+) -> dict[str, float]:
     """One step: T_θ `t_steps` times on pairs it will not score (`mi.train_critic`), then f_E on
     L_CE + α·MI + β·L_rec. Stops with `TrainingError` on a non-finite term, before any update."""
     use_rec = not args.no_rec
@@ -676,21 +907,30 @@ def train_step(step_fn: torch.nn.Module, critic: Critic | None, opt: torch.optim
         terms["adv"] = F.cross_entropy(out["adv"].float(), b["subject"])
     if use_rec and b["has_apex"].any():  # L_rec = ||I_apex − Dec(z_I, z_E)||²
         terms["rec"] = F.mse_loss(out["rec"].float()[b["has_apex"]], b["apex"][b["has_apex"]])
-    weights = {"ce": 1.0, "mi": 0.0 if args.no_mi else args.alpha, "adv": args.alpha,
-               "rec": args.beta}
+    weights = {
+        "ce": 1.0,
+        "mi": 0.0 if args.no_mi else args.alpha,
+        "adv": args.alpha,
+        "rec": args.beta,
+    }
     loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
     read = {**terms, "loss": loss}
     if raw is not None:
         forward = step_fn.module if isinstance(step_fn, DistributedDataParallel) else step_fn
-        read.update(mi_raw=raw, **mi_gradients(out, terms, weights["mi"],
-                                               forward.model.classifier[-1].weight))
+        read.update(
+            mi_raw=raw,
+            **mi_gradients(out, terms, weights["mi"], forward.model.classifier[-1].weight),
+        )
     # every term and the loss read once (one device sync), checked before the update
-    values = dict(zip(read, torch.stack([v.detach().float() for v in read.values()]).tolist(),
-                      strict=True))
+    values = dict(
+        zip(read, torch.stack([v.detach().float() for v in read.values()]).tolist(), strict=True)
+    )
     for k, v in values.items():
         if not math.isfinite(v):
-            raise TrainingError(f"non-finite {k} ({v}) at {where}: training stopped, no "
-                                "result written (lower --lr/--alpha/--lr-t, or check the data)")
+            raise TrainingError(
+                f"non-finite {k} ({v}) at {where}: training stopped, no "
+                "result written (lower --lr/--alpha/--lr-t, or check the data)"
+            )
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -705,8 +945,9 @@ class TrainForward(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, mv: torch.Tensor | None, z_i: torch.Tensor,
-                rec: bool) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, mv: torch.Tensor | None, z_i: torch.Tensor, rec: bool
+    ) -> dict[str, torch.Tensor]:
         out = self.model(x, mv)
         if rec:
             out["rec"] = self.model.reconstruct(z_i, out["z_e"])
@@ -715,30 +956,57 @@ class TrainForward(torch.nn.Module):
         return out
 
 
-def mi_estimate(critic: Critic, z_e: torch.Tensor, z_i: torch.Tensor, ids: torch.Tensor,
-                args: argparse.Namespace) -> torch.Tensor | None:
+def mi_estimate(
+    critic: Critic,
+    z_e: torch.Tensor,
+    z_i: torch.Tensor,
+    ids: torch.Tensor,
+    args: argparse.Namespace,
+) -> torch.Tensor | None:
     """T_θ's `t_steps` updates on pairs it will not score, then its raw MI estimate on the
     batch's scored clips (differentiable in z_E), or None when there is nothing to score."""
     if critic.table is not None:
         table = critic.table
         table.update(ids, z_e)
-        table.train_critic(critic.estimator, critic.opt, args.t_steps, args.mi_batch,
-                           sync=average_gradients, exclude=ids)
-        scored = ((~table.own[ids.cpu()]).to(ids.device) if args.mi_split
-                  else torch.ones_like(ids, dtype=torch.bool))
+        table.train_critic(
+            critic.estimator,
+            critic.opt,
+            args.t_steps,
+            args.mi_batch,
+            sync=average_gradients,
+            exclude=ids,
+        )
+        scored = (
+            (~table.own[ids.cpu()]).to(ids.device)
+            if args.mi_split
+            else torch.ones_like(ids, dtype=torch.bool)
+        )
         if not scored.any():
             return None
         return table.penalty(critic.estimator, ids[scored], z_e[scored], args.mi_negatives)
-    own = (mi.critic_clips(ids, args.mi_split) if critic.memory is not None
-           else torch.zeros_like(ids, dtype=torch.bool))
-    mi.train_critic(critic.estimator, critic.opt, z_e, z_i, ids, args.t_steps, critic.memory,
-                    sync=average_gradients, critic=own)
+    own = (
+        mi.critic_clips(ids, args.mi_split)
+        if critic.memory is not None
+        else torch.zeros_like(ids, dtype=torch.bool)
+    )
+    mi.train_critic(
+        critic.estimator,
+        critic.opt,
+        z_e,
+        z_i,
+        ids,
+        args.t_steps,
+        critic.memory,
+        sync=average_gradients,
+        critic=own,
+    )
     scored = ~own  # T_θ fixed, on the batch's clips that T_θ never learns on
     return critic.estimator(z_e[scored], z_i[scored]) if int(scored.sum()) >= 2 else None
 
 
-def mi_gradients(out: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], alpha: float,
-                 head: torch.Tensor) -> dict[str, torch.Tensor]:
+def mi_gradients(
+    out: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], alpha: float, head: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Is the MI term acting? `mi_active`: 1 when α·MI gives z_E a non-zero gradient this step;
     `mi_grad_ratio`: ‖α ∇_{z_E} MI‖ / ‖∇_{z_E} L_CE‖ (absent for MIC − MI, whose MI term is
     not in the loss). ∇_{z_E} L_CE is taken through the classifier's weights `head` (without
@@ -760,9 +1028,11 @@ def check_finite(model: torch.nn.Module, where: str) -> None:
     ok = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist()  # one sync
     bad = [k for k, good in zip(tensors, ok, strict=True) if not good]
     if bad:
-        raise TrainingError(f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
-                            f"after {where}: training stopped, no checkpoint of that state and "
-                            "no result written (lower --lr/--alpha/--lr-t, or check the data)")
+        raise TrainingError(
+            f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+            f"after {where}: training stopped, no checkpoint of that state and "
+            "no result written (lower --lr/--alpha/--lr-t, or check the data)"
+        )
 
 
 def average_gradients(module: torch.nn.Module) -> None:
@@ -776,8 +1046,9 @@ def average_gradients(module: torch.nn.Module) -> None:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
 
 
 def autocast(device: torch.device):
@@ -794,21 +1065,35 @@ def autocast(device: torch.device):
 
 def mic_config(args: argparse.Namespace, ds: ClipDataset, d_i: int) -> MICConfig:
     """The model of the run on the training clips of `ds` (z_I d_i-dimensional)."""
-    return MICConfig(num_classes=ds.num_classes, num_segments=args.num_segments,
-                     backbone=args.backbone, hidden=args.hidden, with_mv=args.with_mv,
-                     decoder=not args.no_rec, d_i=d_i, size=args.size,
-                     num_subjects=len(ds.subjects) if args.adv else 0,
-                     data_bn=args.baseline is None)
+    return MICConfig(
+        num_classes=ds.num_classes,
+        num_segments=args.num_segments,
+        backbone=args.backbone,
+        hidden=args.hidden,
+        with_mv=args.with_mv,
+        decoder=not args.no_rec,
+        d_i=d_i,
+        size=args.size,
+        num_subjects=len(ds.subjects) if args.adv else 0,
+        data_bn=args.baseline is None,
+    )
 
 
 def run_config(args: argparse.Namespace, ds: ClipDataset, cfg: MICConfig, identity: dict) -> dict:
     """The checkpoint's record: the model (`cfg`, which rebuilds it: `MICConfig.from_checkpoint`),
     how its input is read, the identity network used and every option of the run (for
     --resume's check)."""
-    return {"model": asdict(cfg), "class_names": ds.class_names,
-            "input": "rgb" if args.baseline else "residual", "accumulate": args.accumulate,
-            "dataset": args.dataset, "variant": args.name, "root": str(args.root.resolve()),
-            "identity": identity, "options": options_record(args)}
+    return {
+        "model": asdict(cfg),
+        "class_names": ds.class_names,
+        "input": "rgb" if args.baseline else "residual",
+        "accumulate": args.accumulate,
+        "dataset": args.dataset,
+        "variant": args.name,
+        "root": str(args.root.resolve()),
+        "identity": identity,
+        "options": options_record(args),
+    }
 
 
 def seed_everything(seed: int) -> None:

@@ -18,91 +18,157 @@ from models import DEFAULT_IDENTITY, IDENTITY_DIMS
 RESUMABLE = ("epochs", "workers", "cache", "device", "resume", "fold", "out", "root")
 
 
-def parse_args(argv: list[str] | None = None, description: str | None = None
-               ) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
     """The options of a run (`description`: the --help text), checked and completed with
     their defaults (per dataset, identity network, variant name)."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.RawTextHelpFormatter,
-                                fromfile_prefix_chars="@")
+    p = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawTextHelpFormatter,
+        fromfile_prefix_chars="@",
+    )
     p.convert_arg_line_to_args = args_of_line
     p.add_argument("--dataset", required=True, choices=sorted(SPECS))
     p.add_argument("--root", help="indexed data folder (default: data/<dataset>)")
-    p.add_argument("--fold", action="append",
-                   help="test fold(s) of the protocol (repeatable; default: all): 0..9 for "
-                        "CK+/MMI/synthetic, 1..5 for DFEW/MAFW (datasets.PROTOCOLS)")
+    p.add_argument(
+        "--fold",
+        action="append",
+        help="test fold(s) of the protocol (repeatable; default: all): 0..9 for "
+        "CK+/MMI/synthetic, 1..5 for DFEW/MAFW (datasets.PROTOCOLS)",
+    )
     p.add_argument("--out", default="runs/mic", help="run folder; the variant is a subfolder")
     p.add_argument("--name", help="variant name (default: derived from the options)")
     # objective
     p.add_argument("--alpha", type=float, default=0.1, help="weight of the MI term (or adversary)")
     p.add_argument("--beta", type=float, default=0.1, help="weight of the reconstruction term")
-    p.add_argument("--estimator", default="club", choices=sorted(mi.ESTIMATORS),
-                   help="the MI estimate the encoder minimises: CLUB's upper bound (default) or "
-                        "a lower bound (MINE, the paper's; NWJ; InfoNCE), floored at 0")
-    p.add_argument("--mi-procedure", default="table", choices=mi.PROCEDURES,
-                   help="how T_θ learns and what the MI term scores: 'table' (default: T_θ on "
-                        "its own share of the training clips, the MI term on the others against "
-                        "--mi-negatives partners from every training clip), 'memory' (T_θ on "
-                        "recent batches of its clips, the MI term on the batch's others), "
-                        "'paper' (T_θ on the batch it scores)")
-    p.add_argument("--mi-critic", choices=mi.CRITIC_NAMES,
-                   help="T_θ's form: for MINE, NWJ, InfoNCE 'mlp' (default, the "
-                        "reproduction's) or 'separable' g(z_E)·h(z_I); for CLUB's q(z_I | z_E) "
-                        "'ridge' (default: linear-Gaussian, fitted in closed form on T_θ's "
-                        "clips every step), 'linear' (the same by gradient steps) or 'mlp'")
-    p.add_argument("--t-steps", type=int, default=10,
-                   help="T_θ updates per encoder update (benchmarks/mi_game.py)")
-    p.add_argument("--mi-memory", type=int, default=8,
-                   help="'memory' procedure: T_θ's memory of recent pairs, in batches")
-    p.add_argument("--mi-split", type=float,
-                   help="share of the training clips reserved for T_θ, the MI term computed on "
-                        "the others only (default: 0.5 with 'memory'; 0 with 'table': T_θ "
-                        "learns on every clip's latest z_E and the MI term scores every clip)")
-    p.add_argument("--mi-ridge", type=float, default=0.1,
-                   help="CLUB's ridge q: penalty × the mean eigenvalue of z_E's scatter")
-    p.add_argument("--mi-negatives", type=int, default=256,
-                   help="'table': marginal partners of the MI term per step")
+    p.add_argument(
+        "--estimator",
+        default="club",
+        choices=sorted(mi.ESTIMATORS),
+        help="the MI estimate the encoder minimises: CLUB's upper bound (default) or "
+        "a lower bound (MINE, the paper's; NWJ; InfoNCE), floored at 0",
+    )
+    p.add_argument(
+        "--mi-procedure",
+        default="table",
+        choices=mi.PROCEDURES,
+        help="how T_θ learns and what the MI term scores: 'table' (default: T_θ on "
+        "its own share of the training clips, the MI term on the others against "
+        "--mi-negatives partners from every training clip), 'memory' (T_θ on "
+        "recent batches of its clips, the MI term on the batch's others), "
+        "'paper' (T_θ on the batch it scores)",
+    )
+    p.add_argument(
+        "--mi-critic",
+        choices=mi.CRITIC_NAMES,
+        help="T_θ's form: for MINE, NWJ, InfoNCE 'mlp' (default, the "
+        "reproduction's) or 'separable' g(z_E)·h(z_I); for CLUB's q(z_I | z_E) "
+        "'ridge' (default: linear-Gaussian, fitted in closed form on T_θ's "
+        "clips every step), 'linear' (the same by gradient steps) or 'mlp'",
+    )
+    p.add_argument(
+        "--t-steps",
+        type=int,
+        default=10,
+        help="T_θ updates per encoder update (benchmarks/mi_game.py)",
+    )
+    p.add_argument(
+        "--mi-memory",
+        type=int,
+        default=8,
+        help="'memory' procedure: T_θ's memory of recent pairs, in batches",
+    )
+    p.add_argument(
+        "--mi-split",
+        type=float,
+        help="share of the training clips reserved for T_θ, the MI term computed on "
+        "the others only (default: 0.5 with 'memory'; 0 with 'table': T_θ "
+        "learns on every clip's latest z_E and the MI term scores every clip)",
+    )
+    p.add_argument(
+        "--mi-ridge",
+        type=float,
+        default=0.1,
+        help="CLUB's ridge q: penalty × the mean eigenvalue of z_E's scatter",
+    )
+    p.add_argument(
+        "--mi-negatives",
+        type=int,
+        default=256,
+        help="'table': marginal partners of the MI term per step",
+    )
     p.add_argument("--mi-batch", type=int, default=64, help="'table': T_θ's batch of pairs")
-    p.add_argument("--mi-dims", type=int, default=16,
-                   help="'table': T_θ sees z_I's first principal components (whitened); 0: all")
+    p.add_argument(
+        "--mi-dims",
+        type=int,
+        default=16,
+        help="'table': T_θ sees z_I's first principal components (whitened); 0: all",
+    )
     p.add_argument("--mi-weight-decay", type=float, default=0.01, help="T_θ's weight decay")
-    p.add_argument("--mi-placebo", action="store_true",
-                   help="control: the MI term with z_I permuted across the clips (true MI 0); "
-                        "the decoder keeps the real z_I ('table')")
-    p.add_argument("--mi-conditional", action="store_true",
-                   help="I(z_E; z_I | y): marginal partners of the same label and another "
-                        "subject ('table')")
+    p.add_argument(
+        "--mi-placebo",
+        action="store_true",
+        help="control: the MI term with z_I permuted across the clips (true MI 0); "
+        "the decoder keeps the real z_I ('table')",
+    )
+    p.add_argument(
+        "--mi-conditional",
+        action="store_true",
+        help="I(z_E; z_I | y): marginal partners of the same label and another subject ('table')",
+    )
     p.add_argument("--lr-t", type=float, default=1e-3, help="T_θ's learning rate (constant)")
-    p.add_argument("--mi-hidden", type=int, default=512,
-                   help="width of T_θ (the separable critic's rank; not used by the ridge q)")
+    p.add_argument(
+        "--mi-hidden",
+        type=int,
+        default=512,
+        help="width of T_θ (the separable critic's rank; not used by the ridge q)",
+    )
     p.add_argument("--no-mi", action="store_true", help="MIC−MI: no MI term in the loss")
     p.add_argument("--adv", action="store_true", help="identity adversary behind gradient reversal")
     p.add_argument("--no-rec", action="store_true", help="MIC−Î: no reconstruction term")
     p.add_argument("--with-mv", action="store_true", help="MIC+T^t: add a motion-vector branch")
-    p.add_argument("--accumulate", action="store_true",
-                   help="residuals and vectors against the I-frame (pytorch-coviar's default) "
-                        "instead of the previous frame (the paper's Δ^t)")
-    p.add_argument("--baseline", choices=["rgb"],
-                   help="rgb: the paper's RGB baseline (Mode VLSTM): decoded frames → CNN → LSTM "
-                        "→ classifier, no MI, no reconstruction, no identity branch")
-    p.add_argument("--class-weights", action="store_true",
-                   help="weight L_CE by inverse class frequency (imbalanced sets: DFEW, MAFW, ...)")
+    p.add_argument(
+        "--accumulate",
+        action="store_true",
+        help="residuals and vectors against the I-frame (pytorch-coviar's default) "
+        "instead of the previous frame (the paper's Δ^t)",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=["rgb"],
+        help="rgb: the paper's RGB baseline (Mode VLSTM): decoded frames → CNN → LSTM "
+        "→ classifier, no MI, no reconstruction, no identity branch",
+    )
+    p.add_argument(
+        "--class-weights",
+        action="store_true",
+        help="weight L_CE by inverse class frequency (imbalanced sets: DFEW, MAFW, ...)",
+    )
     # model
     p.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet18", "resnet6"])
-    p.add_argument("--backbone-weights",
-                   help="'imagenet' (torchvision's, downloaded once into torch's hub cache) or an "
-                        "ImageNet state-dict file")
+    p.add_argument(
+        "--backbone-weights",
+        help="'imagenet' (torchvision's, downloaded once into torch's hub cache) or an "
+        "ImageNet state-dict file",
+    )
     p.add_argument("--hidden", type=int, default=512, help="LSTM size")
-    p.add_argument("--identity", choices=sorted(IDENTITY_DIMS),
-                   help="identity network f_I (default: the one the weights are for; "
-                        f"{DEFAULT_IDENTITY[0]} when no weights are named)")
-    p.add_argument("--identity-weights",
-                   help=f"weights of f_I: a name ({DEFAULT_IDENTITY[1]} (default, offline), "
-                        "vggface2, casia-webface, facenet-mobilenet), a file, 'random' (on "
-                        "purpose), or 'pretrain' (synthetic set: train it on the set's identities)")
-    p.add_argument("--identity-size", type=int,
-                   help="letterboxed input side of f_I (160: the published weights; default "
-                        "80 for the synthetic set's own pretraining)")
+    p.add_argument(
+        "--identity",
+        choices=sorted(IDENTITY_DIMS),
+        help="identity network f_I (default: the one the weights are for; "
+        f"{DEFAULT_IDENTITY[0]} when no weights are named)",
+    )
+    p.add_argument(
+        "--identity-weights",
+        help=f"weights of f_I: a name ({DEFAULT_IDENTITY[1]} (default, offline), "
+        "vggface2, casia-webface, facenet-mobilenet), a file, 'random' (on "
+        "purpose), or 'pretrain' (synthetic set: train it on the set's identities)",
+    )
+    p.add_argument(
+        "--identity-size",
+        type=int,
+        help="letterboxed input side of f_I (160: the published weights; default "
+        "80 for the synthetic set's own pretraining)",
+    )
     p.add_argument("--num-segments", type=int, default=8)
     p.add_argument("--size", type=int, default=112, help="input side (224: the paper's)")
     # optimisation
@@ -144,20 +210,32 @@ def args_of_line(line: str) -> list[str]:
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, before any work, the values that cannot make a sensible run."""
-    positive = {"--epochs": args.epochs, "--batch-size": args.batch_size,
-                "--num-segments": args.num_segments, "--size": args.size,
-                "--hidden": args.hidden, "--mi-hidden": args.mi_hidden, "--lr": args.lr,
-                "--mi-ridge": args.mi_ridge,
-                "--lr-t": args.lr_t, "--max-steps": args.max_steps}
+    positive = {
+        "--epochs": args.epochs,
+        "--batch-size": args.batch_size,
+        "--num-segments": args.num_segments,
+        "--size": args.size,
+        "--hidden": args.hidden,
+        "--mi-hidden": args.mi_hidden,
+        "--lr": args.lr,
+        "--mi-ridge": args.mi_ridge,
+        "--lr-t": args.lr_t,
+        "--max-steps": args.max_steps,
+    }
     for flag, value in positive.items():
         if value is not None and not value > 0:
             p.error(f"{flag} must be > 0, got {value}")
     if args.batch_size < 2:
-        p.error(f"--batch-size must be at least 2 (the MI bound pairs clips), got "
-                f"{args.batch_size}")
-    for flag, value in {"--alpha": args.alpha, "--beta": args.beta,
-                        "--weight-decay": args.weight_decay, "--workers": args.workers,
-                        "--mi-memory": args.mi_memory}.items():
+        p.error(
+            f"--batch-size must be at least 2 (the MI bound pairs clips), got {args.batch_size}"
+        )
+    for flag, value in {
+        "--alpha": args.alpha,
+        "--beta": args.beta,
+        "--weight-decay": args.weight_decay,
+        "--workers": args.workers,
+        "--mi-memory": args.mi_memory,
+    }.items():
         if not value >= 0:
             p.error(f"{flag} must be >= 0, got {value}")
     if args.t_steps < 1 and not (args.no_mi or args.baseline):
@@ -175,13 +253,14 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--mi-placebo and --mi-conditional need --mi-procedure table")
     club = args.estimator == "club"
     if args.mi_critic is None:
-        args.mi_critic = ("ridge" if args.mi_procedure == "table" else "linear") if club \
-            else "mlp"
+        args.mi_critic = ("ridge" if args.mi_procedure == "table" else "linear") if club else "mlp"
     if args.mi_critic == "ridge" and args.mi_procedure != "table":
         p.error("--mi-critic ridge is fitted on the table: it needs --mi-procedure table")
     if (args.mi_critic in ("linear", "ridge")) != club and args.mi_critic != "mlp":
-        p.error(f"--mi-critic {args.mi_critic} is not a critic of --estimator {args.estimator}: "
-                "CLUB takes mlp, linear or ridge; MINE, NWJ and InfoNCE take mlp or separable")
+        p.error(
+            f"--mi-critic {args.mi_critic} is not a critic of --estimator {args.estimator}: "
+            "CLUB takes mlp, linear or ridge; MINE, NWJ and InfoNCE take mlp or separable"
+        )
     folds = [s.test[0] for s in PROTOCOLS[args.dataset]]
     bad = [f for f in args.fold or [] if f not in folds]
     if bad:
@@ -189,8 +268,10 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.baseline and (args.adv or args.with_mv):
         p.error("--baseline rgb is the plain RGB model: no --adv, no --with-mv")
     if args.name is not None and (args.name in ("", ".", "..") or "/" in args.name):
-        p.error(f"--name {args.name!r}: a variant name is one folder name inside --out (no '/', "
-                "not '.' or '..')")
+        p.error(
+            f"--name {args.name!r}: a variant name is one folder name inside --out (no '/', "
+            "not '.' or '..')"
+        )
     if args.schedule is not None:
         try:
             parse_schedule(args.schedule)
@@ -209,8 +290,10 @@ def parse_schedule(schedule: str) -> list[tuple[int, float]]:
         except ValueError:
             e, r = -1, math.nan
         if e < 0 or not (r > 0 and math.isfinite(r)):
-            raise ValueError(f"step {step!r} is not EPOCH:LR (an integer epoch >= 0, a finite "
-                             "learning rate > 0), e.g. 30:1e-4")
+            raise ValueError(
+                f"step {step!r} is not EPOCH:LR (an integer epoch >= 0, a finite "
+                "learning rate > 0), e.g. 30:1e-4"
+            )
         if e in steps:
             raise ValueError(f"epoch {e} is given twice")
         steps[e] = r
@@ -240,8 +323,9 @@ def variant_ablation(options: Mapping[str, Any]) -> str:
 def variant_name(args: argparse.Namespace) -> str:
     """The default variant name: its row of the paper's table (`variant_ablation`), with the
     backbone when not ResNet50 (mic, mic-mi+resnet6, ...)."""
-    return variant_ablation(vars(args)) + ("" if args.backbone == "resnet50"
-                                           else f"+{args.backbone}")
+    return variant_ablation(vars(args)) + (
+        "" if args.backbone == "resnet50" else f"+{args.backbone}"
+    )
 
 
 def options_record(args: argparse.Namespace) -> dict:

@@ -82,12 +82,28 @@ def face_video(path: Path, seconds: float) -> Path:
 def demo_checkpoint(path: Path) -> Path:
     """An untrained checkpoint of `make demo`'s model, in train.py's format."""
     classes = list(CLASSES["synthetic"])
-    config = {"num_classes": len(classes), "class_names": classes, "with_mv": False,
-              "decoder": True, "d_i": 512, "input": "residual", "data_bn": True,
-              "dataset": "ckplus", **DEMO}
+    config = {
+        "num_classes": len(classes),
+        "class_names": classes,
+        "with_mv": False,
+        "decoder": True,
+        "d_i": 512,
+        "input": "residual",
+        "data_bn": True,
+        "dataset": "ckplus",
+        **DEMO,
+    }
     torch.manual_seed(0)
-    model = MIC(len(classes), DEMO["num_segments"], DEMO["backbone"], DEMO["hidden"],
-                decoder=True, d_i=512, size=DEMO["size"], backbone_weights="random")
+    model = MIC(
+        len(classes),
+        DEMO["num_segments"],
+        DEMO["backbone"],
+        DEMO["hidden"],
+        decoder=True,
+        d_i=512,
+        size=DEMO["size"],
+        backbone_weights="random",
+    )
     torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
     return path
 
@@ -103,14 +119,22 @@ def decode_rgb(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="length of the clip (default 20)")
     p.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
-    p.add_argument("--predict", type=Path, action="append",
-                   help="a predict.py to time, repeatable (default: this one's)")
-    p.add_argument("--cases", default="defaults,--stream,--no-crop",
-                   help="comma-separated cases among defaults, --stream, --no-crop")
+    p.add_argument(
+        "--predict",
+        type=Path,
+        action="append",
+        help="a predict.py to time, repeatable (default: this one's)",
+    )
+    p.add_argument(
+        "--cases",
+        default="defaults,--stream,--no-crop",
+        help="comma-separated cases among defaults, --stream, --no-crop",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mic-bench-predict-") as tmp:
         video = face_video(Path(tmp) / "face.mp4", args.seconds)
@@ -119,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         scripts = args.predict or [ROOT / "predict.py"]
         cases = {}
         for k, script in enumerate(scripts):
-            base = [sys.executable, str(script), str(video), "--checkpoint", str(ckpt),
-                    "--device", "cpu"]
+            base = [
+                sys.executable,
+                str(script),
+                str(video),
+                "--checkpoint",
+                str(ckpt),
+                "--device",
+                "cpu",
+            ]
             flags = {"defaults": [], "--stream": ["--stream"], "--no-crop": ["--no-crop"]}
             for name in args.cases.split(","):
                 cases[f"{k}:{name}" if len(scripts) > 1 else name] = [*base, *flags[name]]
@@ -136,28 +167,40 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(cmd, check=True, capture_output=True)
                 times[name].append(time.perf_counter() - start)
                 after = os.times()
-                cpu[name].append(after.children_user - before.children_user
-                                 + after.children_system - before.children_system)
+                cpu[name].append(
+                    after.children_user
+                    - before.children_user
+                    + after.children_system
+                    - before.children_system
+                )
         floor, cpu_floor = statistics.median(times["decode"]), statistics.median(cpu["decode"])
         with av.open(str(video)) as container:
             codec = container.streams.video[0].codec_context.name
         for k, script in enumerate(scripts):
             print(f"{k}: {script}" if len(scripts) > 1 else script)
-        print(f"clip: {frames} frames {WIDTH}x{HEIGHT} ({args.seconds:g} s, {codec}, "
-              f"{video.stat().st_size / 1e6:.2f} MB)")
-        print(f"{'case':<12} {'seconds':>8} {'x decode':>9} {'x real time':>12} "
-              f"{'cpu s':>7} {'x decode cpu':>13}")
+        print(
+            f"clip: {frames} frames {WIDTH}x{HEIGHT} ({args.seconds:g} s, {codec}, "
+            f"{video.stat().st_size / 1e6:.2f} MB)"
+        )
+        print(
+            f"{'case':<12} {'seconds':>8} {'x decode':>9} {'x real time':>12} "
+            f"{'cpu s':>7} {'x decode cpu':>13}"
+        )
         for name, ts in times.items():
             t, c = statistics.median(ts), statistics.median(cpu[name])
-            print(f"{name:<12} {t:8.2f} {t / floor:9.2f} {args.seconds / t:12.1f} {c:7.2f} "
-                  f"{c / cpu_floor:13.2f}")
+            print(
+                f"{name:<12} {t:8.2f} {t / floor:9.2f} {args.seconds / t:12.1f} {c:7.2f} "
+                f"{c / cpu_floor:13.2f}"
+            )
         last = f"{len(scripts) - 1}:defaults" if len(scripts) > 1 else "defaults"
         if last not in times:
             return 0
         ratio = statistics.median(times[last]) / floor
         ok = ratio <= MAX_RATIO
-        print(f"{'PASS' if ok else 'FAIL'}: predict.py at the defaults = {ratio:.2f} x decoding "
-              f"to RGB (target <= {MAX_RATIO:g})")
+        print(
+            f"{'PASS' if ok else 'FAIL'}: predict.py at the defaults = {ratio:.2f} x decoding "
+            f"to RGB (target <= {MAX_RATIO:g})"
+        )
     return 0 if ok else 1
 
 

@@ -115,8 +115,11 @@ def test_imagenet_weights_offline_name_the_file_and_folder(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    with pytest.raises(FileNotFoundError, match=rf"resnet50-0676ba61.pth is not in {folder} and "
-                                                r"could not be downloaded from https://download"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"resnet50-0676ba61.pth is not in {folder} and "
+        r"could not be downloaded from https://download",
+    ):
         build_backbone("resnet50", weights=models.IMAGENET)
 
 
@@ -358,8 +361,17 @@ def test_mic_config_rebuilds_the_model_and_says_what_is_wrong():
     (`MIC.from_config`, the state dict loads strictly); a record with a key missing or unknown,
     or an impossible value, is a ValueError naming it; a checkpoint record of before (the model's
     keys in the record itself) gives the same config, without the adversary."""
-    cfg = models.MICConfig(num_classes=3, num_segments=2, backbone="resnet6", hidden=8,
-                           with_mv=True, decoder=True, d_i=16, size=32, num_subjects=4)
+    cfg = models.MICConfig(
+        num_classes=3,
+        num_segments=2,
+        backbone="resnet6",
+        hidden=8,
+        with_mv=True,
+        decoder=True,
+        d_i=16,
+        size=32,
+        num_subjects=4,
+    )
     record = json.loads(json.dumps({"model": dataclasses.asdict(cfg), "class_names": "abc"}))
     again = models.MICConfig.from_checkpoint(record)
     assert again == cfg
@@ -367,12 +379,16 @@ def test_mic_config_rebuilds_the_model_and_says_what_is_wrong():
     MIC.from_config(again, backbone_weights=models.RANDOM).load_state_dict(model.state_dict())
     assert model.mv is not None and model.discriminator is not None
     flat = {k: v for k, v in record["model"].items() if k not in ("num_subjects", "dropout")}
-    assert models.MICConfig.from_checkpoint({**flat, "input": "residual"}) == \
-        dataclasses.replace(cfg, num_subjects=0)
-    for change, message in (({"hidden": None}, "lacks hidden"), ({"depth": 3}, "unknown depth"),
-                            ({"size": 0}, "impossible size 0"),
-                            ({"with_mv": 1}, "with_mv 1 is not of type bool"),
-                            ({"backbone": "vgg"}, "backbone 'vgg'")):
+    assert models.MICConfig.from_checkpoint({**flat, "input": "residual"}) == dataclasses.replace(
+        cfg, num_subjects=0
+    )
+    for change, message in (
+        ({"hidden": None}, "lacks hidden"),
+        ({"depth": 3}, "unknown depth"),
+        ({"size": 0}, "impossible size 0"),
+        ({"with_mv": 1}, "with_mv 1 is not of type bool"),
+        ({"backbone": "vgg"}, "backbone 'vgg'"),
+    ):
         bad = {k: v for k, v in {**record["model"], **change}.items() if v is not None}
         with pytest.raises(ValueError, match=f"^model config: .*{re.escape(message)}"):
             models.MICConfig.from_checkpoint({"model": bad})

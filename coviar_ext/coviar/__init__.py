@@ -26,8 +26,16 @@ from av.video.reformatter import VideoReformatter
 from coviar import _kernels
 
 __all__ = [
-    "PICTURE", "MV", "RESIDUAL", "MAX_RESULT_BYTES", "get_num_frames", "get_num_gops",
-    "gop_lengths", "load", "load_clip", "load_many",
+    "PICTURE",
+    "MV",
+    "RESIDUAL",
+    "MAX_RESULT_BYTES",
+    "get_num_frames",
+    "get_num_gops",
+    "gop_lengths",
+    "load",
+    "load_clip",
+    "load_many",
 ]
 
 PICTURE, MV, RESIDUAL = 0, 1, 2
@@ -336,8 +344,15 @@ class _Plan:
     last: int  # the last frame read
 
 
-def _plan(path: str, want: Mapping[int, np.ndarray], accumulate: bool, crop: Crop | None,
-          lut: Tables | None, height: int, width: int) -> _Plan:
+def _plan(
+    path: str,
+    want: Mapping[int, np.ndarray],
+    accumulate: bool,
+    crop: Crop | None,
+    lut: Tables | None,
+    height: int,
+    width: int,
+) -> _Plan:
     """The plan of `load_clip` for frames of `height` x `width`: `crop` and `lut` resolved
     (`crop` first) and checked, the result's arrays allocated (its size checked first)."""
     given = crop(height, width) if callable(crop) else (crop or {})
@@ -361,15 +376,27 @@ def _plan(path: str, want: Mapping[int, np.ndarray], accumulate: bool, crop: Cro
         need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
         if accumulate:
             _, _, h, w = boxes[RESIDUAL]
-            held = dict(zip(sorted(res - {0}), np.empty((len(res - {0}), h, w, 3), np.uint8),
-                            strict=True))
+            held = dict(
+                zip(sorted(res - {0}), np.empty((len(res - {0}), h, w, 3), np.uint8), strict=True)
+            )
     need_rec = set().union(*(slot[rep] for rep in motion))
-    return _Plan((height, width), boxes, tables, slot, store, motion, need_bgr, need_rec, held,
-                 max(int(idx.max()) for idx in want.values()))
+    return _Plan(
+        (height, width),
+        boxes,
+        tables,
+        slot,
+        store,
+        motion,
+        need_bgr,
+        need_rec,
+        held,
+        max(int(idx.max()) for idx in want.values()),
+    )
 
 
-def _accumulated(plan: _Plan, recs: Mapping[int, np.ndarray | None],
-                 bgr: Mapping[int, np.ndarray]) -> None:
+def _accumulated(
+    plan: _Plan, recs: Mapping[int, np.ndarray | None], bgr: Mapping[int, np.ndarray]
+) -> None:
     """The accumulated vectors and residuals of `load_clip`'s `plan`, from every frame's records
     `recs` (and for residuals the pictures `bgr`: the I-frame and their frames' box).
 
@@ -452,9 +479,15 @@ def _boxes(
     return boxes
 
 
-def _motion(plan: _Plan, rep: int, pos: int, rec: np.ndarray | None,
-            bgr: Mapping[int, np.ndarray], acc: np.ndarray | None = None,
-            work: np.ndarray | None = None) -> None:
+def _motion(
+    plan: _Plan,
+    rep: int,
+    pos: int,
+    rec: np.ndarray | None,
+    bgr: Mapping[int, np.ndarray],
+    acc: np.ndarray | None = None,
+    work: np.ndarray | None = None,
+) -> None:
     """Write frame `pos`'s motion vectors or residual (`rep`) into its row of `plan.store`, on
     its box and through its table when the plan has them, from the frame's records `rec` and
     the decoded pictures `bgr`: relative to the previous frame, or, given the accumulated map
