@@ -389,10 +389,11 @@ def detection_frames(video: Path) -> Sequence[np.ndarray]:
 
 
 def _mpeg4(width: int, height: int, rate: Fraction) -> Any:
-    """reencode.sh's encoder through the library: `-q:v 1` (a fixed quantiser: the qscale flag
-    and global_quality 1 x FF_QP2LAMBDA), `-g 2147483647 -strict:v experimental -sc_threshold
-    1000000000 -c:v mpeg4`, its threads as ffmpeg's (automatic)."""
+    """reencode.sh's encoder through the library: `-threads 1 -q:v 1` (a fixed quantiser: the
+    qscale flag and global_quality 1 x FF_QP2LAMBDA), `-g 2147483647 -strict:v experimental
+    -sc_threshold 1000000000 -c:v mpeg4`."""
     enc = av.CodecContext.create("mpeg4", "w")
+    enc.thread_count = 1  # one slice a frame: the bytes do not depend on the machine's cores
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.time_base, enc.framerate = 1 / rate, rate
     enc.qscale, enc.global_quality = True, FF_QP2LAMBDA
@@ -403,8 +404,9 @@ def _mpeg4(width: int, height: int, rate: Fraction) -> Any:
 
 def _writer_encoder(width: int, height: int, rate: float, q: int = 2) -> Any:
     """The encoder of `faces.VideoWriter` (MPEG-4 Part 2 at the fixed quantiser `q`, with the
-    settings PyAV's add_stream gives it) without its container."""
+    settings PyAV's add_stream gives it, one thread) without its container."""
     enc = av.CodecContext.create("mpeg4", "w")
+    enc.thread_count = 1
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.framerate = Fraction(round(rate) or 25)
     enc.time_base = 1 / enc.framerate

@@ -7,6 +7,7 @@ bad checkpoints."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import faces
 import predict
 from datasets import CLASSES
 from models import MIC
-from tests.clips import has_libx264
+from tests.clips import has_libx264, on_cores
 from tests.conftest import ROOT
 
 CODEC = "libx264" if has_libx264() else "mpeg4"
@@ -293,6 +294,24 @@ def test_crop_windows_are_reencode_sh_of_the_crops_alone(tmp_path):
         assert ours != theirs.read_bytes()  # the encoder's name differs ...
         assert without_encoder_name(ours) == without_encoder_name(theirs.read_bytes())  # only
         assert len(coviar.gop_lengths(out / f"{name}.mp4")) == 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_crop_streams_do_not_depend_on_the_cores(tmp_path):
+    """The face crops' streams (predict's encoders) and `faces.write_video`'s are the same bytes
+    on one CPU and on two: the mpeg4 encoder's automatic threads would cut every frame into
+    one slice per thread."""
+    frames = face_frames(20, size=160)
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    made = {}
+    for cpus in ({cores[0]}, set(cores)):
+        out = tmp_path / f"out{len(cpus)}"
+        out.mkdir()
+        with on_cores(cpus):
+            list(predict.crop_streams(tmp_path / "v", frames, (0, 0, 160, 160), 25.0, 8, 4, out))
+            faces.write_video(out / "writer.avi", frames, 25.0)
+        made[len(cpus)] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert len(made[1]) == 6 and made[1] == made[2]
 
 
 def test_stream_mode_gives_the_windows_as_lines(ckpt, clips, capsys):
