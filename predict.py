@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import itertools
 import json
 import os
@@ -58,10 +59,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -164,14 +167,60 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     return fast_max_pools(model) if torch.device(device).type == "cpu" else model, config
 
 
+@contextmanager
+def _without_dynamo() -> Iterator[None]:
+    """Imports made inside that need not import torch._dynamo: torchvision.ops imports one
+    function of torch._dynamo.utils at its top (`is_compile_supported`, for torch.compile),
+    which imports all of torch._dynamo, 2 of torchvision's 2.5 s of import on a 2-core CPU.
+    Meanwhile a stand-in module takes that name: its `is_compile_supported` imports the real one
+    when called, and any other name asked of it imports the real module at once (so an import
+    that needs more of it still gets it). The stand-in is gone on exit."""
+    name = "torch._dynamo.utils"
+    stand_in = types.ModuleType(name)
+
+    def real() -> types.ModuleType:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        return importlib.import_module(name)
+
+    def is_compile_supported(device_type: str) -> bool:
+        return real().is_compile_supported(device_type)
+
+    def attribute(attr: str) -> Any:
+        if attr.startswith("__"):  # the import system's questions (__path__: a package?)
+            raise AttributeError(attr)
+        return getattr(real(), attr)
+
+    stand_in.is_compile_supported = is_compile_supported  # type: ignore[attr-defined]
+    stand_in.__getattr__ = attribute  # type: ignore[method-assign]
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+
+
 def _load(checkpoint: str | Path, device: str, crop: bool) -> Future:
     """`load_model` and, with `crop`, `faces.detector`, in a thread: (model, config, detector or
-    None). Their imports (torchvision, facenet_pytorch: seconds that hold the interpreter) run
-    while the caller decodes the video, which PyAV does without holding it."""
+    None). Their imports (torchvision, facenet_pytorch: seconds that hold the interpreter, made
+    `_without_dynamo`) run while the caller decodes the video, which PyAV does without holding
+    it."""
+
+    def load() -> tuple[MIC, dict[str, Any], Any]:
+        with _without_dynamo():
+            import torchvision  # noqa: F401
+
+            if crop:
+                import facenet_pytorch  # noqa: F401
+        return (*load_model(checkpoint, device), detector(device) if crop else None)
+
     pool = ThreadPoolExecutor(1)
     try:
-        return pool.submit(lambda: (*load_model(checkpoint, device),
-                                    detector(device) if crop else None))
+        return pool.submit(load)
     finally:
         pool.shutdown(wait=False)
 

@@ -408,6 +408,26 @@ def test_import_leaves_torchvision_for_the_loading_thread():
     assert proc.stdout.split() == ["[]"]
 
 
+def test_loading_skips_torch_dynamo_which_still_works(ckpt):
+    """The loading thread imports torchvision and facenet_pytorch without torch._dynamo (seconds);
+    the function torchvision took from it still answers as the real one, and an import that asks
+    the stand-in for anything else gets the real module."""
+    code = f"""if True:
+        import sys, predict
+        predict._load({str(ckpt)!r}, "cpu", True).result()
+        assert "torch._dynamo" not in sys.modules and "facenet_pytorch" in sys.modules
+        took = sys.modules["torchvision.ops.roi_align"].is_compile_supported
+        from torch._dynamo.utils import is_compile_supported
+        assert took("cpu") == is_compile_supported("cpu") and took is not is_compile_supported
+        del sys.modules["torch._dynamo.utils"]
+        with predict._without_dynamo():
+            from torch._dynamo.utils import counters
+        assert counters is sys.modules["torch._dynamo.utils"].counters
+        print("ok")"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.split() == ["ok"], proc.stderr
+
+
 def test_fast_pools_give_the_model_s_outputs(ckpt, monkeypatch):
     """load_model's model (on the CPU, `faces.fast_max_pools`) gives the logits of the model as
     built, bit for bit."""
