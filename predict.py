@@ -37,8 +37,9 @@ before the window. A window's input is bit-identical to that of the same frames 
 (`_Reencoding`: `faces.VideoWriter`'s encoder, then reencode.sh's, through PyAV, frame by frame
 without a file between; the stream is reencode.sh's byte for byte but for the encoder's version
 string, tested), window by window as the frames are read; with --no-crop the windows go through
-one reencode.sh run (all cores in parallel). The checkpoint and MTCNN load in a thread while
-the video decodes.
+one reencode.sh run (all cores in parallel). Every mpeg4 encoder runs one thread, so the streams
+do not depend on the machine's cores. The checkpoint and MTCNN load in a thread while the video
+decodes, torchvision imported without torch._dynamo (`_without_dynamo`).
 
 Frame indices are those of the re-encoded video (the frames of the input, in order). Without
 --stream the face crop decodes the whole video into memory once (about frames × width × height
@@ -624,40 +625,6 @@ def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarra
     return torch.cat(probs).numpy()
 
 
-def _classify_as_made(made: Iterable[tuple[str, Window | None]], model: MIC,
-                      config: dict[str, Any], out: Path, video: Path,
-                      device: str) -> tuple[dict[str, Window], int, np.ndarray]:
-    """The streams of `crop_streams` checked and classified as they are written: BATCH windows
-    at a time, then the whole video, in a thread (the network and the reader run while the next
-    windows are encoded: two cores). Returns the windows by name, the whole video's frames and
-    the probabilities, the whole video's first."""
-    pool = ThreadPoolExecutor(1)
-    names: dict[str, Window] = {}
-    batch: dict[str, int] = {}
-    parts: list[Future] = []
-
-    def submit() -> None:
-        clips = dict(batch)  # one at a time in the thread: each writes out/index.csv
-        parts.append(pool.submit(lambda: classify(model, clip_dataset(out, clips, config),
-                                                  device)))
-        batch.clear()
-
-    try:
-        for name, w in made:
-            n = _stream(out / f"{name}.mp4", video, None if w is None else w.end - w.start)
-            if w is None and batch:
-                submit()  # the whole video alone, last
-            batch[name] = n
-            if w is not None:
-                names[name] = w
-            if len(batch) == BATCH or w is None:
-                submit()
-        probs = [p.result() for p in parts]
-    finally:
-        pool.shutdown(cancel_futures=True)
-    return names, n, np.concatenate([probs[-1], *probs[:-1]])
-
-
 def _entry(classes: list[str], p: np.ndarray) -> dict[str, Any]:
     return {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
             "prediction": classes[int(p.argmax())]}
@@ -699,10 +666,10 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
             window, stride = _settings(config, window, stride)
             box = find_face(video, frames, mtcnn, margin, min_prob)
             out.mkdir()
-            names, n, probs = _classify_as_made(
-                crop_streams(video, frames, box, rate, window, stride, out), model, config, out,
-                video, device)
+            made = list(crop_streams(video, frames, box, rate, window, stride, out))
             del frames
+            names = {name: w for name, w in made if w is not None}
+            n = _stream(out / "video.mp4", video)
         else:
             def whole() -> tuple[Source, int]:
                 """The whole video through reencode.sh (another process), while loading."""
@@ -721,9 +688,9 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
             if names:
                 source.write(src / "windows", names)
                 reencode(src / "windows", out, video)
-            clips = {"video": n} | {name: _stream(out / f"{name}.mp4", video, w.end - w.start)
-                                    for name, w in names.items()}
-            probs = classify(model, clip_dataset(out, clips, config), device)
+        clips = {"video": n} | {name: _stream(out / f"{name}.mp4", video, w.end - w.start)
+                                for name, w in names.items()}
+        probs = classify(model, clip_dataset(out, clips, config), device)
     result = _result(video, checkpoint, config, n, probs[0])
     if names:
         classes = result["classes"]
