@@ -188,11 +188,13 @@ def visible_paths(paths: Iterable[Path]) -> list[Path]:
 def frame_files(folder: Path) -> list[Path]:
     """The image frames of a frame folder in the order reencode.sh encodes them (``sort -V``:
     numbers compared as numbers, so 2.jpg comes before 10.jpg), hidden files left out."""
+
     def key(p: Path) -> list:
         return [(0, int(t), "") if _digits(t) else (1, 0, t) for t in re.split(r"([0-9]+)", p.name)]
 
-    return sorted((p for p in visible_paths(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS),
-                  key=key)
+    return sorted(
+        (p for p in visible_paths(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS), key=key
+    )
 
 
 def _report_raw(index: Index, root: Path, raw: list[Path], found: list) -> None:
@@ -898,8 +900,10 @@ def index_custom(root: Path, annotations: Path, classes: Sequence[str] | None = 
         header = [c.strip().lower() for c in reader.fieldnames or ()]
         reader.fieldnames = header
         if not {"path", "label"} <= set(header):
-            raise ValueError(f"{annotations}: the header must name the columns path,label "
-                             f"(and optionally subject, split), found {','.join(header)!r}")
+            raise ValueError(
+                f"{annotations}: the header must name the columns path,label "
+                f"(and optionally subject, split), found {','.join(header)!r}"
+            )
         lines = [(f"{annotations.name}:{reader.line_num}", row) for row in reader]
     has_split = "split" in header
     index = Index("custom")
@@ -1034,8 +1038,10 @@ def _int(text: str) -> int | None:
 
 
 # Every fold of each dataset's protocol, in order.
-FOLDS = {d: sorted({f for s in splits for f in s.train + s.test}, key=_fold_order)
-         for d, splits in PROTOCOLS.items()}
+FOLDS = {
+    d: sorted({f for s in splits for f in s.train + s.test}, key=_fold_order)
+    for d, splits in PROTOCOLS.items()
+}
 
 
 def _row_problem(row: dict[str, str], classes: tuple[str, ...]) -> str | None:
@@ -1090,8 +1096,9 @@ def read_index(path: str | Path) -> list[dict[str, str]]:
     clip_line: dict[str, int] = {}
     subject_fold: dict[str, tuple[str, int]] = {}
     for line, row in rows:
-        problem = _row_problem(row, classes if row["dataset"] == first_dataset
-                               else CLASSES.get(row["dataset"], ()))
+        problem = _row_problem(
+            row, classes if row["dataset"] == first_dataset else CLASSES.get(row["dataset"], ())
+        )
         if problem is None and row["dataset"] != first_dataset:
             problem = f"dataset {row['dataset']!r} in an index of {first_dataset!r}"
         if problem is None:
@@ -1099,8 +1106,9 @@ def read_index(path: str | Path) -> list[dict[str, str]]:
             if key in clip_line:
                 problem = f"clip {row['path']} listed twice (first at line {clip_line[key]})"
             clip_line.setdefault(key, line)
-        if (problem is None and SPECS[row["dataset"]].subject_independent
-                and row["fold"].isdigit()):  # custom's train/val/test are the user's choice
+        if (
+            problem is None and SPECS[row["dataset"]].subject_independent and row["fold"].isdigit()
+        ):  # custom's train/val/test are the user's choice
             fold, at = subject_fold.setdefault(row["subject"], (row["fold"], line))
             if fold != row["fold"]:
                 problem = (
@@ -1147,12 +1155,16 @@ def _parser() -> argparse.ArgumentParser:
         + "; ".join(f"{d}: {', '.join(s.clip_dirs)}" for d, s in SPECS.items() if s.clip_dirs)
         + ")",
     )
-    p.add_argument("--annotations",
-                   help="custom: CSV with a header and the columns path,label[,subject][,split] "
-                        "(paths of the raw tree reencode.sh converted into ROOT)")
-    p.add_argument("--classes",
-                   help="custom: the class names in label order, comma-separated (default: the "
-                        "labels found, sorted)")
+    p.add_argument(
+        "--annotations",
+        help="custom: CSV with a header and the columns path,label[,subject][,split] "
+        "(paths of the raw tree reencode.sh converted into ROOT)",
+    )
+    p.add_argument(
+        "--classes",
+        help="custom: the class names in label order, comma-separated (default: the "
+        "labels found, sorted)",
+    )
     c = sub.add_parser("crop", help="crop every clip of a tree to its face (MTCNN)")
     c.add_argument("--in", dest="src", required=True, help="raw tree (videos or frame folders)")
     c.add_argument("--out", dest="dst", required=True, help="output tree (for reencode.sh)")
@@ -1200,8 +1212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if res.boxes else 1
     try:
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-        index = build_index(args.dataset, args.root, args.dual_view_half, args.selection,
-                            args.clips, args.annotations, classes)
+        index = build_index(
+            args.dataset,
+            args.root,
+            args.dual_view_half,
+            args.selection,
+            args.clips,
+            args.annotations,
+            classes,
+        )
     except (RawTreeError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

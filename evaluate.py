@@ -83,8 +83,9 @@ def paper_row(variant: str) -> str:
     return f"{label}, ResNet{backbone}" if backbone else f"{label}, ResNet50"
 
 
-def recall_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int
-                   ) -> tuple[float, float, list[float]]:
+def recall_metrics(
+    labels: np.ndarray, preds: np.ndarray, num_classes: int
+) -> tuple[float, float, list[float]]:
     """(WAR = accuracy, UAR = mean recall over the classes present in `labels`, per-class recall
     with NaN for absent classes)."""
     labels, preds = np.asarray(labels), np.asarray(preds)
@@ -111,8 +112,9 @@ def features_problem(path: Path, num_classes: int) -> str | None:
                 return f"features.npz lacks {', '.join(missing)}"
             for key in ("test_label", "test_pred"):
                 v = f[key]
-                if v.size and not (np.issubdtype(v.dtype, np.integer)
-                                   and 0 <= v.min() and v.max() < num_classes):
+                if v.size and not (
+                    np.issubdtype(v.dtype, np.integer) and 0 <= v.min() and v.max() < num_classes
+                ):
                     return f"features.npz: {key} outside the {num_classes} classes"
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         return f"unreadable features.npz ({type(exc).__name__}: {exc})"
@@ -125,22 +127,31 @@ def read_splits(variant_dir: Path) -> tuple[list[tuple[Path, dict]], dict[str, s
     for d in sorted(p for p in variant_dir.iterdir() if p.is_dir()):
         path = d / "result.json"
         if not path.exists():
-            skipped[d.name] = ("unfinished (checkpoint, no result.json)" if (d / "ckpt.pt").exists()
-                               else "no result.json")
+            skipped[d.name] = (
+                "unfinished (checkpoint, no result.json)"
+                if (d / "ckpt.pt").exists()
+                else "no result.json"
+            )
             continue
         try:
             result = json.loads(path.read_text())
             acc, classes, _ = result["accuracy"], result["classes"], result["fold"]
             if isinstance(acc, bool) or not isinstance(acc, int | float):
                 raise TypeError(f"accuracy {acc!r} is not a number")
-            if (not isinstance(classes, list) or not classes
-                    or not all(isinstance(c, str) for c in classes)):
+            if (
+                not isinstance(classes, list)
+                or not classes
+                or not all(isinstance(c, str) for c in classes)
+            ):
                 raise TypeError(f"classes {classes!r} is not a list of class names")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             skipped[d.name] = f"unreadable result.json ({type(exc).__name__}: {exc})"
             continue
-        problem = ("non-finite accuracy" if not math.isfinite(acc)
-                   else features_problem(d / "features.npz", len(classes)))
+        problem = (
+            "non-finite accuracy"
+            if not math.isfinite(acc)
+            else features_problem(d / "features.npz", len(classes))
+        )
         if problem:
             skipped[d.name] = problem
             continue
@@ -148,8 +159,9 @@ def read_splits(variant_dir: Path) -> tuple[list[tuple[Path, dict]], dict[str, s
     return done, skipped
 
 
-def identity_probe(z: np.ndarray, subjects: np.ndarray, steps: int = 300,
-                   seed: int = 0) -> tuple[float, float, float]:
+def identity_probe(
+    z: np.ndarray, subjects: np.ndarray, steps: int = 300, seed: int = 0
+) -> tuple[float, float, float]:
     """Linear probe z_E → subject: trained on every other clip of each subject (subjects with at
     least 2 clips), tested on the rest.
 
@@ -193,10 +205,12 @@ def heldout_mi_pair(f: np.lib.npyio.NpzFile, seed: int = 0) -> tuple[float, floa
     if min(len(f["train_zi"]), len(f["test_zi"])) < 2:
         return math.nan, math.nan
     shuffled = np.random.default_rng(seed).permutation(len(f["test_zi"]))
-    return (mi.heldout_mi(f["train_z"], f["train_zi"], f["test_z"], f["test_zi"], seed=seed,
-                          **MI_KW),
-            mi.heldout_mi(f["train_z"], f["train_zi"], f["test_z"], f["test_zi"][shuffled],
-                          seed=seed, **MI_KW))
+    return (
+        mi.heldout_mi(f["train_z"], f["train_zi"], f["test_z"], f["test_zi"], seed=seed, **MI_KW),
+        mi.heldout_mi(
+            f["train_z"], f["train_zi"], f["test_z"], f["test_zi"][shuffled], seed=seed, **MI_KW
+        ),
+    )
 
 
 def _zscore(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,9 +232,15 @@ def _ridge_path(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray) -> np.n
     return np.einsum("nr,lr,rq->lnq", a, shrink, uy, optimize=True)
 
 
-def ridge_cross(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarray,
-                test_zi: np.ndarray, train_groups: np.ndarray | None = None,
-                zi_dims: int | None = None, folds: int = 5) -> np.ndarray:
+def ridge_cross(
+    train_z: np.ndarray,
+    train_zi: np.ndarray,
+    test_z: np.ndarray,
+    test_zi: np.ndarray,
+    train_groups: np.ndarray | None = None,
+    zi_dims: int | None = None,
+    folds: int = 5,
+) -> np.ndarray:
     """``M (n_test, n_test)``, ``M[i, j]`` = the prediction of z_I from test clip i's z_E · test
     clip j's z_I. The prediction is a ridge regression z_E → z_I fit on the training clips (both
     standardised by them, z_I on its first ``zi_dims`` principal components), with a ridge per
@@ -229,9 +249,14 @@ def ridge_cross(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarray,
     not pass for a dependence); a coordinate z_E does not predict gets the prediction 0. The
     held-out statistic is ``trace(M)``."""
     x_tr, x_te = _zscore(train_z, test_z)
-    y_tr, y_te = (a.numpy() for a in mi._standardise(
-        torch.as_tensor(train_zi, dtype=torch.float64),
-        torch.as_tensor(test_zi, dtype=torch.float64), zi_dims))
+    y_tr, y_te = (
+        a.numpy()
+        for a in mi._standardise(
+            torch.as_tensor(train_zi, dtype=torch.float64),
+            torch.as_tensor(test_zi, dtype=torch.float64),
+            zi_dims,
+        )
+    )
     groups = np.arange(len(x_tr)) if train_groups is None else np.asarray(train_groups)
     _, g = np.unique(groups, return_inverse=True)
     fold = np.random.default_rng(0).permutation(g.max() + 1)[g] % folds
@@ -245,8 +270,9 @@ def ridge_cross(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarray,
     return pred.T @ y_te.T
 
 
-def permutations(n: int, count: int, rng: np.random.Generator,
-                 groups: np.ndarray | None = None) -> np.ndarray:
+def permutations(
+    n: int, count: int, rng: np.random.Generator, groups: np.ndarray | None = None
+) -> np.ndarray:
     """``(count, n)`` random permutations of the test clips' z_I rows; with ``groups`` (the
     clips' subjects), whole subjects are exchanged among subjects with as many clips (and
     shuffled inside), which keeps the null exact when both features cluster by subject."""
@@ -270,12 +296,17 @@ def _standardised(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / sd if sd > 0 else np.zeros_like(values)
 
 
-def dependence_null(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarray,
-                    test_zi: np.ndarray, train_groups: np.ndarray | None = None,
-                    groups: np.ndarray | None = None, seed: int = 0,
-                    count: int = DEPENDENCE["permutations"],
-                    zi_dims: Sequence[int | None] = DEPENDENCE["zi_dims"]
-                    ) -> tuple[float, np.ndarray]:
+def dependence_null(
+    train_z: np.ndarray,
+    train_zi: np.ndarray,
+    test_z: np.ndarray,
+    test_zi: np.ndarray,
+    train_groups: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+    count: int = DEPENDENCE["permutations"],
+    zi_dims: Sequence[int | None] = DEPENDENCE["zi_dims"],
+) -> tuple[float, np.ndarray]:
     """The held-out dependence statistic of z_E on z_I of one split and its permutation null:
     ``count`` values with the test clips' z_I rows permuted (`permutations`, with ``groups`` the
     test clips' subjects). One ridge per entry of ``zi_dims`` (`ridge_cross`: None, all of z_I;
@@ -286,8 +317,9 @@ def dependence_null(train_z: np.ndarray, train_zi: np.ndarray, test_z: np.ndarra
     zs = []
     for dims in zi_dims:
         m = ridge_cross(train_z, train_zi, test_z, test_zi, train_groups, dims)
-        zs.append(_standardised(np.concatenate([[np.trace(m)],
-                                                m[np.arange(len(m)), perms].sum(1)])))
+        zs.append(
+            _standardised(np.concatenate([[np.trace(m)], m[np.arange(len(m)), perms].sum(1)]))
+        )
     best = np.max(zs, axis=0)
     return float(best[0]), best[1:]
 
@@ -301,15 +333,25 @@ def pooled_dependence(per_split: Sequence[tuple[float, np.ndarray]], test: str) 
     for stat, null in per_split:
         z = _standardised(np.concatenate([[stat], null]))
         zs.append(z)
-        rows.append({"statistic": stat, "z": float(z[0]),
-                     "p": float((null >= stat).sum() + 1) / (len(null) + 1)})
+        rows.append(
+            {
+                "statistic": stat,
+                "z": float(z[0]),
+                "p": float((null >= stat).sum() + 1) / (len(null) + 1),
+            }
+        )
     total = np.sum(zs, axis=0)
-    return {"test": test, "statistic": float(total[0]),
-            "p": float((total[1:] >= total[0]).sum() + 1) / len(total), "per_split": rows}
+    return {
+        "test": test,
+        "statistic": float(total[0]),
+        "p": float((total[1:] >= total[0]).sum() + 1) / len(total),
+        "per_split": rows,
+    }
 
 
-def label_residual(train_z: np.ndarray, train_label: np.ndarray, test_z: np.ndarray,
-                   test_label: np.ndarray) -> np.ndarray:
+def label_residual(
+    train_z: np.ndarray, train_label: np.ndarray, test_z: np.ndarray, test_label: np.ndarray
+) -> np.ndarray:
     """The test clips' z_E minus the mean z_E of the training clips of the same label (labels
     without training clips: the mean of all training clips)."""
     means = np.tile(train_z.mean(0), (int(max(train_label.max(), test_label.max())) + 1, 1))
@@ -331,9 +373,21 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
     classes = results[0]["classes"]
     n = len(classes)
     confusion = np.zeros((n, n), int)
-    per: dict[str, list[float]] = {k: [] for k in (
-        "war", "uar", "mi", "mi_shuffled", "probe_train", "probe_train_chance", "probe_test",
-        "probe_test_chance", "probe_test_majority", "probe_resid")}
+    per: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "war",
+            "uar",
+            "mi",
+            "mi_shuffled",
+            "probe_train",
+            "probe_train_chance",
+            "probe_test",
+            "probe_test_chance",
+            "probe_test_majority",
+            "probe_resid",
+        )
+    }
     dependence, dependence_splits = [], []
     for d, _ in splits:
         f = np.load(d / "features.npz")
@@ -345,8 +399,11 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
             m, m0 = heldout_mi_pair(f)
             per["mi"].append(m)
             per["mi_shuffled"].append(m0)
-            dependence.append(dependence_null(f["train_z"], f["train_zi"], f["test_z"],
-                                              f["test_zi"], f["train_subject"]))
+            dependence.append(
+                dependence_null(
+                    f["train_z"], f["train_zi"], f["test_z"], f["test_zi"], f["train_subject"]
+                )
+            )
             dependence_splits.append(d.name)
         acc, chance, _ = identity_probe(f["train_z"], f["train_subject"])
         per["probe_train"].append(acc)
@@ -355,18 +412,28 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
         per["probe_test"].append(acc)
         per["probe_test_chance"].append(chance)
         per["probe_test_majority"].append(majority)
-        per["probe_resid"].append(identity_probe(label_residual(
-            f["train_z"], f["train_label"], f["test_z"], f["test_label"]), f["test_subject"])[0])
+        per["probe_resid"].append(
+            identity_probe(
+                label_residual(f["train_z"], f["train_label"], f["test_z"], f["test_label"]),
+                f["test_subject"],
+            )[0]
+        )
     recall = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    out = {"variant": variant_dir.name, "row": paper_row(variant_dir.name),
-           "splits": [d.name for d, _ in splits], "folds": [r["fold"] for r in results],
-           "accuracy_per_split": per["war"], "uar_per_split": per["uar"],
-           "per_class_recall": dict(zip(classes, recall.tolist(), strict=True)),
-           "confusion": confusion.tolist(), "classes": classes,
-           "pooled_accuracy": float(confusion.diagonal().sum() / confusion.sum()),
-           "identity": results[0].get("identity"),
-           "num_test_per_split": [r.get("num_test") for r in results],
-           "num_train_per_split": [r.get("num_train") for r in results]}
+    out = {
+        "variant": variant_dir.name,
+        "row": paper_row(variant_dir.name),
+        "splits": [d.name for d, _ in splits],
+        "folds": [r["fold"] for r in results],
+        "accuracy_per_split": per["war"],
+        "uar_per_split": per["uar"],
+        "per_class_recall": dict(zip(classes, recall.tolist(), strict=True)),
+        "confusion": confusion.tolist(),
+        "classes": classes,
+        "pooled_accuracy": float(confusion.diagonal().sum() / confusion.sum()),
+        "identity": results[0].get("identity"),
+        "num_test_per_split": [r.get("num_test") for r in results],
+        "num_train_per_split": [r.get("num_train") for r in results],
+    }
     if dependence:
         out["dependence"] = pooled_dependence(dependence, "ridge")
         for row, name in zip(out["dependence"]["per_split"], dependence_splits, strict=True):
@@ -381,13 +448,13 @@ def evaluate_variant(variant_dir: Path, splits: list[tuple[Path, dict]]) -> dict
         last = [r["history"][-1].get(key) if r.get("history") else None for r in results]
         values = [math.nan if v is None else float(v) for v in last]
         out[f"{key}_per_split"] = values
-        out[f"{key}_mean"] = (float(np.nanmean(values)) if np.isfinite(values).any()
-                              else math.nan)
+        out[f"{key}_mean"] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
     return out
 
 
-def t_interval(diff: np.ndarray, ratio: float | None = None
-               ) -> tuple[float, float, list[float], float]:
+def t_interval(
+    diff: np.ndarray, ratio: float | None = None
+) -> tuple[float, float, list[float], float]:
     """Mean, sd, t 95 % CI of the mean and the one-sample t-test p (= the paired t-test's).
     With ``ratio`` = n_test / n_train, the Nadeau–Bengio corrected resampled t-test instead: the
     variance of the mean sd² / J becomes sd² · (1/J + n_test/n_train), for resampled splits whose
@@ -405,9 +472,17 @@ def t_interval(diff: np.ndarray, ratio: float | None = None
 def split_size_ratio(a: dict, splits: Sequence[str]) -> float | None:
     """Mean test clips / mean training clips of ``splits`` (result.json's num_test, num_train),
     None where a split does not say."""
-    sizes = dict(zip(a["splits"], zip(a.get("num_test_per_split") or [None] * len(a["splits"]),
-                                      a.get("num_train_per_split") or [None] * len(a["splits"]),
-                                      strict=True), strict=True))
+    sizes = dict(
+        zip(
+            a["splits"],
+            zip(
+                a.get("num_test_per_split") or [None] * len(a["splits"]),
+                a.get("num_train_per_split") or [None] * len(a["splits"]),
+                strict=True,
+            ),
+            strict=True,
+        )
+    )
     known = [sizes[s] for s in splits]
     if any(t is None or not n for t, n in known):
         return None
@@ -429,14 +504,23 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
     unknown)."""
     va = dict(zip(a["splits"], a[key], strict=True))
     vb = dict(zip(b["splits"], b[key], strict=True))
-    common = sorted(s for s in va.keys() & vb.keys()
-                    if math.isfinite(va[s]) and math.isfinite(vb[s]))
+    common = sorted(
+        s for s in va.keys() & vb.keys() if math.isfinite(va[s]) and math.isfinite(vb[s])
+    )
     if len(common) < 2:
         return None
     diff = np.array([va[s] - vb[s] for s in common])
     mean, sd, ci95, p = t_interval(diff)
-    out = {"a": a["variant"], "b": b["variant"], "metric": key, "n": len(common),
-           "mean": mean, "sd": sd, "ci95": ci95, "p": p}
+    out = {
+        "a": a["variant"],
+        "b": b["variant"],
+        "metric": key,
+        "n": len(common),
+        "mean": mean,
+        "sd": sd,
+        "ci95": ci95,
+        "p": p,
+    }
     ratio = split_size_ratio(a, common)
     if ratio is not None:
         _, _, out["ci95_corrected"], out["p_corrected"] = t_interval(diff, ratio)
@@ -449,8 +533,7 @@ def paired(a: dict, b: dict, key: str = "accuracy_per_split") -> dict | None:
         fold_diff = np.array([np.mean(v) for v in by_fold.values()])
         _, _, out["fold_ci95"], out["fold_p"] = t_interval(fold_diff)
         if ratio is not None:
-            _, _, out["fold_ci95_corrected"], out["fold_p_corrected"] = t_interval(fold_diff,
-                                                                                   ratio)
+            _, _, out["fold_ci95_corrected"], out["fold_p_corrected"] = t_interval(fold_diff, ratio)
         out["folds"] = len(by_fold)
     return out
 
@@ -459,9 +542,12 @@ def _decisive(c: dict) -> tuple[str, str]:
     """The key of the CI the verdict uses (see `paired`) and its name."""
     key = "fold_ci95" if "folds" in c else "ci95"
     corrected = f"{key}_corrected" in c
-    return (f"{key}_corrected" if corrected else key,
-            ("Nadeau–Bengio corrected " if corrected else "") + "95 % CI"
-            + (f" over {c['folds']} folds, seeds averaged," if "folds" in c else ""))
+    return (
+        f"{key}_corrected" if corrected else key,
+        ("Nadeau–Bengio corrected " if corrected else "")
+        + "95 % CI"
+        + (f" over {c['folds']} folds, seeds averaged," if "folds" in c else ""),
+    )
 
 
 def verdict(c: dict) -> str:
@@ -476,14 +562,17 @@ def verdict(c: dict) -> str:
     return f"no difference shown between {c['a']} and {c['b']} ({diff}, the {ci} contains 0)"
 
 
-PAIRED_HEAD = ("| metric | splits | mean (points) | sd | 95 % CI (paired t; Nadeau–Bengio "
-               "corrected) | p (plain / corrected) | over the folds, seeds averaged: folds, "
-               "95 % CI (corrected), p (plain / corrected) |")
+PAIRED_HEAD = (
+    "| metric | splits | mean (points) | sd | 95 % CI (paired t; Nadeau–Bengio "
+    "corrected) | p (plain / corrected) | over the folds, seeds averaged: folds, "
+    "95 % CI (corrected), p (plain / corrected) |"
+)
 
 
 def paired_cells(c: dict) -> str:
     """The cells of PAIRED_HEAD for one paired difference (a corrected value where the sizes
     of the splits are known, "–" for a corrected p that is not)."""
+
     def ci(key: str) -> str:
         lo, hi = c.get(f"{key}_corrected", c[key])
         return f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
@@ -493,8 +582,10 @@ def paired_cells(c: dict) -> str:
         return f"{c[key]:.3f} / " + ("–" if corrected is None else f"{corrected:.3f}")
 
     fold = f"{c['folds']}, {ci('fold_ci95')}, {ps('fold_p')}" if "folds" in c else "–"
-    return (f"| {c['metric'].removesuffix('_per_split')} | {c['n']} | {100 * c['mean']:+.2f} | "
-            f"{100 * c['sd']:.2f} | {ci('ci95')} | {ps('p')} | {fold} |")
+    return (
+        f"| {c['metric'].removesuffix('_per_split')} | {c['n']} | {100 * c['mean']:+.2f} | "
+        f"{100 * c['sd']:.2f} | {ci('ci95')} | {ps('p')} | {fold} |"
+    )
 
 
 def comparisons(variants: list[dict]) -> list[dict]:
@@ -508,8 +599,12 @@ def comparisons(variants: list[dict]) -> list[dict]:
         base = by_name.get("mic-mi" + (f"+resnet{backbone}" if sep else ""))
         if base is None or base is v:
             continue
-        for key in ("accuracy_per_split", "uar_per_split", "probe_test_per_split",
-                    "probe_resid_per_split"):
+        for key in (
+            "accuracy_per_split",
+            "uar_per_split",
+            "probe_test_per_split",
+            "probe_resid_per_split",
+        ):
             c = paired(v, base, key) if key in v and key in base else None
             if c is not None:
                 out.append(c)
@@ -520,11 +615,19 @@ def probe_over_majority(v: dict) -> dict | None:
     """Precondition (a) of MIC's claim as a test: the identity probe on unseen test clips
     against the majority baseline of the same splits, paired (splits without a probe left out)."""
     key = "probe_test_per_split"
-    probe = {"variant": f"{v['variant']} probe", "splits": v["splits"], "folds": v["folds"],
-             key: v[key], "num_test_per_split": v.get("num_test_per_split"),
-             "num_train_per_split": v.get("num_train_per_split")}
-    return paired(probe, {**probe, "variant": "majority baseline",
-                          key: v["probe_test_majority_per_split"]}, key)
+    probe = {
+        "variant": f"{v['variant']} probe",
+        "splits": v["splits"],
+        "folds": v["folds"],
+        key: v[key],
+        "num_test_per_split": v.get("num_test_per_split"),
+        "num_train_per_split": v.get("num_train_per_split"),
+    }
+    return paired(
+        probe,
+        {**probe, "variant": "majority baseline", key: v["probe_test_majority_per_split"]},
+        key,
+    )
 
 
 def against(run: Path, variants: list[dict], other: Path) -> list[dict]:
@@ -555,8 +658,15 @@ def plot_confusion(res: dict, path: Path) -> None:
     for i in ticks:
         for j in ticks:
             if c[i, j]:
-                ax.text(j, i, int(c[i, j]), ha="center", va="center",
-                        color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    int(c[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if norm[i, j] > 0.5 else "black",
+                    fontsize=8,
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{res['variant']}: {res['pooled_accuracy']:.1%} (all splits pooled)")
@@ -566,16 +676,33 @@ def plot_confusion(res: dict, path: Path) -> None:
 
 
 @torch.no_grad()
-def measure_speed(root: Path, config: dict, representation: str, backbone: str, clips: int,
-                  device: torch.device) -> dict:
+def measure_speed(
+    root: Path, config: dict, representation: str, backbone: str, clips: int, device: torch.device
+) -> dict:
     """Clips/s and frames/s of reading `clips` clips (the reader in test mode: the sampled
     residuals or frames only) and running the expression branch on them, one at a time."""
-    ds = ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
-                     representation=representation, accumulate=config.get("accumulate", False),
-                     apex=False)
-    model = MIC(config["num_classes"], config["num_segments"], backbone, config["hidden"],
-                decoder=False, size=config["size"], backbone_weights=RANDOM,
-                data_bn=representation != "rgb").to(device).eval()
+    ds = ClipDataset(
+        root,
+        num_segments=config["num_segments"],
+        size=config["size"],
+        representation=representation,
+        accumulate=config.get("accumulate", False),
+        apex=False,
+    )
+    model = (
+        MIC(
+            config["num_classes"],
+            config["num_segments"],
+            backbone,
+            config["hidden"],
+            decoder=False,
+            size=config["size"],
+            backbone_weights=RANDOM,
+            data_bn=representation != "rgb",
+        )
+        .to(device)
+        .eval()
+    )
     n = min(clips, len(ds))
     model(ds[0]["input"][None].to(device))  # warm-up
     t0 = time.perf_counter()
@@ -585,8 +712,13 @@ def measure_speed(root: Path, config: dict, representation: str, backbone: str, 
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     frames = sum(int(r["num_frames"]) for r in ds.rows[:n])
-    return {"path": f"{representation} + {backbone}+LSTM", "representation": representation,
-            "backbone": backbone, "clips_per_s": n / dt, "frames_per_s": frames / dt}
+    return {
+        "path": f"{representation} + {backbone}+LSTM",
+        "representation": representation,
+        "backbone": backbone,
+        "clips_per_s": n / dt,
+        "frames_per_s": frames / dt,
+    }
 
 
 def speed_config(run: Path, v: dict) -> dict:
@@ -599,10 +731,18 @@ def speed_config(run: Path, v: dict) -> dict:
             why.append(f"{split}: no ckpt.pt")
             continue
         try:
-            return json.loads(torch.load(path, map_location="cpu", weights_only=True,
-                                         mmap=True)["config"])
-        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError,
-                TypeError) as exc:
+            return json.loads(
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"]
+            )
+        except (
+            OSError,
+            RuntimeError,
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as exc:
             why.append(f"{split}: unreadable ckpt.pt ({str(exc).splitlines()[0][:80]})")
     raise ValueError(f"{v['variant']}: no readable checkpoint ({'; '.join(why)})")
 
@@ -614,9 +754,14 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
     config = next(iter(configs.values()))
     root = Path(config["root"])
     if not (root / "index.csv").is_file():
-        raise ValueError(f"the data of the checkpoints, {root}/index.csv, is not found"
-                         + (" (a relative root: run evaluate.py from the folder train.py ran in)"
-                            if not root.is_absolute() else ""))
+        raise ValueError(
+            f"the data of the checkpoints, {root}/index.csv, is not found"
+            + (
+                " (a relative root: run evaluate.py from the folder train.py ran in)"
+                if not root.is_absolute()
+                else ""
+            )
+        )
     backbones = sorted({c["backbone"] for c in configs.values()})
     paths = [("residual", b) for b in backbones] + [("rgb", b) for b in backbones]
     if "resnet50" not in backbones:
@@ -627,8 +772,9 @@ def speed_table(run: Path, variants: list[dict], clips: int, device: torch.devic
         r["speedup_vs_rgb_resnet50"] = r["clips_per_s"] / base["clips_per_s"]
     for v in variants:
         c = configs[v["variant"]]
-        v["speed"] = next(r for r in rows if r["representation"] == c["input"]
-                          and r["backbone"] == c["backbone"])
+        v["speed"] = next(
+            r for r in rows if r["representation"] == c["input"] and r["backbone"] == c["backbone"]
+        )
     return rows
 
 
@@ -645,19 +791,32 @@ def pct(mean: float, sd: float | None = None) -> str:
     return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
 
 
-def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed: list[dict],
-                   skipped: dict[str, dict[str, str]], across: Sequence[dict] = (),
-                   probes: Sequence[dict] = (), speed_note: str = "") -> str:
-    lines = [f"# Results of `{run}`", "",
-             "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
-             "nats | identity probe on z_E, training clips (chance) | on unseen test clips "
-             "(chance / majority) | the same, label-residualised | dependence z_E ~ z_I: "
-             "pooled z, p | MI term, last epoch: raw / active / grad ratio | clips/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def write_markdown(
+    run: Path,
+    variants: list[dict],
+    compared: list[dict],
+    speed: list[dict],
+    skipped: dict[str, dict[str, str]],
+    across: Sequence[dict] = (),
+    probes: Sequence[dict] = (),
+    speed_note: str = "",
+) -> str:
+    lines = [
+        f"# Results of `{run}`",
+        "",
+        "| variant | paper row | WAR % | UAR % | splits | held-out MI (shuffled control), "
+        "nats | identity probe on z_E, training clips (chance) | on unseen test clips "
+        "(chance / majority) | the same, label-residualised | dependence z_E ~ z_I: "
+        "pooled z, p | MI term, last epoch: raw / active / grad ratio | clips/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for v in variants:
         sp = f"{v['speed']['clips_per_s']:.1f}" if "speed" in v else "–"
-        mi_text = ("–" if not math.isfinite(v["mi_mean"]) else
-                   f"{v['mi_mean']:.3f} ± {v['mi_sd']:.3f} ({v['mi_shuffled_mean']:.3f})")
+        mi_text = (
+            "–"
+            if not math.isfinite(v["mi_mean"])
+            else f"{v['mi_mean']:.3f} ± {v['mi_sd']:.3f} ({v['mi_shuffled_mean']:.3f})"
+        )
         lines.append(
             f"| {v['variant']} | {v['row']} | {pct(v['war_mean'], v['war_sd'])} | "
             f"{pct(v['uar_mean'], v['uar_sd'])} | {len(v['splits'])} | {mi_text} | "
@@ -667,50 +826,79 @@ def write_markdown(run: Path, variants: list[dict], compared: list[dict], speed:
             f"({pct(v['probe_test_chance_mean'])} / "
             f"{pct(v['probe_test_majority_mean'])}) | "
             f"{pct(v['probe_resid_mean'], v['probe_resid_sd'])} | {dependence_cell(v)} | "
-            + " / ".join("–" if not math.isfinite(v[f"{k}_mean"]) else f"{v[f'{k}_mean']:.3g}"
-                         for k in DIAGNOSTICS) + f" | {sp} |")
-    lines += ["", "± is the sd over splits (folds × seeds). Held-out MI: a fresh MINE trained on "
-              "the training clips' (z_E, z_I) and evaluated on the test clips' (first "
-              f"{MI_KW['dims']} principal components of each); the control pairs the test clips' "
-              "z_E with shuffled z_I, whose true MI is 0. Label-residualised probe: the same "
-              "probe on z_E minus the training clips' mean z_E of the clip's label. "
-              "Dependence: a ridge regression z_E → z_I fit on the training clips and scored "
-              "on the test clips (Σ_i prediction_i · z_I,i; to all of z_I and to its first "
-              "principal components, the larger standardised one counting), against "
-              f"{DEPENDENCE['permutations']} permutations of the test clips' z_I; each split's "
-              "statistic standardised by its permutations, summed over the splits (pooled z), "
-              "and p from the sums of independent permutations. MI term: train.py's mean raw "
-              "estimate, share of steps with a gradient on z_E, median ‖α∇MI‖ / ‖∇L_CE‖ at the "
-              "last epoch, mean over splits (– : not recorded)."]
+            + " / ".join(
+                "–" if not math.isfinite(v[f"{k}_mean"]) else f"{v[f'{k}_mean']:.3g}"
+                for k in DIAGNOSTICS
+            )
+            + f" | {sp} |"
+        )
+    lines += [
+        "",
+        "± is the sd over splits (folds × seeds). Held-out MI: a fresh MINE trained on "
+        "the training clips' (z_E, z_I) and evaluated on the test clips' (first "
+        f"{MI_KW['dims']} principal components of each); the control pairs the test clips' "
+        "z_E with shuffled z_I, whose true MI is 0. Label-residualised probe: the same "
+        "probe on z_E minus the training clips' mean z_E of the clip's label. "
+        "Dependence: a ridge regression z_E → z_I fit on the training clips and scored "
+        "on the test clips (Σ_i prediction_i · z_I,i; to all of z_I and to its first "
+        "principal components, the larger standardised one counting), against "
+        f"{DEPENDENCE['permutations']} permutations of the test clips' z_I; each split's "
+        "statistic standardised by its permutations, summed over the splits (pooled z), "
+        "and p from the sums of independent permutations. MI term: train.py's mean raw "
+        "estimate, share of steps with a gradient on z_E, median ‖α∇MI‖ / ‖∇L_CE‖ at the "
+        "last epoch, mean over splits (– : not recorded).",
+    ]
     for title, rows in (
-            ("Paired differences over the splits both variants finished:", compared),
-            ("Paired differences over the splits both runs finished:", across),
-            ("The identity probe on unseen test clips against the majority baseline, paired over "
-             "the splits (MIC's precondition: z_E identifies people it never saw):", probes)):
+        ("Paired differences over the splits both variants finished:", compared),
+        ("Paired differences over the splits both runs finished:", across),
+        (
+            "The identity probe on unseen test clips against the majority baseline, paired over "
+            "the splits (MIC's precondition: z_E identifies people it never saw):",
+            probes,
+        ),
+    ):
         if not rows:
             continue
         lines += ["", title, "", "| a − b " + PAIRED_HEAD, "|---" * 8 + "|"]
         lines += [f"| {c['a']} − {c['b']} " + paired_cells(c) for c in rows]
-        lines += [""] + [f"Verdict ({c['metric'].removesuffix('_per_split')}): {verdict(c)}."
-                         for c in rows]
+        lines += [""] + [
+            f"Verdict ({c['metric'].removesuffix('_per_split')}): {verdict(c)}." for c in rows
+        ]
     ids = {json.dumps(v["identity"], sort_keys=True) for v in variants if v.get("identity")}
     for text in sorted(ids):
         i = json.loads(text)
-        lines += ["", f"Identity network f_I: {i.get('network')}, weights {i.get('weights')} "
-                  f"(sha256 {i.get('sha256')})."]
-    lines += ["", "Per-class recall (%, all splits pooled):", "",
-              "| variant | " + " | ".join(variants[0]["classes"]) + " |",
-              "|---|" + "---|" * len(variants[0]["classes"])]
+        lines += [
+            "",
+            f"Identity network f_I: {i.get('network')}, weights {i.get('weights')} "
+            f"(sha256 {i.get('sha256')}).",
+        ]
+    lines += [
+        "",
+        "Per-class recall (%, all splits pooled):",
+        "",
+        "| variant | " + " | ".join(variants[0]["classes"]) + " |",
+        "|---|" + "---|" * len(variants[0]["classes"]),
+    ]
     for v in variants:
-        lines.append(f"| {v['variant']} | " + " | ".join(
-            f"{100 * r:.0f}" for r in v["per_class_recall"].values()) + " |")
+        lines.append(
+            f"| {v['variant']} | "
+            + " | ".join(f"{100 * r:.0f}" for r in v["per_class_recall"].values())
+            + " |"
+        )
     if speed:
-        lines += ["", "Test-time speed, measured in this run on this machine (reader + "
-                  "expression branch, one clip at a time):", "",
-                  "| path | clips/s | frames/s | × RGB ResNet50+LSTM |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Test-time speed, measured in this run on this machine (reader + "
+            "expression branch, one clip at a time):",
+            "",
+            "| path | clips/s | frames/s | × RGB ResNet50+LSTM |",
+            "|---|---|---|---|",
+        ]
         for r in speed:
-            lines.append(f"| {r['path']} | {r['clips_per_s']:.2f} | {r['frames_per_s']:.1f} | "
-                         f"{r['speedup_vs_rgb_resnet50']:.2f} |")
+            lines.append(
+                f"| {r['path']} | {r['clips_per_s']:.2f} | {r['frames_per_s']:.1f} | "
+                f"{r['speedup_vs_rgb_resnet50']:.2f} |"
+            )
     if speed_note:
         lines += ["", f"Test-time speed: {speed_note}."]
     if any(skipped.values()):
@@ -726,8 +914,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
     p.add_argument("--speed-clips", type=int, default=8, help="clips timed per path")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--against", type=Path, metavar="OTHER",
-                   help="an evaluated run: each variant paired with its namesake there")
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="OTHER",
+        help="an evaluated run: each variant paired with its namesake there",
+    )
     args = p.parse_args(argv)
     if not args.run.is_dir():
         raise SystemExit(f"evaluate.py: {args.run} is not a folder")
@@ -757,21 +949,36 @@ def main(argv: list[str] | None = None) -> None:
     def save(speed: list[dict], note: str) -> str:
         """results.json and results.md as they stand (the tables first, then with the speed)."""
         md = write_markdown(args.run, variants, compared, speed, skipped, across, probes, note)
-        write_or_exit(args.run / "results.json", lambda path: path.write_text(json.dumps(
-            {"variants": variants, "comparisons": compared, "against": across,
-             "probe_over_majority": probes, "speed": speed, "speed_skipped": note,
-             "left_out": skipped}, indent=1)))
+        write_or_exit(
+            args.run / "results.json",
+            lambda path: path.write_text(
+                json.dumps(
+                    {
+                        "variants": variants,
+                        "comparisons": compared,
+                        "against": across,
+                        "probe_over_majority": probes,
+                        "speed": speed,
+                        "speed_skipped": note,
+                        "left_out": skipped,
+                    },
+                    indent=1,
+                )
+            ),
+        )
         write_or_exit(args.run / "results.md", lambda path: path.write_text(md))
         return md
 
     for v in variants:
-        write_or_exit(args.run / v["variant"] / "confusion.png", lambda path, v=v:
-                      plot_confusion(v, path))
+        write_or_exit(
+            args.run / v["variant"] / "confusion.png", lambda path, v=v: plot_confusion(v, path)
+        )
     md = save([], "")
     if not args.no_speed:
         try:
-            md = save(speed_table(args.run, variants, args.speed_clips,
-                                  torch.device(args.device)), "")
+            md = save(
+                speed_table(args.run, variants, args.speed_clips, torch.device(args.device)), ""
+            )
         except (ValueError, OSError, RuntimeError, KeyError) as exc:
             print(f"evaluate.py: speed step skipped: {exc}")
             md = save([], f"skipped: {exc}")

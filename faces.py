@@ -77,8 +77,9 @@ class MaxPool(nn.Module):
     for inference, with the very same output (a max is exact), 3-4 times faster on CPU: torch's
     kernel is slow on the many small maps of MTCNN and of ResNet6's stem."""
 
-    def __init__(self, kernel_size: int, stride: int, padding: int = 0,
-                 ceil_mode: bool = False) -> None:
+    def __init__(
+        self, kernel_size: int, stride: int, padding: int = 0, ceil_mode: bool = False
+    ) -> None:
         super().__init__()
         self.k, self.s, self.p, self.ceil = kernel_size, stride, padding, ceil_mode
 
@@ -92,12 +93,20 @@ def fast_max_pools(module: nn.Module) -> nn.Module:
     outputs, faster; for inference (the gradient of ties differs). Returns `module`."""
     for parent in list(module.modules()):
         for name, layer in list(parent.named_children()):
-            if isinstance(layer, nn.MaxPool2d) and not layer.return_indices and all(
-                    isinstance(v, int) for v in (layer.kernel_size, layer.stride,
-                                                 layer.padding, layer.dilation)) and \
-                    layer.dilation == 1:
-                setattr(parent, name, MaxPool(layer.kernel_size, layer.stride, layer.padding,
-                                              layer.ceil_mode))
+            if (
+                isinstance(layer, nn.MaxPool2d)
+                and not layer.return_indices
+                and all(
+                    isinstance(v, int)
+                    for v in (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+                )
+                and layer.dilation == 1
+            ):
+                setattr(
+                    parent,
+                    name,
+                    MaxPool(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode),
+                )
     return module
 
 
@@ -154,10 +163,10 @@ class VideoWriter:
     frame into one slice per thread) with PyAV, one at a time: a path or a binary file (then
     ``format``, e.g. "avi"); the stream is set up on the first frame."""
 
-    def __init__(self, path: Path | BinaryIO, rate: float, q: int = 2,
-                 format: str | None = None) -> None:
-        self.out = av.open(path if isinstance(path, io.IOBase) else str(path), "w",
-                           format=format)
+    def __init__(
+        self, path: Path | BinaryIO, rate: float, q: int = 2, format: str | None = None
+    ) -> None:
+        self.out = av.open(path if isinstance(path, io.IOBase) else str(path), "w", format=format)
         self.rate, self.q = round(rate) or 25, q
         self.stream: Any = None
         self.count = 0
@@ -181,8 +190,13 @@ class VideoWriter:
         self.out.close()
 
 
-def write_video(path: Path | BinaryIO, frames: Iterable[np.ndarray], rate: float, q: int = 2,
-                format: str | None = None) -> None:
+def write_video(
+    path: Path | BinaryIO,
+    frames: Iterable[np.ndarray],
+    rate: float,
+    q: int = 2,
+    format: str | None = None,
+) -> None:
     """Write RGB frames as MPEG-4 Part 2 (fixed quantiser ``q``) with PyAV (`VideoWriter`)."""
     if isinstance(path, Path):
         path.parent.mkdir(parents=True, exist_ok=True)

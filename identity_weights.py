@@ -293,8 +293,9 @@ def convert_graph(graph: Path) -> dict[str, Tensor]:
         out[key] = value.to(own[key].dtype)
 
     root = "InceptionResnetV1/"
-    convs = {n.name.removeprefix(root).removesuffix("/Conv2D"): n
-             for n in gd.node if n.op == "Conv2D"}
+    convs = {
+        n.name.removeprefix(root).removesuffix("/Conv2D"): n for n in gd.node if n.op == "Conv2D"
+    }
     for scope, module in _conv_modules(list(convs), model).items():
         conv = model.get_submodule(module)
         _check_conv_attrs(convs[scope], getattr(conv, "conv", conv))
@@ -314,8 +315,10 @@ def convert_graph(graph: Path) -> dict[str, Tensor]:
         if name.endswith("/mul/x"):
             block = model.get_submodule(_split_block(name.removeprefix(root))[0])
             if not np.isclose(take(name), block.scale, rtol=1e-6):
-                raise ValueError(f"{graph}: {name} = {_tensor(consts[name])}, the module's "
-                                 f"scale is {block.scale}")
+                raise ValueError(
+                    f"{graph}: {name} = {_tensor(consts[name])}, the module's "
+                    f"scale is {block.scale}"
+                )
     put("last_linear.weight", take(f"{root}Bottleneck/weights").T)
     bn_scope = f"{root}Bottleneck/BatchNorm/"
     eps = nodes[bn_scope + "cond/FusedBatchNorm_1"].attr["epsilon"].f
@@ -341,8 +344,11 @@ def _check_conv_attrs(node: object, conv: nn.Conv2d) -> None:
     padding = node.attr["padding"].s.decode()
     k = conv.kernel_size
     want = tuple((s - 1) // 2 for s in k) if padding == "SAME" else (0, 0)
-    if strides != list(conv.stride) or (padding == "SAME" and strides != [1, 1]) \
-            or tuple(conv.padding) != want:
+    if (
+        strides != list(conv.stride)
+        or (padding == "SAME" and strides != [1, 1])
+        or tuple(conv.padding) != want
+    ):
         raise ValueError(f"{node.name}: strides {strides} padding {padding} do not match {conv}")
 
 
@@ -374,16 +380,22 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("weights", nargs="*", default=["casia-webface-pip"],
-                   help=f"names ({', '.join(NAMED)}) or paths (default: casia-webface-pip)")
+    p.add_argument(
+        "weights",
+        nargs="*",
+        default=["casia-webface-pip"],
+        help=f"names ({', '.join(NAMED)}) or paths (default: casia-webface-pip)",
+    )
     for weights in p.parse_args(argv).weights:
         t0 = time.perf_counter()
         try:
             r = resolve(weights)
         except FileNotFoundError as e:
             raise SystemExit(f"identity_weights.py: {e}") from None
-        print(f"{weights}: {r.file} ({r.file.stat().st_size / 2**20:.1f} MiB, sha256 "
-              f"{r.sha256}) in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"{weights}: {r.file} ({r.file.stat().st_size / 2**20:.1f} MiB, sha256 "
+            f"{r.sha256}) in {time.perf_counter() - t0:.1f} s"
+        )
 
 
 if __name__ == "__main__":

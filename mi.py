@@ -232,8 +232,14 @@ class NWJ(_CriticEstimator):
     Unbiased in the batch but of high variance at large MI.
     """
 
-    def __init__(self, d_e: int, d_i: int, hidden: int = 1024, marginal: str = "all_pairs",
-                 critic: str = "mlp"):
+    def __init__(
+        self,
+        d_e: int,
+        d_i: int,
+        hidden: int = 1024,
+        marginal: str = "all_pairs",
+        critic: str = "mlp",
+    ):
         super().__init__(d_e, d_i, hidden, marginal, critic)
 
     def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
@@ -287,8 +293,9 @@ class CLUB(nn.Module):
     is a quantity to minimise, not an MI value.
     """
 
-    def __init__(self, d_e: int, d_i: int, hidden: int = 1024, critic: str = "mlp",
-                 ridge: float = 0.1):
+    def __init__(
+        self, d_e: int, d_i: int, hidden: int = 1024, critic: str = "mlp", ridge: float = 0.1
+    ):
         super().__init__()
         self.ridge = ridge
         if critic == "mlp":
@@ -317,8 +324,11 @@ class CLUB(nn.Module):
         gram = x @ x.T if n < d else x.T @ x  # fewer clips than dimensions: the dual form
         lam = self.ridge * (gram.diagonal().sum() / d).clamp(min=1e-8)
         eye = torch.eye(len(gram), device=gram.device)
-        a = (x.T @ torch.linalg.solve(gram + lam * eye, y) if n < d
-             else torch.linalg.solve(gram + lam * eye, x.T @ y))
+        a = (
+            x.T @ torch.linalg.solve(gram + lam * eye, y)
+            if n < d
+            else torch.linalg.solve(gram + lam * eye, x.T @ y)
+        )
         eig = torch.linalg.eigvalsh(gram).clamp(min=0)
         df = float((eig / (eig + lam)).sum())
         self.mu.weight.copy_(a.T)
@@ -523,9 +533,17 @@ class ClipTable:
     true MI 0 by construction: the control that separates removing identity from injecting
     noise."""
 
-    def __init__(self, z_i: Tensor, subjects: Tensor, labels: Tensor, own: Tensor,
-                 conditional: bool = False, placebo: bool = False, dims: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        z_i: Tensor,
+        subjects: Tensor,
+        labels: Tensor,
+        own: Tensor,
+        conditional: bool = False,
+        placebo: bool = False,
+        dims: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         n = len(z_i)
         if not len(subjects) == len(labels) == len(own) == n:
             raise ValueError("z_i, subjects, labels and own need one entry per clip")
@@ -562,10 +580,16 @@ class ClipTable:
             ok &= self.labels[rows][:, None] == self.labels[cols][None, :]
         return ok
 
-    def train_critic(self, estimator: nn.Module, opt_t: torch.optim.Optimizer | None,
-                     steps: int, batch_size: int, generator: torch.Generator | None = None,
-                     sync: Callable[[nn.Module], None] | None = None,
-                     exclude: Tensor | None = None) -> int:
+    def train_critic(
+        self,
+        estimator: nn.Module,
+        opt_t: torch.optim.Optimizer | None,
+        steps: int,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        sync: Callable[[nn.Module], None] | None = None,
+        exclude: Tensor | None = None,
+    ) -> int:
         """Up to ``steps`` updates of T_θ, each on ``batch_size`` random stored pairs of its own
         clips other than ``exclude`` (the batch about to be scored); a closed-form q is fitted
         once on all of them. Returns how many updates were taken (0 on every rank while any rank
@@ -589,8 +613,9 @@ class ClipTable:
                 break  # no admissible marginal pair in this batch on some rank
             z_e, z_i = self.z_e[idx.to(self.z_i.device)], self.z_i[idx.to(self.z_i.device)]
             opt_t.zero_grad(set_to_none=True)
-            estimator.critic_loss(estimator.joint_scores(z_e, z_i),
-                                  estimator.pair_scores(z_e, z_i), mask).backward()
+            estimator.critic_loss(
+                estimator.joint_scores(z_e, z_i), estimator.pair_scores(z_e, z_i), mask
+            ).backward()
             if sync is not None:
                 sync(estimator)
             opt_t.step()
@@ -598,8 +623,14 @@ class ClipTable:
         self.trained |= done > 0
         return done
 
-    def penalty(self, estimator: nn.Module, ids: Tensor, z_e: Tensor, negatives: int,
-                generator: torch.Generator | None = None) -> Tensor | None:
+    def penalty(
+        self,
+        estimator: nn.Module,
+        ids: Tensor,
+        z_e: Tensor,
+        negatives: int,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | None:
         """The MI term of the batch's clips ``ids`` (their z_E with its gradient): T_θ's bound on
         their joint pairs against ``negatives`` random table clips as marginal partners, or None
         before T_θ has learned or when no partner is admissible."""
@@ -610,9 +641,11 @@ class ClipTable:
         if not mask.any():
             return None
         z_i = self.z_i[ids.to(self.z_i.device)]
-        return estimator.bound(estimator.joint_scores(z_e, z_i),
-                               estimator.pair_scores(z_e, self.z_i[cols.to(self.z_i.device)]),
-                               mask)
+        return estimator.bound(
+            estimator.joint_scores(z_e, z_i),
+            estimator.pair_scores(z_e, self.z_i[cols.to(self.z_i.device)]),
+            mask,
+        )
 
 
 def critic_clips(ids: Tensor, fraction: float) -> Tensor:
@@ -673,8 +706,9 @@ def heldout_mi(
     if xs[0].shape[1] != xs[2].shape[1] or xs[1].shape[1] != xs[3].shape[1]:
         raise ValueError("training and test pairs must have the same dimensions")
     if len(xs[0]) < 2 or len(xs[2]) < 2:
-        raise ValueError(f"need at least 2 training and 2 test pairs, got {len(xs[0])}, "
-                         f"{len(xs[2])}")
+        raise ValueError(
+            f"need at least 2 training and 2 test pairs, got {len(xs[0])}, {len(xs[2])}"
+        )
     x_tr, x_te = _standardise(xs[0], xs[2], dims)
     y_tr, y_te = _standardise(xs[1], xs[3], dims)
     g = torch.Generator().manual_seed(seed)
@@ -696,13 +730,16 @@ def heldout_mi(
     size = min(EVAL_BATCH, n)
     # Test pairs in a random order: in stored order (subject by subject) the rolled marginal
     # partner of a clip is mostly a clip of the same subject, a dependent pair.
-    batches = torch.randperm(n, generator=g)[:n // size * size].view(-1, size)
+    batches = torch.randperm(n, generator=g)[: n // size * size].view(-1, size)
     with torch.no_grad():
         return float(torch.stack([est(x_te[b], y_te[b]) for b in batches]).mean())
 
 
 def estimate_mi(
-    x: np.ndarray | Tensor, y: np.ndarray | Tensor, estimator: str = "mine", seed: int = 0,
+    x: np.ndarray | Tensor,
+    y: np.ndarray | Tensor,
+    estimator: str = "mine",
+    seed: int = 0,
     **options: Any,
 ) -> float:
     """MI (nats) between paired samples ``x (N, d_x)`` and ``y (N, d_y)``: ``heldout_mi`` trained
@@ -714,5 +751,4 @@ def estimate_mi(
         raise ValueError(f"need at least 10 samples, got {x.shape[0]}")
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     train, held_out = perm[n_eval:], perm[:n_eval]
-    return heldout_mi(x[train], y[train], x[held_out], y[held_out], estimator, seed=seed,
-                      **options)
+    return heldout_mi(x[train], y[train], x[held_out], y[held_out], estimator, seed=seed, **options)

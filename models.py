@@ -434,7 +434,10 @@ def build_identity(
             own = net.state_dict()
             loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
             log.warning(
-                "%s: loaded %d of %d tensors from %s (non-strict)", name, len(loaded), len(own),
+                "%s: loaded %d of %d tensors from %s (non-strict)",
+                name,
+                len(loaded),
+                len(own),
                 file,
             )
             state = {**own, **loaded}
@@ -558,8 +561,9 @@ class MIC(nn.Module):
         data_bn: bool = True,
     ) -> None:
         super().__init__()
-        self.residual = ExpressionBranch(backbone, num_segments, hidden, 3, backbone_weights,
-                                         data_bn)
+        self.residual = ExpressionBranch(
+            backbone, num_segments, hidden, 3, backbone_weights, data_bn
+        )
         self.mv = (
             ExpressionBranch(backbone, num_segments, hidden, 2, backbone_weights)
             if with_mv

@@ -85,14 +85,26 @@ from models import MIC, RANDOM
 from reader import ClipDataset, collate
 
 ROOT = Path(__file__).resolve().parent
-CONFIG_KEYS = ("num_classes", "class_names", "num_segments", "backbone", "hidden", "with_mv",
-               "d_i", "size", "input", "data_bn")
+CONFIG_KEYS = (
+    "num_classes",
+    "class_names",
+    "num_segments",
+    "backbone",
+    "hidden",
+    "with_mv",
+    "d_i",
+    "size",
+    "input",
+    "data_bn",
+)
 BATCH = 16  # windows per forward pass
 DETECT_FRAMES = 16  # frames MTCNN looks at (faces.face_box's default, as `datasets.py crop`)
 FF_QP2LAMBDA = 118  # libavcodec's lambda of quantiser 1
 T = TypeVar("T")
-SYNTHETIC_WARNING = ("this model was trained on the synthetic set only: it has seen no real "
-                     "face, so its predictions on real faces mean little")
+SYNTHETIC_WARNING = (
+    "this model was trained on the synthetic set only: it has seen no real "
+    "face, so its predictions on real faces mean little"
+)
 
 
 class PredictError(RuntimeError):
@@ -133,8 +145,11 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
             f"{path}: not a PyTorch checkpoint of tensors (torch.load(weights_only=True) "
             f"failed: {type(exc).__name__})"
         ) from exc
-    if not (isinstance(ckpt, dict) and {"model", "config"} <= ckpt.keys()
-            and isinstance(ckpt["model"], dict)):
+    if not (
+        isinstance(ckpt, dict)
+        and {"model", "config"} <= ckpt.keys()
+        and isinstance(ckpt["model"], dict)
+    ):
         keys = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
             f"{path}: not a train.py checkpoint (expected a state dict 'model' and a 'config', "
@@ -149,19 +164,36 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     missing = [k for k in CONFIG_KEYS if k not in config]
     if missing:
         raise CheckpointError(f"{path}: its config lacks {missing}; is it from train.py?")
-    if config["input"] not in ("residual", "rgb") or len(config["class_names"]) != config[
-            "num_classes"]:
-        raise CheckpointError(f"{path}: inconsistent config (input {config['input']!r}, "
-                              f"{len(config['class_names'])} class names, "
-                              f"num_classes {config['num_classes']})")
+    if (
+        config["input"] not in ("residual", "rgb")
+        or len(config["class_names"]) != config["num_classes"]
+    ):
+        raise CheckpointError(
+            f"{path}: inconsistent config (input {config['input']!r}, "
+            f"{len(config['class_names'])} class names, "
+            f"num_classes {config['num_classes']})"
+        )
     try:
-        model = MIC(config["num_classes"], config["num_segments"], config["backbone"],
-                    config["hidden"], with_mv=config["with_mv"], decoder=False,
-                    d_i=config["d_i"], size=config["size"], backbone_weights=RANDOM,
-                    data_bn=config["data_bn"])
+        model = MIC(
+            config["num_classes"],
+            config["num_segments"],
+            config["backbone"],
+            config["hidden"],
+            with_mv=config["with_mv"],
+            decoder=False,
+            d_i=config["d_i"],
+            size=config["size"],
+            backbone_weights=RANDOM,
+            data_bn=config["data_bn"],
+        )
         # The decoder and the adversary only serve training.
-        model.load_state_dict({k: v for k, v in ckpt["model"].items()
-                               if not k.startswith(("decoder.", "discriminator."))})
+        model.load_state_dict(
+            {
+                k: v
+                for k, v in ckpt["model"].items()
+                if not k.startswith(("decoder.", "discriminator."))
+            }
+        )
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: its weights do not match its config: {exc}") from exc
     model = model.to(device).eval()
@@ -251,9 +283,11 @@ def _check_records(path: Path) -> None:
         raise CheckpointError(f"{path}: a damaged checkpoint archive ({exc})") from exc
     size = path.stat().st_size
     if total > min(max(2 * size, 64 << 20), coviar.MAX_RESULT_BYTES):
-        raise CheckpointError(f"{path}: its records expand to {total / 2**20:.0f} MiB from a "
-                              f"{size / 2**20:.1f} MiB file; torch.save writes them uncompressed, "
-                              "so this is no train.py checkpoint: refused before loading")
+        raise CheckpointError(
+            f"{path}: its records expand to {total / 2**20:.0f} MiB from a "
+            f"{size / 2**20:.1f} MiB file; torch.save writes them uncompressed, "
+            "so this is no train.py checkpoint: refused before loading"
+        )
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:
@@ -309,8 +343,11 @@ class Source:
                         if name not in writers:
                             out = av.open(str(dst / f"{name}.mkv"), "w")
                             vs = out.add_stream("ffv1", rate=rate)
-                            vs.width, vs.height, vs.pix_fmt = frame.width, frame.height, \
-                                frame.format.name
+                            vs.width, vs.height, vs.pix_fmt = (
+                                frame.width,
+                                frame.height,
+                                frame.format.name,
+                            )
                             writers[name] = (out, vs)
                         out, vs = writers[name]
                         frame.pts, frame.time_base = i - w.start, Fraction(1) / rate
@@ -325,8 +362,10 @@ class Source:
                 out.close()
         last = max(w.end for w in windows.values())
         if count < last:
-            raise VideoError(f"{self.video}: decoded {count} frames, but the re-encoded video "
-                             f"has at least {last}")
+            raise VideoError(
+                f"{self.video}: decoded {count} frames, but the re-encoded video "
+                f"has at least {last}"
+            )
 
 
 def _check_input(video: Path) -> list[Path]:
@@ -337,8 +376,10 @@ def _check_input(video: Path) -> list[Path]:
     if video.is_dir():
         files = frame_files(video)
         if len(files) < 2:
-            raise VideoError(f"{video}: a folder of {len(files)} image frame(s); predict.py "
-                             "needs at least 2 frames")
+            raise VideoError(
+                f"{video}: a folder of {len(files)} image frame(s); predict.py "
+                "needs at least 2 frames"
+            )
         return files
     try:
         with av.open(str(video)) as container:
@@ -390,8 +431,9 @@ def _frame_rate(video: Path) -> float:
         return float(container.streams.video[0].average_rate or 25)
 
 
-def find_face(video: Path, frames: Sequence[np.ndarray], mtcnn: Any, margin: float,
-              min_prob: float) -> tuple[int, int, int, int]:
+def find_face(
+    video: Path, frames: Sequence[np.ndarray], mtcnn: Any, margin: float, min_prob: float
+) -> tuple[int, int, int, int]:
     """The face box of a video (`faces.face_box`: MTCNN on 16 evenly spaced frames; `mtcnn`
     from `faces.detector`)."""
     box = face_box(frames, mtcnn, margin=margin, min_prob=min_prob)
@@ -504,9 +546,15 @@ class _Reencoding:
         return self.count
 
 
-def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int, int, int],
-                 rate: float, window: int, stride: int,
-                 out: Path) -> Iterator[tuple[str, Window | None]]:
+def crop_streams(
+    video: Path,
+    frames: Iterable[np.ndarray],
+    box: tuple[int, int, int, int],
+    rate: float,
+    window: int,
+    stride: int,
+    out: Path,
+) -> Iterator[tuple[str, Window | None]]:
     """Re-encode the face crops of `frames` of `video` into `out`, as reencode.sh would
     each window's crops alone (`faces.write_video` of them, then reencode.sh) and the whole
     video's (`_Reencoding`): yields (name, window) as each `out/<name>.mp4` is written, the
@@ -530,8 +578,9 @@ def crop_streams(video: Path, frames: Iterable[np.ndarray], box: tuple[int, int,
     with open(out / "video.mp4", "wb") as f:
         whole = _Reencoding(f, x1 - x0, y1 - y0, rate)
         for frame in frames:
-            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[y0:y1, x0:x1]),
-                                             format="rgb24")
+            rgb = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(frame[y0:y1, x0:x1]), format="rgb24"
+            )
             crop = reformatter.reformat(rgb, format="yuv420p")
             whole.add(crop, n)
             recent.append(crop)
@@ -560,8 +609,12 @@ def reencode(src: Path, out: Path, video: Path) -> None:
             env["FFMPEG"] = imageio_ffmpeg.get_ffmpeg_exe()
         except (ImportError, RuntimeError):
             pass  # reencode.sh looks further (PATH)
-    proc = subprocess.run(["bash", str(ROOT / "reencode.sh"), str(src), str(out)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "reencode.sh"), str(src), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         why = lines[-1] if lines else f"status {proc.returncode}"
@@ -577,8 +630,10 @@ def _stream(path: Path, video: Path, frames: int | None = None) -> int:
     except (OSError, ValueError) as exc:
         raise VideoError(f"{video}: unreadable after re-encoding ({exc})") from exc
     if len(gops) != 1:
-        raise VideoError(f"{video}: reencode.sh wrote {len(gops)} GOPs; ClipDataset reads one "
-                         "GOP per clip (reencode.sh writes one however long the clip)")
+        raise VideoError(
+            f"{video}: reencode.sh wrote {len(gops)} GOPs; ClipDataset reads one "
+            "GOP per clip (reencode.sh writes one however long the clip)"
+        )
     n = gops[0]
     if frames is not None and n != frames:
         raise VideoError(f"{video}: a window of {frames} frames re-encoded to {n}")
@@ -605,12 +660,29 @@ def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> C
         rows = csv.DictWriter(f, COLUMNS)
         rows.writeheader()
         for name, n in clips.items():
-            rows.writerow(dict(path=f"{name}.mp4", subject="video", label=0, label_name=label,
-                               num_frames=n, fold=FOLDS[dataset][0], dataset=dataset, view=0,
-                               crop="none", apex=-1))
-    return ClipDataset(root, num_segments=config["num_segments"], size=config["size"],
-                       representation=config["input"], with_mv=config["with_mv"],
-                       accumulate=config.get("accumulate", False), apex=False)
+            rows.writerow(
+                dict(
+                    path=f"{name}.mp4",
+                    subject="video",
+                    label=0,
+                    label_name=label,
+                    num_frames=n,
+                    fold=FOLDS[dataset][0],
+                    dataset=dataset,
+                    view=0,
+                    crop="none",
+                    apex=-1,
+                )
+            )
+    return ClipDataset(
+        root,
+        num_segments=config["num_segments"],
+        size=config["size"],
+        representation=config["input"],
+        with_mv=config["with_mv"],
+        accumulate=config.get("accumulate", False),
+        apex=False,
+    )
 
 
 @torch.no_grad()
@@ -626,12 +698,13 @@ def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarra
 
 
 def _entry(classes: list[str], p: np.ndarray) -> dict[str, Any]:
-    return {"probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
-            "prediction": classes[int(p.argmax())]}
+    return {
+        "probabilities": {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)},
+        "prediction": classes[int(p.argmax())],
+    }
 
 
-def _settings(config: dict[str, Any], window: int | None,
-              stride: int | None) -> tuple[int, int]:
+def _settings(config: dict[str, Any], window: int | None, stride: int | None) -> tuple[int, int]:
     """The window and stride (defaults: 2 x num_segments, half a window), checked."""
     window = 2 * config["num_segments"] if window is None else window
     stride = max(1, window // 2) if stride is None else stride
@@ -640,20 +713,33 @@ def _settings(config: dict[str, Any], window: int | None,
     return window, stride
 
 
-def _result(video: Path, checkpoint: str | Path, config: dict[str, Any], n: int,
-            probs: np.ndarray) -> dict[str, Any]:
+def _result(
+    video: Path, checkpoint: str | Path, config: dict[str, Any], n: int, probs: np.ndarray
+) -> dict[str, Any]:
     """The whole video's part of the JSON result."""
     classes = list(config["class_names"])
-    result: dict[str, Any] = {"video": str(video), "checkpoint": str(checkpoint),
-                              "classes": classes, "frames": n, **_entry(classes, probs)}
+    result: dict[str, Any] = {
+        "video": str(video),
+        "checkpoint": str(checkpoint),
+        "classes": classes,
+        "frames": n,
+        **_entry(classes, probs),
+    }
     if config.get("dataset") == "synthetic":
         result["warning"] = SYNTHETIC_WARNING
     return result
 
 
-def predict_video(video: str | Path, checkpoint: str | Path, window: int | None = None,
-                  stride: int | None = None, crop: bool = True, device: str = "cpu",
-                  margin: float = 0.3, min_prob: float = 0.9) -> dict[str, Any]:
+def predict_video(
+    video: str | Path,
+    checkpoint: str | Path,
+    window: int | None = None,
+    stride: int | None = None,
+    crop: bool = True,
+    device: str = "cpu",
+    margin: float = 0.3,
+    min_prob: float = 0.9,
+) -> dict[str, Any]:
     """Expression probabilities of `video` (see the module docstring for the result's keys).
 
     `window` defaults to 2 × num_segments frames, `stride` to half a window."""
@@ -671,6 +757,7 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
             names = {name: w for name, w in made if w is not None}
             n = _stream(out / "video.mp4", video)
         else:
+
             def whole() -> tuple[Source, int]:
                 """The whole video through reencode.sh (another process), while loading."""
                 source = Source(video)
@@ -678,8 +765,7 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
                 reencode(src / "whole", out, video)
                 n = _stream(out / "video.mp4", video)
                 if n < 2:
-                    raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 "
-                                     "frames")
+                    raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
                 return source, n
 
             (model, config, _), (source, n) = _loaded(loading, whole)
@@ -688,21 +774,33 @@ def predict_video(video: str | Path, checkpoint: str | Path, window: int | None 
             if names:
                 source.write(src / "windows", names)
                 reencode(src / "windows", out, video)
-        clips = {"video": n} | {name: _stream(out / f"{name}.mp4", video, w.end - w.start)
-                                for name, w in names.items()}
+        clips = {"video": n} | {
+            name: _stream(out / f"{name}.mp4", video, w.end - w.start) for name, w in names.items()
+        }
         probs = classify(model, clip_dataset(out, clips, config), device)
     result = _result(video, checkpoint, config, n, probs[0])
     if names:
         classes = result["classes"]
-        result.update(window=window, stride=stride, windows=[
-            {"start_frame": w.start, "end_frame": w.end, **_entry(classes, p)}
-            for w, p in zip(names.values(), probs[1:], strict=True)])
+        result.update(
+            window=window,
+            stride=stride,
+            windows=[
+                {"start_frame": w.start, "end_frame": w.end, **_entry(classes, p)}
+                for w, p in zip(names.values(), probs[1:], strict=True)
+            ],
+        )
     return result
 
 
-def predict_stream(video: str | Path, checkpoint: str | Path, window: int | None = None,
-                   stride: int | None = None, device: str = "cpu", margin: float = 0.3,
-                   min_prob: float = 0.9) -> Iterator[dict[str, Any]]:
+def predict_stream(
+    video: str | Path,
+    checkpoint: str | Path,
+    window: int | None = None,
+    stride: int | None = None,
+    device: str = "cpu",
+    margin: float = 0.3,
+    min_prob: float = 0.9,
+) -> Iterator[dict[str, Any]]:
     """`predict_video` as a stream, in constant memory (the frames of a window): yields each
     window's entry as soon as its frames are in, then the whole video's result (without
     "windows"). A video file or folder gets the windows and probabilities of `predict_video`
@@ -722,8 +820,7 @@ def predict_stream(video: str | Path, checkpoint: str | Path, window: int | None
     classes = list(config["class_names"])
     with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
         out = Path(tmp)
-        made = crop_streams(video, _rgb_frames(video), box, _frame_rate(video), window, stride,
-                            out)
+        made = crop_streams(video, _rgb_frames(video), box, _frame_rate(video), window, stride, out)
         for name, w in made:
             n = _stream(out / f"{name}.mp4", video, None if w is None else w.end - w.start)
             probs = classify(model, clip_dataset(out, {name: n}, config), device)[0]
@@ -767,42 +864,87 @@ def plot_probabilities(result: dict[str, Any], out: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("video", metavar="VIDEO", help="video file (any codec/container) or folder "
-                   "of frames")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "video", metavar="VIDEO", help="video file (any codec/container) or folder of frames"
+    )
     p.add_argument("--checkpoint", metavar="CKPT", required=True, help="ckpt.pt of train.py")
-    p.add_argument("--window", type=int, metavar="N",
-                   help="frames per window (default: 2 × num_segments of the checkpoint)")
-    p.add_argument("--stride", type=int, metavar="N",
-                   help="frames between window starts (default: half a window)")
+    p.add_argument(
+        "--window",
+        type=int,
+        metavar="N",
+        help="frames per window (default: 2 × num_segments of the checkpoint)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        metavar="N",
+        help="frames between window starts (default: half a window)",
+    )
     p.add_argument("--plot", metavar="PNG", help="write a plot of the probabilities")
-    p.add_argument("--stream", action="store_true",
-                   help="print one JSON line per window as soon as it is ready, then one for the "
-                   "whole video, in constant memory (long videos, a camera: /dev/video0)")
-    p.add_argument("--no-crop", action="store_true",
-                   help="no face detection: the video already is a face crop")
-    p.add_argument("--margin", type=float, default=0.3,
-                   help="face box enlargement, as `datasets.py crop` (default 0.3)")
-    p.add_argument("--min-prob", type=float, default=0.9,
-                   help="MTCNN face probability, as `datasets.py crop` (default 0.9)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads of torch (default 1: the work is many small operations, "
-                   "which more threads slow down, a lot on a busy machine)")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="print one JSON line per window as soon as it is ready, then one for the "
+        "whole video, in constant memory (long videos, a camera: /dev/video0)",
+    )
+    p.add_argument(
+        "--no-crop", action="store_true", help="no face detection: the video already is a face crop"
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.3,
+        help="face box enlargement, as `datasets.py crop` (default 0.3)",
+    )
+    p.add_argument(
+        "--min-prob",
+        type=float,
+        default=0.9,
+        help="MTCNN face probability, as `datasets.py crop` (default 0.9)",
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu, cuda, cuda:1, ... (default: cuda if available)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads of torch (default 1: the work is many small operations, "
+        "which more threads slow down, a lot on a busy machine)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     if args.stream and (args.no_crop or args.plot):
         p.error("--stream goes with the face crop and without --plot")
     try:
         if args.stream:
-            for line in predict_stream(args.video, args.checkpoint, args.window, args.stride,
-                                       args.device, args.margin, args.min_prob):
+            for line in predict_stream(
+                args.video,
+                args.checkpoint,
+                args.window,
+                args.stride,
+                args.device,
+                args.margin,
+                args.min_prob,
+            ):
                 print(json.dumps(line), flush=True)
             return 0
-        result = predict_video(args.video, args.checkpoint, args.window, args.stride,
-                               not args.no_crop, args.device, args.margin, args.min_prob)
+        result = predict_video(
+            args.video,
+            args.checkpoint,
+            args.window,
+            args.stride,
+            not args.no_crop,
+            args.device,
+            args.margin,
+            args.min_prob,
+        )
     except PredictError as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return 1
@@ -813,8 +955,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             plot_probabilities(result, args.plot)
         except OSError as exc:
-            print(f"predict.py: error: cannot write the plot {args.plot}: "
-                  f"{exc.strerror or exc}", file=sys.stderr)
+            print(
+                f"predict.py: error: cannot write the plot {args.plot}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
             return 1
     return 0
 

@@ -234,14 +234,17 @@ class ClipDataset(Dataset):
         geo: dict[str, Any] = {}
         try:
             if self.cache is None:  # the crop box drawn at the first frame, then bytes of it
+
                 def boxes(h: int, w: int) -> dict[int, tuple[int, int, int, int]]:
                     geo.update(self._geometry(row["crop"], h, w))
                     return {RESIDUAL: geo["box"], MV: geo["box"]}
 
                 def tables(h: int, w: int) -> dict[int, np.ndarray]:
                     _, _, ch, cw = geo["box"]
-                    return {RESIDUAL: RESIDUAL_BYTES,
-                            MV: mv_table(self.size / cw, self.size / ch, max(h, w))}
+                    return {
+                        RESIDUAL: RESIDUAL_BYTES,
+                        MV: mv_table(self.size / cw, self.size / ch, max(h, w)),
+                    }
 
                 got = coviar.load_clip(path, 0, want, self.accumulate, crop=boxes, lut=tables)
             else:  # whole frames from the cache (residual bytes, int16 vectors), cropped here
@@ -256,8 +259,10 @@ class ClipDataset(Dataset):
                         got[rep] = got[rep][:, top : top + ch, left : left + cw]
                 if MV in got:
                     v = got[MV]
-                    got[MV] = np.stack([mv_bytes(v[..., 0], self.size / cw),
-                                        mv_bytes(v[..., 1], self.size / ch)], axis=-1)
+                    got[MV] = np.stack(
+                        [mv_bytes(v[..., 0], self.size / cw), mv_bytes(v[..., 1], self.size / ch)],
+                        axis=-1,
+                    )
         except (OSError, ValueError, IndexError, RuntimeError) as exc:
             raise ClipError(f"cannot load clip {path}: {type(exc).__name__}: {exc}") from exc
         out = {}
@@ -344,8 +349,10 @@ class DecodeCache:
     def _file(self, path: Path, rep: int, accumulate: bool, stored: list[int] | None) -> Path:
         st = path.stat()
         motion = accumulate if rep != PICTURE else None
-        key = (f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rep}|{motion}|{self.short_side}"
-               f"|{stored}|v{self.VERSION}")
+        key = (
+            f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{rep}|{motion}|{self.short_side}"
+            f"|{stored}|v{self.VERSION}"
+        )
         digest = hashlib.sha1(key.encode()).hexdigest()[:20]
         return self.directory / f"{path.stem}-{digest}.npy"
 
@@ -360,13 +367,20 @@ class DecodeCache:
             return None
         try:
             a = np.load(file, mmap_mode="r")
-            if a.dtype != self._dtype(rep) or a.ndim != 4 or a.shape[0] != count or a.shape[
-                    3] != (2 if rep == MV else 3):
+            if (
+                a.dtype != self._dtype(rep)
+                or a.ndim != 4
+                or a.shape[0] != count
+                or a.shape[3] != (2 if rep == MV else 3)
+            ):
                 raise ValueError(f"{a.dtype} {a.shape}, not a {count}-frame array")
             return a
         except (ValueError, OSError, EOFError) as exc:
-            warnings.warn(f"decode cache file {file} is corrupt ({exc}); rebuilding it",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"decode cache file {file} is corrupt ({exc}); rebuilding it",
+                RuntimeWarning,
+                stacklevel=4,
+            )
             file.unlink(missing_ok=True)
             return None
 
@@ -387,13 +401,22 @@ class DecodeCache:
         sizes = {a.shape[1:3] for a in arrays.values() if a is not None}
         if len(sizes) > 1:  # which one is wrong cannot be told: rebuild them all
             names = ", ".join(str(files[rep]) for rep, a in arrays.items() if a is not None)
-            warnings.warn(f"decode cache files {names} disagree on the frame size ({sorted(sizes)}"
-                          "); rebuilding them", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"decode cache files {names} disagree on the frame size ({sorted(sizes)}"
+                "); rebuilding them",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             arrays = dict.fromkeys(arrays)
         missing = [rep for rep, a in arrays.items() if a is None]
         if missing:
-            got = coviar.load_clip(str(path), 0, {rep: frames_of[rep] for rep in missing},
-                                   accumulate, lut={RESIDUAL: RESIDUAL_BYTES})
+            got = coviar.load_clip(
+                str(path),
+                0,
+                {rep: frames_of[rep] for rep in missing},
+                accumulate,
+                lut={RESIDUAL: RESIDUAL_BYTES},
+            )
             for rep in missing:
                 a = self._shrink(got[rep], rep)
                 tmp = files[rep].with_name(f"{files[rep].stem}.{os.getpid()}.tmp.npy")

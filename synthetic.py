@@ -61,12 +61,21 @@ _PROTOTYPES = {
 # How often each emotion is chosen for a subject, after CK+'s label counts.
 _EMOTION_WEIGHTS = np.array([45, 18, 59, 25, 69, 28, 83], dtype=float)
 _TICS = ("brow_flash", "twitch", "lip_press", "nose", "jaw", "squint")
-_TIC_AUS = {"brow_flash": ("1", "2"), "twitch": ("12", "6"), "lip_press": ("24",),
-            "nose": ("9",), "jaw": ("26", "25"), "squint": ("7",)}
-_SKIN = np.array([[255, 226, 200], [236, 196, 164], [205, 152, 118], [150, 100, 70],
-                  [98, 64, 45]], dtype=float)
-_HAIR = np.array([[25, 22, 22], [60, 40, 30], [110, 75, 45], [200, 165, 100], [150, 60, 30],
-                  [170, 170, 170]], dtype=float)
+_TIC_AUS = {
+    "brow_flash": ("1", "2"),
+    "twitch": ("12", "6"),
+    "lip_press": ("24",),
+    "nose": ("9",),
+    "jaw": ("26", "25"),
+    "squint": ("7",),
+}
+_SKIN = np.array(
+    [[255, 226, 200], [236, 196, 164], [205, 152, 118], [150, 100, 70], [98, 64, 45]], dtype=float
+)
+_HAIR = np.array(
+    [[25, 22, 22], [60, 40, 30], [110, 75, 45], [200, 165, 100], [150, 60, 30], [170, 170, 170]],
+    dtype=float,
+)
 _STREAM_SUBJECTS, _STREAM_IDENTITIES, _STREAM_PLAN = 0, 1, 2
 CKPLUS_EXPRESSIONS = 327 / 118
 """Labelled sequences per subject in CK+ (327 over 118 subjects)."""
@@ -127,9 +136,12 @@ class SyntheticConfig:
         if not 1 <= self.min_expressions <= self.max_expressions <= len(EMOTIONS):
             raise ValueError("need 1 <= min_expressions <= max_expressions <= 7")
         if self.expressions and not (
-                self.min_expressions <= self.expressions <= self.max_expressions):
-            raise ValueError("expressions (the mean per subject) must be 0 or lie in "
-                             f"min_expressions..max_expressions, got {self.expressions}")
+            self.min_expressions <= self.expressions <= self.max_expressions
+        ):
+            raise ValueError(
+                "expressions (the mean per subject) must be 0 or lie in "
+                f"min_expressions..max_expressions, got {self.expressions}"
+            )
         if not 0 <= self.coupling <= 1:
             raise ValueError(f"coupling must lie in [0, 1], got {self.coupling}")
         if self.coupled_style < 0:
@@ -137,8 +149,10 @@ class SyntheticConfig:
         if not 0 <= self.label_coupling <= 1:
             raise ValueError(f"label_coupling must lie in [0, 1], got {self.label_coupling}")
         if self.label_coupling and not (self.min_expressions <= 2 and self.max_expressions >= 3):
-            raise ValueError("label_coupling needs min_expressions <= 2 <= 3 <= max_expressions "
-                             "(an appearance group shows 2 or 3 emotions)")
+            raise ValueError(
+                "label_coupling needs min_expressions <= 2 <= 3 <= max_expressions "
+                "(an appearance group shows 2 or 3 emotions)"
+            )
         if self.subjects < 1 or self.id_subjects < 0 or self.id_images < 1:
             raise ValueError("need subjects >= 1, id_subjects >= 0, id_images >= 1")
         if not 0 <= self.unlabelled <= self.subjects:
@@ -186,13 +200,24 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
     w = u(0.84, 1.0)
     h = u(1.2, 1.38)
     geo = {
-        "w": w, "h": h, "jaw": u(0.08, 0.35),
-        "eye_x": u(0.36, 0.44), "eye_y": u(-0.12, 0.0), "eye_w": u(0.14, 0.185),
-        "eye_h": u(0.06, 0.085), "tilt": u(-0.02, 0.035), "iris": u(0.058, 0.07),
-        "brow_gap": u(0.17, 0.25), "brow_t": u(0.025, 0.06), "brow_arch": u(0.01, 0.07),
-        "nose_y": u(0.28, 0.4), "nose_w": u(0.1, 0.17),
-        "mouth_y": u(0.62, 0.72), "mouth_w": u(0.24, 0.33),
-        "lip_up": u(0.03, 0.055), "lip_lo": u(0.04, 0.075),
+        "w": w,
+        "h": h,
+        "jaw": u(0.08, 0.35),
+        "eye_x": u(0.36, 0.44),
+        "eye_y": u(-0.12, 0.0),
+        "eye_w": u(0.14, 0.185),
+        "eye_h": u(0.06, 0.085),
+        "tilt": u(-0.02, 0.035),
+        "iris": u(0.058, 0.07),
+        "brow_gap": u(0.17, 0.25),
+        "brow_t": u(0.025, 0.06),
+        "brow_arch": u(0.01, 0.07),
+        "nose_y": u(0.28, 0.4),
+        "nose_w": u(0.1, 0.17),
+        "mouth_y": u(0.62, 0.72),
+        "mouth_w": u(0.24, 0.33),
+        "lip_up": u(0.03, 0.055),
+        "lip_lo": u(0.04, 0.075),
     }
     geo["mouth_y"] = min(geo["mouth_y"], h - 0.45)
     t = u(0, len(_SKIN) - 1)
@@ -204,18 +229,26 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
         lips = np.array([u(150, 200), u(20, 60), u(40, 80)])
     bg = rng.uniform(120, 220) + rng.normal(0, 12, 3)
     colors = {
-        "skin": _rgb(skin), "hair": _rgb(hair_c), "brow": _rgb(hair_c * 0.8),
-        "iris": _rgb(rng.choice([[70, 45, 25], [110, 75, 40], [70, 110, 150], [80, 120, 70],
-                                 [40, 30, 25]]) * u(0.85, 1.15)),
-        "lips": _rgb(lips), "shirt": _rgb(rng.uniform(20, 230, 3)),
-        "bg_top": _rgb(bg), "bg_bottom": _rgb(bg * u(0.75, 0.95)),
+        "skin": _rgb(skin),
+        "hair": _rgb(hair_c),
+        "brow": _rgb(hair_c * 0.8),
+        "iris": _rgb(
+            rng.choice([[70, 45, 25], [110, 75, 40], [70, 110, 150], [80, 120, 70], [40, 30, 25]])
+            * u(0.85, 1.15)
+        ),
+        "lips": _rgb(lips),
+        "shirt": _rgb(rng.uniform(20, 230, 3)),
+        "bg_top": _rgb(bg),
+        "bg_bottom": _rgb(bg * u(0.75, 0.95)),
         "glasses": _rgb(rng.choice([[20, 20, 20], [90, 60, 30], [160, 160, 170]])),
     }
     n_moles = rng.integers(0, 3)
-    moles = np.column_stack([u(-0.6, 0.6, n_moles), u(-0.6, 0.9, n_moles),
-                             u(0.012, 0.02, n_moles)])
-    freckles = (np.column_stack([u(-0.6, 0.6, 18), u(0.05, 0.45, 18)])
-                if rng.random() < 0.15 else np.zeros((0, 2)))
+    moles = np.column_stack([u(-0.6, 0.6, n_moles), u(-0.6, 0.9, n_moles), u(0.012, 0.02, n_moles)])
+    freckles = (
+        np.column_stack([u(-0.6, 0.6, 18), u(0.05, 0.45, 18)])
+        if rng.random() < 0.15
+        else np.zeros((0, 2))
+    )
     s = cfg.style
     signature = np.zeros(len(AUS))
     signature[rng.choice(len(AUS), 2, replace=False)] = u(0.225, 0.45, 2) * s
@@ -226,16 +259,31 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
             protos[k, _A[au]] = val * np.exp(rng.normal(0, v))
         protos[k] += np.abs(rng.normal(0, 0.18 * v, len(AUS))) * (rng.random(len(AUS)) < 0.3)
     ident = Identity(
-        geo=geo, colors=colors, hair=int(rng.integers(6)),
+        geo=geo,
+        colors=colors,
+        hair=int(rng.integers(6)),
         beard=int(rng.choice(5, p=[0.6, 0.1, 0.12, 0.09, 0.09])),
-        glasses=int(rng.choice(3, p=[0.7, 0.15, 0.15])), moles=moles, freckles=freckles,
-        age=u(0, 1), gain=float(np.exp(rng.normal(0, 0.125 * s))),
+        glasses=int(rng.choice(3, p=[0.7, 0.15, 0.15])),
+        moles=moles,
+        freckles=freckles,
+        age=u(0, 1),
+        gain=float(np.exp(rng.normal(0, 0.125 * s))),
         asym=float(np.clip(rng.normal(0, 0.125 * s), -0.6, 0.6)),
-        gamma=float(np.exp(rng.normal(0, 0.225 * s))), lead=u(0, 0.175 * s),
-        reach=1 - u(0, 0.2 * s), signature=signature, side=int(rng.integers(2)),
-        blink_period=u(15, 80), nod_amp=u(0.000125, 0.0005) * s, nod_period=u(10, 30),
-        tic=str(rng.choice(_TICS)), tic_amp=u(0.125, 0.25) * s, tic_period=u(6, 14),
-        tic_side=int(rng.integers(2)), gaze=(u(-0.5, 0.5), u(-0.3, 0.3)), part=0, protos=protos,
+        gamma=float(np.exp(rng.normal(0, 0.225 * s))),
+        lead=u(0, 0.175 * s),
+        reach=1 - u(0, 0.2 * s),
+        signature=signature,
+        side=int(rng.integers(2)),
+        blink_period=u(15, 80),
+        nod_amp=u(0.000125, 0.0005) * s,
+        nod_period=u(10, 30),
+        tic=str(rng.choice(_TICS)),
+        tic_amp=u(0.125, 0.25) * s,
+        tic_period=u(6, 14),
+        tic_side=int(rng.integers(2)),
+        gaze=(u(-0.5, 0.5), u(-0.3, 0.3)),
+        part=0,
+        protos=protos,
     )
     ident.part = ident.tic_side
     return ident
@@ -259,20 +307,57 @@ def sample_identity(rng: np.random.Generator, cfg: SyntheticConfig) -> Identity:
 # adds style. At c = 0 the uncoupled draws of `sample_identity` are kept as they are (the set
 # is byte-identical to the one generated before the coupling knob).
 
-APPEARANCE = ("skin_tone", "hair_lightness", "hair_redness", "bald", "short_hair",
-              "long_hair", "fringe", "curly_hair", "buzz_cut", "no_beard", "stubble",
-              "full_beard", "goatee", "moustache", "no_glasses", "round_glasses",
-              "rect_glasses", "age", "parting", "face_width", "face_height", "jaw",
-              "eye_width", "eye_height", "mouth_width", "nose_width", "brow_thickness")
+APPEARANCE = (
+    "skin_tone",
+    "hair_lightness",
+    "hair_redness",
+    "bald",
+    "short_hair",
+    "long_hair",
+    "fringe",
+    "curly_hair",
+    "buzz_cut",
+    "no_beard",
+    "stubble",
+    "full_beard",
+    "goatee",
+    "moustache",
+    "no_glasses",
+    "round_glasses",
+    "rect_glasses",
+    "age",
+    "parting",
+    "face_width",
+    "face_height",
+    "jaw",
+    "eye_width",
+    "eye_height",
+    "mouth_width",
+    "nose_width",
+    "brow_thickness",
+)
 """What a face network sees on a neutral frame, as numbers (`appearance`)."""
 _APPEARANCE_WEIGHT = np.array([1.0] * 3 + [0.35] * 14 + [0.3, 0.2] + [0.15] * 8)
 """How much each appearance feature (standardised) drives the style: the colours most (what a
 face network sees first), hair style, beard and glasses next, age, parting and face geometry
 least; few effective dimensions, so that people who look alike move alike."""
 
-_STYLE_SCALARS = ("gain", "asym", "gamma", "lead", "reach", "signature_amp1",
-                  "signature_amp2", "side", "blink_period", "nod_amp", "nod_period", "tic_amp",
-                  "tic_period", "tic_side")
+_STYLE_SCALARS = (
+    "gain",
+    "asym",
+    "gamma",
+    "lead",
+    "reach",
+    "signature_amp1",
+    "signature_amp2",
+    "side",
+    "blink_period",
+    "nod_amp",
+    "nod_period",
+    "tic_amp",
+    "tic_period",
+    "tic_side",
+)
 _N_PROTO = len(EMOTIONS) * len(AUS)
 # + one per unit (the signature: the two largest), one per tic kind (the largest), and per
 # entry of protos: factor, cross-talk size, cross-talk presence
@@ -290,12 +375,27 @@ def appearance(ident: Identity) -> np.ndarray:
     skin = np.asarray(ident.colors["skin"], float)
     hair = np.asarray(ident.colors["hair"], float)
     g = ident.geo
-    return np.array([
-        skin.mean() / 255, hair.mean() / 255, (hair[0] - hair[2]) / 255,
-        *(np.arange(6) == ident.hair), *(np.arange(5) == ident.beard),
-        *(np.arange(3) == ident.glasses), ident.age, ident.part,
-        g["w"], g["h"], g["jaw"], g["eye_w"], g["eye_h"], g["mouth_w"], g["nose_w"],
-        g["brow_t"]], dtype=float)
+    return np.array(
+        [
+            skin.mean() / 255,
+            hair.mean() / 255,
+            (hair[0] - hair[2]) / 255,
+            *(np.arange(6) == ident.hair),
+            *(np.arange(5) == ident.beard),
+            *(np.arange(3) == ident.glasses),
+            ident.age,
+            ident.part,
+            g["w"],
+            g["h"],
+            g["jaw"],
+            g["eye_w"],
+            g["eye_h"],
+            g["mouth_w"],
+            g["nose_w"],
+            g["brow_t"],
+        ],
+        dtype=float,
+    )
 
 
 @cache
@@ -304,16 +404,22 @@ def _coupling_map() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     sorted read-outs of the reference population (n_people, n_latent))."""
     root = np.random.SeedSequence(_COUPLING_SEED)
     people, readout = root.spawn(2)
-    ref = np.stack([appearance(sample_identity(np.random.default_rng(s), SyntheticConfig()))
-                    for s in people.spawn(_REFERENCE_PEOPLE)])
+    ref = np.stack(
+        [
+            appearance(sample_identity(np.random.default_rng(s), SyntheticConfig()))
+            for s in people.spawn(_REFERENCE_PEOPLE)
+        ]
+    )
     mean, sd = ref.mean(0), ref.std(0) + 1e-9
     rng = np.random.default_rng(readout)
     w = rng.normal(0, 1, (_N_LATENT, len(APPEARANCE))) * _APPEARANCE_WEIGHT
     shared = rng.normal(0, 1, len(APPEARANCE)) * _APPEARANCE_WEIGHT
     w /= np.linalg.norm(w, axis=1, keepdims=True)
     loud = _intensity_latents()  # expressiveness: every amplitude follows one direction
-    w[loud] = (_EXPRESSIVENESS * shared / np.linalg.norm(shared)
-               + np.sqrt(1 - _EXPRESSIVENESS ** 2) * w[loud])
+    w[loud] = (
+        _EXPRESSIVENESS * shared / np.linalg.norm(shared)
+        + np.sqrt(1 - _EXPRESSIVENESS**2) * w[loud]
+    )
     return mean, sd, w, np.sort(((ref - mean) / sd) @ w.T, axis=0)
 
 
@@ -322,9 +428,13 @@ def _intensity_latents() -> np.ndarray:
     person's weight of each unit of each emotion and its cross-talk size."""
     n = len(_STYLE_SCALARS)
     mask = np.zeros(_N_LATENT, bool)
-    mask[[_STYLE_SCALARS.index(k) for k in ("gain", "signature_amp1", "signature_amp2",
-                                            "tic_amp", "nod_amp")]] = True
-    mask[n + len(AUS) + len(_TICS):n + len(AUS) + len(_TICS) + 2 * _N_PROTO] = True
+    mask[
+        [
+            _STYLE_SCALARS.index(k)
+            for k in ("gain", "signature_amp1", "signature_amp2", "tic_amp", "nod_amp")
+        ]
+    ] = True
+    mask[n + len(AUS) + len(_TICS) : n + len(AUS) + len(_TICS) + 2 * _N_PROTO] = True
     return mask
 
 
@@ -346,44 +456,69 @@ def _style_from_latents(z: np.ndarray, cfg: SyntheticConfig) -> dict:
     n = len(_STYLE_SCALARS)
     zs = dict(zip(_STYLE_SCALARS, z[:n], strict=True))
     p = {k: float(ndtr(v)) for k, v in zs.items()}  # uniform on (0, 1)
-    units, tics = z[n:n + len(AUS)], z[n + len(AUS):n + len(AUS) + len(_TICS)]
+    units, tics = z[n : n + len(AUS)], z[n + len(AUS) : n + len(AUS) + len(_TICS)]
     s, v = cfg.style, cfg.variability
     signature = np.zeros(len(AUS))
-    signature[np.argsort(-units)[:2]] = (0.225 + 0.225 * np.array([p["signature_amp1"],
-                                                                   p["signature_amp2"]])) * s
-    factor, size, presence = z[n + len(AUS) + len(_TICS):].reshape(3, len(EMOTIONS), len(AUS))
-    protos = (_PROTO * np.exp(v * factor)
-              + np.abs(0.18 * v * size) * (ndtr(presence) < 0.3))
+    signature[np.argsort(-units)[:2]] = (
+        0.225 + 0.225 * np.array([p["signature_amp1"], p["signature_amp2"]])
+    ) * s
+    factor, size, presence = z[n + len(AUS) + len(_TICS) :].reshape(3, len(EMOTIONS), len(AUS))
+    protos = _PROTO * np.exp(v * factor) + np.abs(0.18 * v * size) * (ndtr(presence) < 0.3)
     return dict(
         gain=float(np.exp(0.125 * s * zs["gain"])),
         asym=float(np.clip(0.125 * s * zs["asym"], -0.6, 0.6)),
-        gamma=float(np.exp(0.225 * s * zs["gamma"])), lead=0.175 * s * p["lead"],
-        reach=1 - 0.2 * s * p["reach"], signature=signature, side=int(p["side"] >= 0.5),
+        gamma=float(np.exp(0.225 * s * zs["gamma"])),
+        lead=0.175 * s * p["lead"],
+        reach=1 - 0.2 * s * p["reach"],
+        signature=signature,
+        side=int(p["side"] >= 0.5),
         blink_period=15 + 65 * p["blink_period"],
-        nod_amp=(0.000125 + 0.000375 * p["nod_amp"]) * s, nod_period=10 + 20 * p["nod_period"],
+        nod_amp=(0.000125 + 0.000375 * p["nod_amp"]) * s,
+        nod_period=10 + 20 * p["nod_period"],
         tic=_TICS[int(np.argmax(tics))],
-        tic_amp=(0.125 + 0.125 * p["tic_amp"]) * s, tic_period=6 + 8 * p["tic_period"],
-        tic_side=int(p["tic_side"] >= 0.5), protos=protos)
+        tic_amp=(0.125 + 0.125 * p["tic_amp"]) * s,
+        tic_period=6 + 8 * p["tic_period"],
+        tic_side=int(p["tic_side"] >= 0.5),
+        protos=protos,
+    )
 
 
-def coupled_style(ident: Identity, cfg: SyntheticConfig,
-                  rng: np.random.Generator) -> Identity:
+def coupled_style(ident: Identity, cfg: SyntheticConfig, rng: np.random.Generator) -> Identity:
     """``ident`` with its style re-drawn at coupling ``cfg.coupling`` from its appearance and
     independent noise from ``rng`` (the appearance is kept)."""
-    rho = cfg.coupling * np.sqrt(1 - _COUPLING_NOISE ** 2)
-    z = (cfg.coupled_style * rho * appearance_latents(appearance(ident))
-         + np.sqrt(1 - rho ** 2) * rng.standard_normal(_N_LATENT))
+    rho = cfg.coupling * np.sqrt(1 - _COUPLING_NOISE**2)
+    z = cfg.coupled_style * rho * appearance_latents(appearance(ident)) + np.sqrt(
+        1 - rho**2
+    ) * rng.standard_normal(_N_LATENT)
     return replace(ident, **_style_from_latents(z, cfg))
 
 
 def style_params(ident: Identity) -> dict[str, np.ndarray]:
     """Every style quantity of a person as a vector (categories one-hot): what
     `benchmarks/coupling.py` predicts from z_I."""
-    one = {k: np.atleast_1d(float(getattr(ident, k)))
-           for k in ("gain", "asym", "gamma", "lead", "reach", "side", "blink_period",
-                     "nod_amp", "nod_period", "tic_amp", "tic_period", "tic_side")}
-    return {**one, "signature": ident.signature,
-            "tic": (np.array(_TICS) == ident.tic).astype(float), "protos": ident.protos.ravel()}
+    one = {
+        k: np.atleast_1d(float(getattr(ident, k)))
+        for k in (
+            "gain",
+            "asym",
+            "gamma",
+            "lead",
+            "reach",
+            "side",
+            "blink_period",
+            "nod_amp",
+            "nod_period",
+            "tic_amp",
+            "tic_period",
+            "tic_side",
+        )
+    }
+    return {
+        **one,
+        "signature": ident.signature,
+        "tic": (np.array(_TICS) == ident.tic).astype(float),
+        "protos": ident.protos.ravel(),
+    }
 
 
 @dataclass
@@ -437,11 +572,9 @@ class _Pen:
     def poly(self, p: np.ndarray, fill: tuple[int, ...], depth: float = 0.2) -> None:
         self.draw.polygon(self.xy(p, depth).ravel().tolist(), fill=fill)
 
-    def line(self, p: np.ndarray, fill: tuple[int, ...], width: float,
-             depth: float = 0.2) -> None:
+    def line(self, p: np.ndarray, fill: tuple[int, ...], width: float, depth: float = 0.2) -> None:
         width_px = max(1, round(width * self.unit))
-        self.draw.line(self.xy(p, depth).ravel().tolist(), fill=fill, width=width_px,
-                       joint="curve")
+        self.draw.line(self.xy(p, depth).ravel().tolist(), fill=fill, width=width_px, joint="curve")
 
     def eye(self, sclera: np.ndarray, inner: list[tuple[np.ndarray, tuple[int, ...]]]) -> None:
         """Sclera polygon with iris/pupil shapes clipped to it."""
@@ -486,20 +619,51 @@ def _draw_back(pen: _Pen, ident: Identity) -> None:
     if ident.hair == 2:
         top = _ellipse(0, -0.1, w * 1.18, h * 1.12, 40)
         top = top[top[:, 1] < -0.1]
-        pen.poly(np.vstack([[[w * 1.2, 1.55]], top[::-1] if top[0, 0] < 0 else top,
-                            [[-w * 1.2, 1.55]]]), hair, 0)
+        pen.poly(
+            np.vstack([[[w * 1.2, 1.55]], top[::-1] if top[0, 0] < 0 else top, [[-w * 1.2, 1.55]]]),
+            hair,
+            0,
+        )
     elif ident.hair == 4:
         t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
         r = 1 + 0.04 * np.sin(11 * t)
-        pen.poly(np.column_stack([w * 1.32 * r * np.cos(t), -0.3 + h * 1.0 * r * np.sin(t)]),
-                 hair, 0)
-    pen.poly(np.array([[-2.2, 2.6], [-1.6, 1.75], [-0.55, 1.45], [0, 1.7], [0.55, 1.45],
-                       [1.6, 1.75], [2.2, 2.6], [2.2, 3.0], [-2.2, 3.0]]), col["shirt"], 0)
-    pen.poly(np.array([[-0.42 * w, 0.4 * h], [0.42 * w, 0.4 * h], [0.46 * w, 1.62],
-                       [0, 1.72], [-0.46 * w, 1.62]]), _shade(skin, 0.86), 0)
+        pen.poly(
+            np.column_stack([w * 1.32 * r * np.cos(t), -0.3 + h * 1.0 * r * np.sin(t)]), hair, 0
+        )
+    pen.poly(
+        np.array(
+            [
+                [-2.2, 2.6],
+                [-1.6, 1.75],
+                [-0.55, 1.45],
+                [0, 1.7],
+                [0.55, 1.45],
+                [1.6, 1.75],
+                [2.2, 2.6],
+                [2.2, 3.0],
+                [-2.2, 3.0],
+            ]
+        ),
+        col["shirt"],
+        0,
+    )
+    pen.poly(
+        np.array(
+            [
+                [-0.42 * w, 0.4 * h],
+                [0.42 * w, 0.4 * h],
+                [0.46 * w, 1.62],
+                [0, 1.72],
+                [-0.46 * w, 1.62],
+            ]
+        ),
+        _shade(skin, 0.86),
+        0,
+    )
     for sg in (-1, 1):
-        pen.poly(_ellipse(sg * w * 0.96, g["eye_y"] + 0.1, 0.11, 0.21, 20), _shade(skin, 0.93),
-                 -0.15)
+        pen.poly(
+            _ellipse(sg * w * 0.96, g["eye_y"] + 0.1, 0.11, 0.21, 20), _shade(skin, 0.93), -0.15
+        )
 
 
 def _draw_face(pen: _Pen, ident: Identity, a: np.ndarray) -> np.ndarray:
@@ -510,8 +674,9 @@ def _draw_face(pen: _Pen, ident: Identity, a: np.ndarray) -> np.ndarray:
     jaw = _jaw_drop(am)
     t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     lower = np.clip(np.sin(t), 0, None)
-    face = np.column_stack([g["w"] * np.cos(t) * (1 - g["jaw"] * lower ** 2),
-                            g["h"] * np.sin(t) + 0.8 * jaw * lower ** 2])
+    face = np.column_stack(
+        [g["w"] * np.cos(t) * (1 - g["jaw"] * lower**2), g["h"] * np.sin(t) + 0.8 * jaw * lower**2]
+    )
     pen.poly(face, ident.colors["skin"], 0)
     pen.poly(face * [0.8, 0.82] + [0, -0.08], (255, 255, 255, 14), 0.1)
     pen.poly(face * [0.55, 0.6] + [0, -0.12], (255, 255, 255, 12), 0.15)
@@ -528,14 +693,19 @@ def _draw_face(pen: _Pen, ident: Identity, a: np.ndarray) -> np.ndarray:
     for s, sg in ((0, -1), (1, 1)):
         a6 = a[s, _A["6"]]
         cx = sg * (g["eye_x"] + 0.02)
-        pen.poly(_ellipse(cx, g["eye_y"] + 0.24 - 0.06 * a6, 0.15, 0.085, 20),
-                 (255, 150, 140, int(25 + 35 * min(a6, 1))))
+        pen.poly(
+            _ellipse(cx, g["eye_y"] + 0.24 - 0.06 * a6, 0.15, 0.085, 20),
+            (255, 150, 140, int(25 + 35 * min(a6, 1))),
+        )
         d = 0.7 * a6 + 0.2 * ident.age
         if d > 0.1:
             ox = sg * (g["eye_x"] + g["eye_w"] + 0.03)
             for dy in (-0.03, 0.02):
-                pen.line(np.array([[ox, g["eye_y"] + dy / 2], [ox + sg * 0.06,
-                                   g["eye_y"] + dy]]), _dark(d), 0.01)
+                pen.line(
+                    np.array([[ox, g["eye_y"] + dy / 2], [ox + sg * 0.06, g["eye_y"] + dy]]),
+                    _dark(d),
+                    0.01,
+                )
     return face
 
 
@@ -546,8 +716,9 @@ def _draw_beard(pen: _Pen, ident: Identity, a: np.ndarray, face: np.ndarray) -> 
     if ident.beard in (1, 2):
         side = face[(face[:, 1] > g["nose_y"] - 0.05)]
         side = side[np.argsort(np.arctan2(side[:, 1], side[:, 0]))]
-        top = np.array([[-0.32, g["mouth_y"] - 0.15], [0, g["nose_y"] + 0.08],
-                        [0.32, g["mouth_y"] - 0.15]])
+        top = np.array(
+            [[-0.32, g["mouth_y"] - 0.15], [0, g["nose_y"] + 0.08], [0.32, g["mouth_y"] - 0.15]]
+        )
         color = (*hair, 90) if ident.beard == 1 else hair
         pen.poly(np.vstack([side, top]), color, 0.05)
     elif ident.beard == 3:  # goatee
@@ -555,8 +726,13 @@ def _draw_beard(pen: _Pen, ident: Identity, a: np.ndarray, face: np.ndarray) -> 
         k = g["mouth_w"] * 0.65
         chin = face[(np.abs(face[:, 0]) < k) & (face[:, 1] > 0)]
         chin = chin[np.argsort(-chin[:, 0])]
-        top = np.array([[-0.7 * k, g["mouth_y"] + 0.04 + jaw], [0, g["mouth_y"] + 0.07 + jaw],
-                        [0.7 * k, g["mouth_y"] + 0.04 + jaw]])
+        top = np.array(
+            [
+                [-0.7 * k, g["mouth_y"] + 0.04 + jaw],
+                [0, g["mouth_y"] + 0.07 + jaw],
+                [0.7 * k, g["mouth_y"] + 0.04 + jaw],
+            ]
+        )
         pen.poly(np.vstack([chin, top]), hair, 0.05)
 
 
@@ -570,22 +746,31 @@ def _draw_eyes(pen: _Pen, ident: Identity, fr: Frame, a: np.ndarray) -> None:
         au = a[s]
         cx, cy = sg * g["eye_x"], g["eye_y"]
         ew, eh = g["eye_w"], g["eye_h"]
-        o_up = max(0.0, 1 + 0.55 * au[_A["5"]] - 0.35 * au[_A["7"]] - 0.15 * au[_A["6"]]
-                   - 0.12 * au[_A["4"]])
+        o_up = max(
+            0.0,
+            1 + 0.55 * au[_A["5"]] - 0.35 * au[_A["7"]] - 0.15 * au[_A["6"]] - 0.12 * au[_A["4"]],
+        )
         o_lo = max(0.0, 1 - 0.5 * au[_A["6"]] - 0.35 * au[_A["7"]] + 0.15 * au[_A["5"]])
         base = cy - g["tilt"] * u
-        lower = base + 0.7 * eh * o_lo * (1 - u ** 2) ** 0.9
-        upper = base - eh * o_up * (1 - u ** 2) ** 0.7 * (1 + 0.12 * u)
+        lower = base + 0.7 * eh * o_lo * (1 - u**2) ** 0.9
+        upper = base - eh * o_up * (1 - u**2) ** 0.7 * (1 + 0.12 * u)
         upper = upper + fr.blink * (lower - upper)
         x = cx + sg * ew * u
         sclera = np.vstack([np.column_stack([x, upper]), np.column_stack([x, lower])[::-1]])
         ix = cx + (fr.gaze[0] + ident.gaze[0]) * ew * 0.35
         iy = cy + (fr.gaze[1] + ident.gaze[1]) * eh * 0.4 - 0.01
         r = g["iris"]
-        pen.eye(sclera, [(_ellipse(ix, iy, r, r, 20), ident.colors["iris"]),
-                         (_ellipse(ix, iy, 0.42 * r, 0.42 * r, 12), (15, 10, 10)),
-                         (_ellipse(ix + 0.3 * r, iy - 0.35 * r, 0.18 * r, 0.18 * r, 8),
-                          (255, 255, 255, 200))])
+        pen.eye(
+            sclera,
+            [
+                (_ellipse(ix, iy, r, r, 20), ident.colors["iris"]),
+                (_ellipse(ix, iy, 0.42 * r, 0.42 * r, 12), (15, 10, 10)),
+                (
+                    _ellipse(ix + 0.3 * r, iy - 0.35 * r, 0.18 * r, 0.18 * r, 8),
+                    (255, 255, 255, 200),
+                ),
+            ],
+        )
         pen.line(np.column_stack([x, upper]), (35, 25, 25, 230), 0.018)
         pen.line(np.column_stack([x, lower]), _dark(0.35), 0.008)
         crease = upper - 0.035 - 0.02 * o_up
@@ -609,8 +794,7 @@ def _draw_nose(pen: _Pen, ident: Identity, a: np.ndarray) -> tuple[float, float]
     if a9 > 0.03:
         for k in range(3):
             y = g["eye_y"] + 0.06 + 0.045 * k
-            pen.line(np.array([[-0.07, y + 0.01], [0, y], [0.07, y + 0.01]]), _dark(a9),
-                     0.011, 0.3)
+            pen.line(np.array([[-0.07, y + 0.01], [0, y], [0.07, y + 0.01]]), _dark(a9), 0.011, 0.3)
     return tip, nw
 
 
@@ -626,48 +810,80 @@ def _draw_mouth(pen: _Pen, ident: Identity, a: np.ndarray, tip: float, nw: float
     for s, sg in ((0, -1), (1, 1)):
         au = a[s]
         cxs.append(sg * (mw + 0.06 * au[_A["12"]] + 0.07 * au[_A["20"]] + 0.04 * au[_A["14"]]))
-        cys.append(g["mouth_y"] - 0.09 * au[_A["12"]] - 0.03 * au[_A["14"]]
-                   + 0.08 * au[_A["15"]] + 0.015 * au[_A["20"]] + 0.35 * jaw)
+        cys.append(
+            g["mouth_y"]
+            - 0.09 * au[_A["12"]]
+            - 0.03 * au[_A["14"]]
+            + 0.08 * au[_A["15"]]
+            + 0.015 * au[_A["20"]]
+            + 0.35 * jaw
+        )
     xs = np.where(u < 0, -u * cxs[0], u * cxs[1])
     corner = np.where(u < 0, cys[0], cys[1])
     my = g["mouth_y"] - 0.025 * am[_A["17"]]
     line0 = my + (corner - my) * np.abs(u) ** 1.6
-    bulge = (1 - u ** 2) ** 0.8
+    bulge = (1 - u**2) ** 0.8
     in_up = line0 - (0.035 * a10 + 0.012 * am[_A["25"]]) * bulge
     in_lo = line0 + jaw * bulge
     thin = max(0.3, 1 - 0.6 * am[_A["24"]])
     tu = g["lip_up"] * thin * (1 - 0.2 * am[_A["12"]])
     tl = g["lip_lo"] * thin * (1 - 0.15 * am[_A["20"]]) * (1 + 0.2 * am[_A["17"]])
-    bow = 1 - 0.3 * np.exp(-(u / 0.15) ** 2)
-    out_up = in_up - tu * (0.2 + 0.8 * (1 - u ** 2) ** 0.5) * bow
-    out_lo = in_lo + tl * (0.2 + 0.8 * (1 - u ** 2) ** 0.6)
+    bow = 1 - 0.3 * np.exp(-((u / 0.15) ** 2))
+    out_up = in_up - tu * (0.2 + 0.8 * (1 - u**2) ** 0.5) * bow
+    out_lo = in_lo + tl * (0.2 + 0.8 * (1 - u**2) ** 0.6)
     for s, sg in ((0, -1), (1, 1)):  # nasolabial folds and dimple (contempt)
         au = a[s]
         d = 0.12 * ident.age + 0.7 * au[_A["12"]] + 0.6 * a10 + 0.4 * a9 + 0.3 * au[_A["6"]]
-        ctrl = np.array([[sg * (nw * 0.6 + 0.04), tip - 0.02],
-                         [sg * (nw * 0.6 + 0.1 + 0.04 * au[_A["12"]]), (tip + cys[s]) / 2],
-                         [cxs[s] + sg * 0.06, cys[s] + 0.07]])
+        ctrl = np.array(
+            [
+                [sg * (nw * 0.6 + 0.04), tip - 0.02],
+                [sg * (nw * 0.6 + 0.1 + 0.04 * au[_A["12"]]), (tip + cys[s]) / 2],
+                [cxs[s] + sg * 0.06, cys[s] + 0.07],
+            ]
+        )
         pen.line(ctrl, _dark(d), 0.013)
         if au[_A["14"]] > 0.05:
-            pen.line(np.array([[cxs[s] + sg * 0.035, cys[s] - 0.03],
-                               [cxs[s] + sg * 0.045, cys[s] + 0.02]]), _dark(au[_A["14"]]), 0.012)
+            pen.line(
+                np.array(
+                    [[cxs[s] + sg * 0.035, cys[s] - 0.03], [cxs[s] + sg * 0.045, cys[s] + 0.02]]
+                ),
+                _dark(au[_A["14"]]),
+                0.012,
+            )
     if ident.beard in (3, 4):  # moustache
-        pen.poly(np.vstack([np.column_stack([xs * 1.1, out_up - 0.005]),
-                            np.column_stack([xs * 0.9, out_up - 0.07])[::-1]]), col["hair"])
-    pen.poly(np.vstack([np.column_stack([xs, out_up]), np.column_stack([xs, out_lo])[::-1]]),
-             col["lips"])
+        pen.poly(
+            np.vstack(
+                [
+                    np.column_stack([xs * 1.1, out_up - 0.005]),
+                    np.column_stack([xs * 0.9, out_up - 0.07])[::-1],
+                ]
+            ),
+            col["hair"],
+        )
+    pen.poly(
+        np.vstack([np.column_stack([xs, out_up]), np.column_stack([xs, out_lo])[::-1]]), col["lips"]
+    )
     gap = in_lo - in_up
     if gap.max() > 0.006:
-        pen.poly(np.vstack([np.column_stack([xs, in_up]), np.column_stack([xs, in_lo])[::-1]]),
-                 (70, 25, 30))
+        pen.poly(
+            np.vstack([np.column_stack([xs, in_up]), np.column_stack([xs, in_lo])[::-1]]),
+            (70, 25, 30),
+        )
         k = np.abs(u) <= 0.75
-        teeth_lo = np.minimum(in_up + 0.045 * (1 - u ** 2) ** 0.3, in_lo)
-        pen.poly(np.vstack([np.column_stack([xs[k], in_up[k]]),
-                            np.column_stack([xs[k], teeth_lo[k]])[::-1]]), (236, 232, 220))
+        teeth_lo = np.minimum(in_up + 0.045 * (1 - u**2) ** 0.3, in_lo)
+        pen.poly(
+            np.vstack(
+                [np.column_stack([xs[k], in_up[k]]), np.column_stack([xs[k], teeth_lo[k]])[::-1]]
+            ),
+            (236, 232, 220),
+        )
     pen.line(np.column_stack([xs, in_up]), _shade(col["lips"], 0.55), 0.012)
     d = 0.25 + 0.5 * am[_A["17"]]
-    pen.line(np.array([[-0.09, out_lo[7] + 0.05], [0, out_lo[7] + 0.04],
-                       [0.09, out_lo[7] + 0.05]]), _dark(d), 0.012)
+    pen.line(
+        np.array([[-0.09, out_lo[7] + 0.05], [0, out_lo[7] + 0.04], [0.09, out_lo[7] + 0.05]]),
+        _dark(d),
+        0.012,
+    )
 
 
 def _draw_brows(pen: _Pen, ident: Identity, a: np.ndarray) -> None:
@@ -681,11 +897,13 @@ def _draw_brows(pen: _Pen, ident: Identity, a: np.ndarray) -> None:
         au = a[s]
         ex, ew = g["eye_x"], g["eye_w"]
         a1, a2, a4 = au[_A["1"]], au[_A["2"]], au[_A["4"]]
-        pts = np.array([
-            [sg * (ex - 0.85 * ew - 0.05 * a4), by + 0.09 * a4 + 0.025 * a9 - 0.11 * a1],
-            [sg * (ex + 0.1 * ew), by - g["brow_arch"] - 0.05 * a1 - 0.08 * a2 + 0.06 * a4],
-            [sg * (ex + 1.25 * ew), by + 0.02 - 0.1 * a2 + 0.03 * a4],
-        ])
+        pts = np.array(
+            [
+                [sg * (ex - 0.85 * ew - 0.05 * a4), by + 0.09 * a4 + 0.025 * a9 - 0.11 * a1],
+                [sg * (ex + 0.1 * ew), by - g["brow_arch"] - 0.05 * a1 - 0.08 * a2 + 0.06 * a4],
+                [sg * (ex + 1.25 * ew), by + 0.02 - 0.1 * a2 + 0.03 * a4],
+            ]
+        )
         lo = pts[[0, 1, 2]]
         thick = g["brow_t"] * np.array([1.1, 1.0, 0.4])
         up = lo - np.column_stack([np.zeros(3), thick])
@@ -707,15 +925,29 @@ def _draw_glasses(pen: _Pen, ident: Identity) -> None:
     for sg in (-1, 1):
         rx, ry = g["eye_w"] * 1.45, g["eye_h"] * 2.0 + 0.05
         c, s_ = np.cos(tt), np.sin(tt)
-        ring = np.column_stack([sg * g["eye_x"] + rx * np.sign(c) * np.abs(c) ** (2 / n),
-                                g["eye_y"] + 0.01 + ry * np.sign(s_) * np.abs(s_) ** (2 / n)])
+        ring = np.column_stack(
+            [
+                sg * g["eye_x"] + rx * np.sign(c) * np.abs(c) ** (2 / n),
+                g["eye_y"] + 0.01 + ry * np.sign(s_) * np.abs(s_) ** (2 / n),
+            ]
+        )
         pen.poly(ring, (200, 220, 230, 30))
         pen.line(np.vstack([ring, ring[:1]]), gc, 0.022)
-        pen.line(np.array([[sg * (g["eye_x"] + rx), g["eye_y"]], [sg * g["w"] * 0.97,
-                           g["eye_y"] - 0.02]]), gc, 0.02, 0.1)
+        pen.line(
+            np.array(
+                [[sg * (g["eye_x"] + rx), g["eye_y"]], [sg * g["w"] * 0.97, g["eye_y"] - 0.02]]
+            ),
+            gc,
+            0.02,
+            0.1,
+        )
     ix = g["eye_x"] - g["eye_w"] * 1.45
-    pen.line(np.array([[-ix, g["eye_y"] - 0.01], [0, g["eye_y"] - 0.04],
-                       [ix, g["eye_y"] - 0.01]]), gc, 0.02, 0.3)
+    pen.line(
+        np.array([[-ix, g["eye_y"] - 0.01], [0, g["eye_y"] - 0.04], [ix, g["eye_y"] - 0.01]]),
+        gc,
+        0.02,
+        0.3,
+    )
 
 
 def _draw_hair(pen: _Pen, ident: Identity) -> None:
@@ -739,8 +971,18 @@ def _draw_hair(pen: _Pen, ident: Identity) -> None:
     if ident.hair != 5:  # a few strands
         sheen = (255, 255, 255, 28)
         for x0 in np.linspace(-0.7, 0.7, 6) * w:
-            pen.line(np.array([[part + 0.15 * (x0 - part), -h * 1.05], [x0, yh[8] - 0.1],
-                               [x0 * 1.15, hl + 0.3 * (abs(x0) / w) ** 3]]), sheen, 0.012, 0)
+            pen.line(
+                np.array(
+                    [
+                        [part + 0.15 * (x0 - part), -h * 1.05],
+                        [x0, yh[8] - 0.1],
+                        [x0 * 1.15, hl + 0.3 * (abs(x0) / w) ** 3],
+                    ]
+                ),
+                sheen,
+                0.012,
+                0,
+            )
 
 
 def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image:
@@ -761,8 +1003,9 @@ def render(ident: Identity, fr: Frame, size: int, bg: np.ndarray) -> Image.Image
     return pen.img.reduce(_Pen.SS)
 
 
-def _finish(img: Image.Image, light: tuple[float, float, float], noise: float,
-            rng: np.random.Generator) -> Image.Image:
+def _finish(
+    img: Image.Image, light: tuple[float, float, float], noise: float, rng: np.random.Generator
+) -> Image.Image:
     """Apply the illumination (gain and gradient) and sensor noise, quantise to uint8."""
     x = np.asarray(img, dtype=np.float32)
     n = x.shape[0]
@@ -788,15 +1031,26 @@ def _pulse(t: float, period: float, width: float) -> float:
     return float(np.exp(-0.5 * (d / width) ** 2))
 
 
-def sequence_frames(ident: Identity, emotion: int, n: int, cfg: SyntheticConfig,
-                    rng: np.random.Generator, scale: float = 1.0) -> list[Frame]:
+def sequence_frames(
+    ident: Identity,
+    emotion: int,
+    n: int,
+    cfg: SyntheticConfig,
+    rng: np.random.Generator,
+    scale: float = 1.0,
+) -> list[Frame]:
     """The ``n`` frames of one neutral-to-apex sequence of ``EMOTIONS[emotion]``."""
     t = np.arange(n, dtype=float)
     ramp = np.clip((t / (n - 1) - ident.lead) / max(ident.reach - ident.lead, 0.1), 0, 1)
-    prog = ramp ** ident.gamma
+    prog = ramp**ident.gamma
     prog = prog * prog * (3 - 2 * prog) * 0.5 + prog * 0.5  # ease in/out
-    apex = (ident.protos[emotion] * ident.gain * cfg.intensity * scale
-            * np.exp(rng.normal(0, cfg.intensity_jitter)))
+    apex = (
+        ident.protos[emotion]
+        * ident.gain
+        * cfg.intensity
+        * scale
+        * np.exp(rng.normal(0, cfg.intensity_jitter))
+    )
     sig = ident.signature * (cfg.intensity * scale)
     bilateral = apex.copy()
     if EMOTIONS[emotion] == "contempt":
@@ -809,8 +1063,9 @@ def sequence_frames(ident: Identity, emotion: int, n: int, cfg: SyntheticConfig,
     hm, lt = cfg.head_motion, cfg.lighting
     p0 = rng.normal(0, [0.006, 0.006, 0.015, 0.01, 0.025]) * hm + [0, 0, 0, 1, 0]
     drift = rng.normal(0, [0.001, 0.001, 0.0025, 0.0015, 0.005]) * hm
-    l0 = np.array([1 + rng.normal(0, 0.025) * lt, rng.normal(0, 0.04) * lt,
-                   rng.normal(0, 0.04) * lt])
+    l0 = np.array(
+        [1 + rng.normal(0, 0.025) * lt, rng.normal(0, 0.04) * lt, rng.normal(0, 0.04) * lt]
+    )
     ldrift = rng.normal(0, [0.02, 0.02, 0.02]) * lt
     gaze0 = rng.normal(0, 0.3, 2)
     saccade = rng.integers(1, n) if rng.random() < 0.4 else n
@@ -834,9 +1089,15 @@ def sequence_frames(ident: Identity, emotion: int, n: int, cfg: SyntheticConfig,
         pose[2] += nod * 0.8
         g = gaze0 if i < saccade else gaze1
         light = l0 + ldrift * tau + rng.normal(0, 0.0005, 3) * lt
-        frames.append(Frame(aus=aus, blink=min(blink * (cfg.style > 0), 1.0),
-                            gaze=(float(g[0]), float(g[1])), pose=tuple(pose),
-                            light=tuple(light)))
+        frames.append(
+            Frame(
+                aus=aus,
+                blink=min(blink * (cfg.style > 0), 1.0),
+                gaze=(float(g[0]), float(g[1])),
+                pose=tuple(pose),
+                light=tuple(light),
+            )
+        )
     return frames
 
 
@@ -891,7 +1152,7 @@ def label_plan(cfg: SyntheticConfig) -> list[list[int]] | None:
     counts = rng.choice(ks, cfg.subjects, p=_count_pmf(cfg))
     share = counts.sum() * _EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()
     quota = np.floor(share).astype(int)
-    quota[np.argsort(quota - share, kind="stable")[:counts.sum() - quota.sum()]] += 1
+    quota[np.argsort(quota - share, kind="stable")[: counts.sum() - quota.sum()]] += 1
     plan: list[list[int]] = [[] for _ in counts]
     for i in np.lexsort((rng.permutation(cfg.subjects), -counts)):
         for _ in range(counts[i]):
@@ -926,9 +1187,9 @@ def label_coupled(cfg: SyntheticConfig) -> np.ndarray:
     return rng.random(cfg.subjects) < cfg.label_coupling
 
 
-def _subject_start(cfg: SyntheticConfig, index: int, extra: int,
-                   emotions: list[int] | None) -> tuple[Identity, np.random.Generator,
-                                                        list[int | None], np.ndarray]:
+def _subject_start(
+    cfg: SyntheticConfig, index: int, extra: int, emotions: list[int] | None
+) -> tuple[Identity, np.random.Generator, list[int | None], np.ndarray]:
     """Expression subject ``index``: the person, its sequence stream (after the label draws),
     its sequence labels in order (CK+ codes, None for unlabelled) and its background.
     ``emotions`` (`label_plan`'s entry) is replaced by the appearance group's emotions when
@@ -939,8 +1200,9 @@ def _subject_start(cfg: SyntheticConfig, index: int, extra: int,
         emotions = label_plan(cfg)[index]  # type: ignore[index]
     if not cfg.expressions:
         k = int(rng.integers(cfg.min_expressions, cfg.max_expressions + 1))
-        emotions = list(rng.choice(7, k, replace=False,
-                                   p=_EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum()))
+        emotions = list(
+            rng.choice(7, k, replace=False, p=_EMOTION_WEIGHTS / _EMOTION_WEIGHTS.sum())
+        )
     if cfg.label_coupling and label_coupled(cfg)[index]:
         emotions = [EMOTIONS.index(e) for e in LABEL_GROUPS[label_group(ident)]]
     labels: list[int | None] = [int(e) + 1 for e in rng.permutation(emotions)]
@@ -949,17 +1211,18 @@ def _subject_start(cfg: SyntheticConfig, index: int, extra: int,
     return ident, rng, labels, _background(ident, cfg.size * _Pen.SS)
 
 
-def _sequence(ident: Identity, code: int | None, cfg: SyntheticConfig,
-              rng: np.random.Generator) -> list[Frame]:
+def _sequence(
+    ident: Identity, code: int | None, cfg: SyntheticConfig, rng: np.random.Generator
+) -> list[Frame]:
     """The frame parameters of the subject's next sequence (CK+ code or None: unlabelled)."""
     n = int(rng.integers(cfg.min_frames, cfg.max_frames + 1))
     emo = int(rng.integers(7)) if code is None else code - 1
     return sequence_frames(ident, emo, n, cfg, rng, 0.4 if code is None else 1.0)
 
 
-def subject_sequences(cfg: SyntheticConfig, index: int, extra: int = 0,
-                      emotions: list[int] | None = None
-                      ) -> Iterator[tuple[int | None, list[Image.Image]]]:
+def subject_sequences(
+    cfg: SyntheticConfig, index: int, extra: int = 0, emotions: list[int] | None = None
+) -> Iterator[tuple[int | None, list[Image.Image]]]:
     """The sequences of expression subject ``index``: (CK+ code or None, frames), in order.
 
     ``emotions``: the subject's entry of `label_plan` (computed here when not given);
@@ -968,12 +1231,15 @@ def subject_sequences(cfg: SyntheticConfig, index: int, extra: int = 0,
     ident, rng, labels, bg = _subject_start(cfg, index, extra, emotions)
     for code in labels:
         frames = _sequence(ident, code, cfg, rng)
-        yield code, [_finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng)
-                     for fr in frames]
+        yield (
+            code,
+            [_finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng) for fr in frames],
+        )
 
 
-def neutral_frame(cfg: SyntheticConfig, index: int, extra: int = 0,
-                  emotions: list[int] | None = None) -> tuple[Identity, Image.Image]:
+def neutral_frame(
+    cfg: SyntheticConfig, index: int, extra: int = 0, emotions: list[int] | None = None
+) -> tuple[Identity, Image.Image]:
     """Expression subject ``index`` and the first frame of its first sequence (the neutral
     I-frame f_I sees), the same image `generate` writes, rendering only that frame."""
     ident, rng, labels, bg = _subject_start(cfg, index, extra, emotions)
@@ -981,21 +1247,24 @@ def neutral_frame(cfg: SyntheticConfig, index: int, extra: int = 0,
     return ident, _finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng)
 
 
-def _write_subject(cfg: SyntheticConfig, root: Path, index: int, sid: int, extra: int,
-                   emotions: list[int] | None) -> list[tuple]:
+def _write_subject(
+    cfg: SyntheticConfig, root: Path, index: int, sid: int, extra: int, emotions: list[int] | None
+) -> list[tuple]:
     """Write all sequences of one expression subject; returns (code|None, frames, bytes)."""
     out = []
-    for q, (code, frames) in enumerate(subject_sequences(cfg, index, extra, emotions),
-                                       start=1):
+    for q, (code, frames) in enumerate(subject_sequences(cfg, index, extra, emotions), start=1):
         img_dir = root / "cohn-kanade-images" / f"S{sid:03d}" / f"{q:03d}"
         img_dir.mkdir(parents=True, exist_ok=True)
-        size = sum(_save(img, img_dir / f"S{sid:03d}_{q:03d}_{i:08d}.png")
-                   for i, img in enumerate(frames, start=1))
+        size = sum(
+            _save(img, img_dir / f"S{sid:03d}_{q:03d}_{i:08d}.png")
+            for i, img in enumerate(frames, start=1)
+        )
         if code is not None:
             emo_dir = root / "Emotion" / f"S{sid:03d}" / f"{q:03d}"
             emo_dir.mkdir(parents=True, exist_ok=True)
             (emo_dir / f"S{sid:03d}_{q:03d}_{len(frames):08d}_emotion.txt").write_text(
-                f"{float(code):16.7e}\n")
+                f"{float(code):16.7e}\n"
+            )
         out.append((code, len(frames), size))
     return out
 
@@ -1006,11 +1275,21 @@ def _identity_frame(ident: Identity, cfg: SyntheticConfig, rng: np.random.Genera
     if rng.random() < 0.6:
         aus = ident.protos[rng.integers(7)] * ident.gain * rng.uniform(0.2, 1.0)
     aus = aus + ident.signature * rng.uniform(0, 1)
-    pose = (rng.normal(0, 0.025), rng.normal(0, 0.025), rng.normal(0, 0.07),
-            1 + rng.normal(0, 0.05), rng.normal(0, 0.2))
+    pose = (
+        rng.normal(0, 0.025),
+        rng.normal(0, 0.025),
+        rng.normal(0, 0.07),
+        1 + rng.normal(0, 0.05),
+        rng.normal(0, 0.2),
+    )
     light = (1 + rng.normal(0, 0.1), rng.normal(0, 0.15), rng.normal(0, 0.15))
-    return Frame(aus=_split(ident, aus), blink=float(rng.random() < 0.1) * rng.uniform(0.5, 1),
-                 gaze=tuple(rng.normal(0, 0.4, 2)), pose=pose, light=light)
+    return Frame(
+        aus=_split(ident, aus),
+        blink=float(rng.random() < 0.1) * rng.uniform(0.5, 1),
+        gaze=tuple(rng.normal(0, 0.4, 2)),
+        pose=pose,
+        light=light,
+    )
 
 
 def _write_identity(cfg: SyntheticConfig, root: Path, index: int, pid: int) -> list[tuple]:
@@ -1023,8 +1302,9 @@ def _write_identity(cfg: SyntheticConfig, root: Path, index: int, pid: int) -> l
     size = 0
     for i in range(1, cfg.id_images + 1):
         fr = _identity_frame(ident, cfg, rng)
-        size += _save(_finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng),
-                      d / f"{i:03d}.png")
+        size += _save(
+            _finish(render(ident, fr, cfg.size, bg), fr.light, cfg.noise, rng), d / f"{i:03d}.png"
+        )
     return [("id", cfg.id_images, size)]
 
 
@@ -1097,20 +1377,25 @@ def generate(out: Path, config: SyntheticConfig, jobs: int = 1, force: bool = Fa
         "unlabelled": sum(1 for r in seqs if r[0] is None),
         "per_class": per_class,
         "labels_per_subject": labels_per_subject,
-        "label_groups": {"emotions": [list(g) for g in LABEL_GROUPS],
-                         "group": {f"S{sid:03d}":
-                                   label_group(make_identity(config, _STREAM_SUBJECTS, i))
-                                   for i, sid in enumerate(ids)},
-                         "coupled": [f"S{sid:03d}" for sid, c in
-                                     zip(ids, label_coupled(config), strict=True) if c]},
+        "label_groups": {
+            "emotions": [list(g) for g in LABEL_GROUPS],
+            "group": {
+                f"S{sid:03d}": label_group(make_identity(config, _STREAM_SUBJECTS, i))
+                for i, sid in enumerate(ids)
+            },
+            "coupled": [
+                f"S{sid:03d}" for sid, c in zip(ids, label_coupled(config), strict=True) if c
+            ],
+        },
         "frames": sum(r[1] for r in seqs),
         "id_subjects": config.id_subjects,
         "id_images": sum(r[1] for r in results if r[0] == "id"),
         "size": config.size,
         "bytes": sum(r[2] for r in results),
     }
-    (out / "synthetic.json").write_text(json.dumps({"config": asdict(config),
-                                                    "summary": summary}, indent=1) + "\n")
+    (out / "synthetic.json").write_text(
+        json.dumps({"config": asdict(config), "summary": summary}, indent=1) + "\n"
+    )
     summary["seconds"] = round(time.perf_counter() - start, 1)
     return summary
 
@@ -1149,19 +1434,20 @@ _HELP = {
     "id_images": "images per identity of the identity set",
     "seed": "random seed (same seed, same bytes)",
     "size": "frame width and height in pixels (even)",
-    "min_frames": "shortest sequence", "max_frames": "longest sequence",
+    "min_frames": "shortest sequence",
+    "max_frames": "longest sequence",
     "min_expressions": "fewest expressions per subject",
     "max_expressions": "most expressions per subject",
     "expressions": "mean labelled sequences per subject, CK+-like skew and class totals "
-                   "(CK+: 327/118); 0: min..max per subject, uniformly many",
+    "(CK+: 327/118); 0: min..max per subject, uniformly many",
     "coupling": "how much style and each person's version of an emotion follow from the "
-                "face's appearance (0: independent, 1: a function of it plus a little noise)",
+    "face's appearance (0: independent, 1: a function of it plus a little noise)",
     "coupled_style": "strength of the appearance-driven style against the idiosyncratic one "
-                     "(1: the style keeps its distribution at every coupling; > 1: coupling "
-                     "adds style)",
+    "(1: the style keeps its distribution at every coupling; > 1: coupling "
+    "adds style)",
     "label_coupling": "probability that a subject shows exactly its appearance group's "
-                      "emotions (skin tone band; synthetic.LABEL_GROUPS) instead of the "
-                      "--expressions draw (0: that draw, 1: the neutral face predicts the label)",
+    "emotions (skin tone band; synthetic.LABEL_GROUPS) instead of the "
+    "--expressions draw (0: that draw, 1: the neutral face predicts the label)",
     "unlabelled": "extra sequences without an emotion file (CK+ quirk)",
     "intensity": "scale of every apex",
     "intensity_jitter": "log-sd of a per-sequence apex factor",
@@ -1176,15 +1462,20 @@ _HELP = {
 def main(argv: list[str] | None = None) -> dict | None:
     """Command line: generate a dataset and/or write a preview picture."""
     d = SyntheticConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", type=Path, help="dataset root (CK+ layout)")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--preview", type=Path, help="also save a grid of apex faces here (PNG)")
     for f in d.__dataclass_fields__.values():
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)),
-                       default=getattr(d, f.name), help=_HELP[f.name])
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(getattr(d, f.name)),
+            default=getattr(d, f.name),
+            help=_HELP[f.name],
+        )
     args = p.parse_args(argv)
     if args.out is None and args.preview is None:
         p.error("give --out and/or --preview")
@@ -1195,11 +1486,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.out is None:
         return None
     s = generate(args.out, cfg, args.jobs, args.force)
-    print(f"{s['subjects']} subjects, {s['sequences']} sequences ({s['labelled']} labelled, "
-          f"{s['unlabelled']} unlabelled), {s['frames']} frames of {s['size']}x{s['size']}")
+    print(
+        f"{s['subjects']} subjects, {s['sequences']} sequences ({s['labelled']} labelled, "
+        f"{s['unlabelled']} unlabelled), {s['frames']} frames of {s['size']}x{s['size']}"
+    )
     print("per class: " + ", ".join(f"{k} {v}" for k, v in s["per_class"].items()))
-    print("subjects showing k labelled sequences: "
-          + ", ".join(f"{k}: {v}" for k, v in s["labels_per_subject"].items()))
+    print(
+        "subjects showing k labelled sequences: "
+        + ", ".join(f"{k}: {v}" for k, v in s["labels_per_subject"].items())
+    )
     print(f"identity set: {s['id_subjects']} identities, {s['id_images']} images")
     print(f"{s['bytes'] / 2**20:.1f} MiB in {s['seconds']} s -> {s['root']}")
     return s

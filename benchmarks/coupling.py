@@ -59,7 +59,7 @@ def ridge_r2(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> flo
         for lam in s.mean() * np.logspace(-4, 3, 15):
             shrink = s / (s + lam)
             fit = u @ (shrink[:, None] * (u.T @ yt))
-            h = 1 / len(train) + (u ** 2) @ shrink  # leverage, the intercept included
+            h = 1 / len(train) + (u**2) @ shrink  # leverage, the intercept included
             loo = ((yt - fit) / np.maximum(1 - h, 1e-9)[:, None]) ** 2
             if loo.sum() < best:
                 best, best_lam = loo.sum(), lam
@@ -78,12 +78,24 @@ def identity_network(args: argparse.Namespace) -> tuple[str, str]:
         return str(path), f"facenet_mobilenet pretrained on the synthetic identities ({path})"
     raw = args.work / "identity-raw"
     if not (raw / "synthetic.json").exists():
-        synthetic.generate(raw, synthetic.SyntheticConfig(subjects=1, unlabelled=0,
-                                                          seed=args.seed), jobs=1, force=True)
-    acc = pretrain_identity(raw / "identities", path, args.pretrain_epochs, args.identity_size,
-                            args.seed, torch.device("cpu"))
-    return str(path), (f"facenet_mobilenet pretrained on the synthetic identities, {acc:.1%} "
-                       f"identity accuracy on held-out frames ({path})")
+        synthetic.generate(
+            raw,
+            synthetic.SyntheticConfig(subjects=1, unlabelled=0, seed=args.seed),
+            jobs=1,
+            force=True,
+        )
+    acc = pretrain_identity(
+        raw / "identities",
+        path,
+        args.pretrain_epochs,
+        args.identity_size,
+        args.seed,
+        torch.device("cpu"),
+    )
+    return str(path), (
+        f"facenet_mobilenet pretrained on the synthetic identities, {acc:.1%} "
+        f"identity accuracy on held-out frames ({path})"
+    )
 
 
 def measure(c: float, args: argparse.Namespace, f_i: torch.nn.Module) -> dict[str, tuple]:
@@ -117,8 +129,12 @@ def plot(table: dict[float, dict[str, tuple]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 3.6))
     width = 0.8 / len(table)
     for k, (c, rows) in enumerate(table.items()):
-        ax.bar(np.arange(len(names)) + (k - (len(table) - 1) / 2) * width,
-               [max(rows[n][0], -0.1) for n in names], width, label=f"c = {c:g}")
+        ax.bar(
+            np.arange(len(names)) + (k - (len(table) - 1) / 2) * width,
+            [max(rows[n][0], -0.1) for n in names],
+            width,
+            label=f"c = {c:g}",
+        )
     ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
     ax.set_ylabel("held-out R², z_I → style")
     ax.set_ylim(-0.1, 1)
@@ -134,17 +150,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--subjects", type=int, default=300, help="identities per coupling")
     p.add_argument("--couplings", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--identity", choices=["facenet_mobilenet", "inception_resnet_v1"],
-                   help="f_I (default: the one its weights are for)")
-    p.add_argument("--identity-weights", default=DEFAULT_IDENTITY[1],
-                   help="f_I's weights: a name, a path, or 'pretrain' (FaceNet-MobileNet "
-                        f"pretrained on the synthetic identities, cached in --work); default "
-                        f"{DEFAULT_IDENTITY[1]}")
-    p.add_argument("--identity-size", type=int, help="letterboxed input side of f_I (default: "
-                                                     "160, 80 for 'pretrain')")
+    p.add_argument(
+        "--identity",
+        choices=["facenet_mobilenet", "inception_resnet_v1"],
+        help="f_I (default: the one its weights are for)",
+    )
+    p.add_argument(
+        "--identity-weights",
+        default=DEFAULT_IDENTITY[1],
+        help="f_I's weights: a name, a path, or 'pretrain' (FaceNet-MobileNet "
+        f"pretrained on the synthetic identities, cached in --work); default "
+        f"{DEFAULT_IDENTITY[1]}",
+    )
+    p.add_argument(
+        "--identity-size",
+        type=int,
+        help="letterboxed input side of f_I (default: 160, 80 for 'pretrain')",
+    )
     p.add_argument("--pretrain-epochs", type=int, default=5)
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "coupling",
-                   help="cache folder (identity set and network)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "runs" / "coupling",
+        help="cache folder (identity set and network)",
+    )
     p.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "results" / "coupling.png")
     args = p.parse_args(argv)
     pretrain = args.identity_weights == "pretrain"
@@ -157,13 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     f_i = build_identity(args.identity, weights, size=args.identity_size)
     table = {c: measure(c, args, f_i) for c in args.couplings}
     print(f"f_I: {what}")
-    print(f"{args.subjects} subjects per coupling, 5-fold over subjects; R² of ridge z_I → "
-          "style parameter (in brackets: from the true appearance attributes)\n")
+    print(
+        f"{args.subjects} subjects per coupling, 5-fold over subjects; R² of ridge z_I → "
+        "style parameter (in brackets: from the true appearance attributes)\n"
+    )
     print("| style parameter | " + " | ".join(f"c = {c:g}" for c in table) + " |")
     print("|---|" + "---|" * len(table))
     for name in next(iter(table.values())):
-        print(f"| {name} | " + " | ".join(f"{rows[name][0]:.2f} ({rows[name][1]:.2f})"
-                                          for rows in table.values()) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{rows[name][0]:.2f} ({rows[name][1]:.2f})" for rows in table.values())
+            + " |"
+        )
     plot(table, args.png)
     print(f"\n{args.png} written; {time.time() - t0:.0f} s")
 

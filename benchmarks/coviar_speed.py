@@ -78,8 +78,9 @@ def speed(path: Path, args: argparse.Namespace) -> bool:
         cases[f"many{acc}"] = lambda acc=acc: coviar.load_many(path, 0, idx, rep, acc)
         cases[f"separate{acc}"] = lambda acc=acc: [coviar.load(path, 0, i, rep, acc) for i in idx]
         cases[f"clip{acc}"] = lambda acc=acc: coviar.load_clip(path, 0, three, acc)
-        cases[f"three{acc}"] = lambda acc=acc: [coviar.load_many(path, 0, f, r, acc)
-                                                for r, f in three.items()]
+        cases[f"three{acc}"] = lambda acc=acc: [
+            coviar.load_many(path, 0, f, r, acc) for r, f in three.items()
+        ]
         refs[f"reference{acc}"] = lambda acc=acc: [ref_load(path, 0, i, rep, acc) for i in idx]
     t = medians(cases, args.repeats) | (medians(refs, args.ref_repeats) if args.ref_repeats else {})
     floor = t["floor"]
@@ -108,8 +109,11 @@ def speed(path: Path, args: argparse.Namespace) -> bool:
         )
         if args.ref_repeats:
             row(f"{k} x ref_load (pure Python, {args.ref_repeats} repeats)", f"reference{acc}")
-        row(f"load_clip: {k} residuals, {k} vectors, 1 picture", f"clip{acc}",
-            f"one decode; the 3 load_many calls: {t[f'three{acc}'] / t[f'clip{acc}']:.1f} x")
+        row(
+            f"load_clip: {k} residuals, {k} vectors, 1 picture",
+            f"clip{acc}",
+            f"one decode; the 3 load_many calls: {t[f'three{acc}'] / t[f'clip{acc}']:.1f} x",
+        )
     return ok
 
 

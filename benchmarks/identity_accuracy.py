@@ -68,8 +68,10 @@ def nearest_centroid(z: np.ndarray, labels: np.ndarray) -> float:
 
 STANDARDISATIONS = {
     "fixed (x − 127.5) / 128 (ours)": lambda x: (x - 127.5) / 128,
-    "per-image prewhitening": lambda x: (x - x.mean((1, 2, 3), keepdim=True))
-    / x.std((1, 2, 3), keepdim=True, unbiased=False).clamp_min(1 / x[0].numel() ** 0.5),
+    "per-image prewhitening": lambda x: (
+        (x - x.mean((1, 2, 3), keepdim=True))
+        / x.std((1, 2, 3), keepdim=True, unbiased=False).clamp_min(1 / x[0].numel() ** 0.5)
+    ),
     "none (0..255)": lambda x: x,
 }
 
@@ -87,19 +89,29 @@ def preprocessing_check() -> None:
         same = (z - z_mirror).norm(dim=1)
         other = torch.cdist(z, z)[~torch.eye(len(z), dtype=torch.bool)]
         auc = (same[:, None] < other[None, :]).float().mean()
-        print(f"| {name} | {same.mean():.3f} | {other.mean():.3f} | "
-              f"{other.mean() / same.mean():.2f} | {auc:.4f} |")
+        print(
+            f"| {name} | {same.mean():.3f} | {other.mean():.3f} | "
+            f"{other.mean() / same.mean():.2f} | {auc:.4f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path,
-                   help="a synthetic.py --out folder (or its identities/ folder)")
-    p.add_argument("--preprocessing", action="store_true",
-                   help="only compare input standardisations on real faces")
-    p.add_argument("--pretrain", type=int, default=40,
-                   help="identities the MobileNet is pretrained on (train.py's demo set has 40); "
-                        "the rest are measured")
+    p.add_argument(
+        "--data", type=Path, help="a synthetic.py --out folder (or its identities/ folder)"
+    )
+    p.add_argument(
+        "--preprocessing",
+        action="store_true",
+        help="only compare input standardisations on real faces",
+    )
+    p.add_argument(
+        "--pretrain",
+        type=int,
+        default=40,
+        help="identities the MobileNet is pretrained on (train.py's demo set has 40); "
+        "the rest are measured",
+    )
     p.add_argument("--pretrain-epochs", type=int, default=6, help="as train.py's default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -111,20 +123,29 @@ def main(argv: list[str] | None = None) -> None:
     root = args.data / "identities" if (args.data / "identities").is_dir() else args.data
     ids = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     if len(ids) <= args.pretrain + 1:
-        sys.exit(f"identity_accuracy.py: {root} has {len(ids)} identities; need more than "
-                 f"--pretrain {args.pretrain} + 1 (python synthetic.py --id-subjects 80)")
+        sys.exit(
+            f"identity_accuracy.py: {root} has {len(ids)} identities; need more than "
+            f"--pretrain {args.pretrain} + 1 (python synthetic.py --id-subjects 80)"
+        )
     seen, unseen = ids[: args.pretrain], ids[args.pretrain :]
     device = torch.device(args.device)
     images, labels = load_identities(unseen)
-    print(f"{root}: pretraining on {len(seen)} identities, measuring on {len(unseen)} unseen "
-          f"identities ({len(labels)} images, {images.shape[-1]} px)")
+    print(
+        f"{root}: pretraining on {len(seen)} identities, measuring on {len(unseen)} unseen "
+        f"identities ({len(labels)} images, {images.shape[-1]} px)"
+    )
 
     rows = []
     t0 = time.perf_counter()
     facenet = build_identity(*DEFAULT_IDENTITY)
     z = embed(facenet, images, device)
-    rows.append((f"FaceNet {DEFAULT_IDENTITY[1]} (160 px, z_I {facenet.dim}-d)", z,
-                 time.perf_counter() - t0))
+    rows.append(
+        (
+            f"FaceNet {DEFAULT_IDENTITY[1]} (160 px, z_I {facenet.dim}-d)",
+            z,
+            time.perf_counter() - t0,
+        )
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "seen"
@@ -136,15 +157,22 @@ def main(argv: list[str] | None = None) -> None:
         acc = pretrain_identity(folder, out, args.pretrain_epochs, 80, args.seed, device)
         mobilenet = build_identity("facenet_mobilenet", str(out), size=80)
         z = embed(mobilenet, images, device)
-        rows.append((f"FaceNet-MobileNet pretrained here (80 px, z_I {mobilenet.dim}-d)", z,
-                     time.perf_counter() - t0))
+        rows.append(
+            (
+                f"FaceNet-MobileNet pretrained here (80 px, z_I {mobilenet.dim}-d)",
+                z,
+                time.perf_counter() - t0,
+            )
+        )
 
     print("\n| network | linear probe | nearest centroid | time |\n|---|---|---|---|")
     for name, z, seconds in rows:
         probe, chance = identity_probe(z, labels, seed=args.seed)
         print(f"| {name} | {probe:.1%} | {nearest_centroid(z, labels):.1%} | {seconds:.0f} s |")
-    print(f"\nchance {chance:.1%} ({len(unseen)} unseen identities); the MobileNet's own "
-          f"classifier on held-out images of its {len(seen)} pretraining identities: {acc:.1%}")
+    print(
+        f"\nchance {chance:.1%} ({len(unseen)} unseen identities); the MobileNet's own "
+        f"classifier on held-out images of its {len(seen)} pretraining identities: {acc:.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,14 @@ NUISANCE = 16
 CLASSES = 7
 
 
-def split(mi_nats: float, variant: str, rng: np.random.Generator, labels: float = 1.0,
-          train_subjects: int = 180, test_subjects: int = 20) -> dict[str, np.ndarray]:
+def split(
+    mi_nats: float,
+    variant: str,
+    rng: np.random.Generator,
+    labels: float = 1.0,
+    train_subjects: int = 180,
+    test_subjects: int = 20,
+) -> dict[str, np.ndarray]:
     """One split's features as train.py's features.npz names them (train_z, train_zi,
     train_subject, train_label and the same for test), test clips stored subject by subject.
     ``labels``: sd of the expression's class means in z_E."""
@@ -67,12 +73,13 @@ def split(mi_nats: float, variant: str, rng: np.random.Generator, labels: float 
     emotions = [rng.choice(CLASSES, rng.integers(1, 4), replace=False) for _ in range(n_subjects)]
     label = np.array([rng.choice(emotions[s]) for s in subject])
     n = len(subject)
-    zi = (np.sqrt(CLUSTER) * rng.standard_normal((n_subjects, D_I))[subject]
-          + np.sqrt(1 - CLUSTER) * rng.standard_normal((n, D_I)))
+    zi = np.sqrt(CLUSTER) * rng.standard_normal((n_subjects, D_I))[subject] + np.sqrt(
+        1 - CLUSTER
+    ) * rng.standard_normal((n, D_I))
     rho = mi.gaussian_rho(mi_nats, K) if mi_nats > 0 else 0.0
     ze = rng.standard_normal((n, D_E))
     ze[:, :K] = rho * zi[:, :K] + np.sqrt(1 - rho**2) * ze[:, :K]
-    ze[:, K:K + LABEL_DIMS] += labels * rng.standard_normal((CLASSES, LABEL_DIMS))[label]
+    ze[:, K : K + LABEL_DIMS] += labels * rng.standard_normal((CLASSES, LABEL_DIMS))[label]
     big = 3.0
     if variant == "top":
         ze[:, :K] *= big
@@ -86,16 +93,23 @@ def split(mi_nats: float, variant: str, rng: np.random.Generator, labels: float 
     test = subject >= train_subjects
     out = {}
     for name, mask in (("train", ~test), ("test", test)):
-        out.update({f"{name}_z": ze[mask].astype(np.float32),
-                    f"{name}_zi": zi[mask].astype(np.float32),
-                    f"{name}_subject": subject[mask], f"{name}_label": label[mask]})
+        out.update(
+            {
+                f"{name}_z": ze[mask].astype(np.float32),
+                f"{name}_zi": zi[mask].astype(np.float32),
+                f"{name}_subject": subject[mask],
+                f"{name}_label": label[mask],
+            }
+        )
     return out
 
 
-def hsic_null(f: dict[str, np.ndarray], seed: int, groups: np.ndarray | None = None
-              ) -> tuple[float, np.ndarray]:
+def hsic_null(
+    f: dict[str, np.ndarray], seed: int, groups: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """HSIC of the test clips' z_E and z_I (Gaussian kernels, each feature standardised, the
     median distance as bandwidth) and its null over permutations of the z_I rows."""
+
     def gram(a: np.ndarray) -> np.ndarray:
         a = (a - a.mean(0)) / (a.std(0) + 1e-8)
         d2 = np.maximum((a**2).sum(1)[:, None] + (a**2).sum(1)[None] - 2 * a @ a.T, 0)
@@ -105,8 +119,9 @@ def hsic_null(f: dict[str, np.ndarray], seed: int, groups: np.ndarray | None = N
     l_ = gram(f["test_zi"].astype(np.float64))
     h = np.eye(len(k)) - 1.0 / len(k)
     k = h @ k @ h
-    perms = evaluate.permutations(len(k), evaluate.DEPENDENCE["permutations"],
-                                  np.random.default_rng(seed), groups)
+    perms = evaluate.permutations(
+        len(k), evaluate.DEPENDENCE["permutations"], np.random.default_rng(seed), groups
+    )
     return float((k * l_).sum()), np.array([(k * l_[np.ix_(q, q)]).sum() for q in perms])
 
 
@@ -123,8 +138,9 @@ def measure(f: dict[str, np.ndarray], seed: int, measures: list[str]) -> dict[st
         out["mine"] = m - m0
     if "ridge" in measures:
         out["ridge"] = p_value(evaluate.dependence_null(*args, seed=seed))
-        out["ridge_subjects"] = p_value(evaluate.dependence_null(
-            *args, seed=seed, groups=f["test_subject"]))
+        out["ridge_subjects"] = p_value(
+            evaluate.dependence_null(*args, seed=seed, groups=f["test_subject"])
+        )
     if "hsic" in measures:
         out["hsic"] = p_value(hsic_null(f, seed))
         out["hsic_subjects"] = p_value(hsic_null(f, seed, f["test_subject"]))
@@ -138,16 +154,24 @@ def pooled(mi_nats: float, variant: str, labels: float, rep: int, splits: int) -
     """The ridge test's pooled p over ``splits`` independent splits (as evaluate.py pools)."""
     per = []
     for k in range(splits):
-        f = split(mi_nats, variant, np.random.default_rng([rep, int(1000 * mi_nats), k, 7]),
-                  labels=labels)
-        per.append(evaluate.dependence_null(f["train_z"], f["train_zi"], f["test_z"],
-                                            f["test_zi"], f["train_subject"], seed=k))
+        f = split(
+            mi_nats, variant, np.random.default_rng([rep, int(1000 * mi_nats), k, 7]), labels=labels
+        )
+        per.append(
+            evaluate.dependence_null(
+                f["train_z"], f["train_zi"], f["test_z"], f["test_zi"], f["train_subject"], seed=k
+            )
+        )
     return evaluate.pooled_dependence(per, "ridge")["p"]
 
 
-P_MEASURES = {"ridge": "ridge, rows permuted", "ridge_subjects": "ridge, subjects exchanged",
-              "hsic": "HSIC, rows permuted", "hsic_subjects": "HSIC, subjects exchanged",
-              "pooled": "ridge pooled over the splits, rows permuted"}
+P_MEASURES = {
+    "ridge": "ridge, rows permuted",
+    "ridge_subjects": "ridge, subjects exchanged",
+    "hsic": "HSIC, rows permuted",
+    "hsic_subjects": "HSIC, subjects exchanged",
+    "pooled": "ridge pooled over the splits, rows permuted",
+}
 CALIBRATED = {"mine": "held-out MINE − control", "probe": "unseen-clip probe − majority"}
 
 
@@ -157,8 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mi", type=float, nargs="+", default=[0, 0.05, 0.2, 0.5, 1.0])
     p.add_argument("--variants", nargs="+", default=["top", "hidden"])
     p.add_argument("--measures", nargs="*", default=["mine", "ridge", "hsic", "probe"])
-    p.add_argument("--pooled", type=int, default=0, metavar="SPLITS",
-                   help="also the ridge test pooled over SPLITS splits (reps × SPLITS fits)")
+    p.add_argument(
+        "--pooled",
+        type=int,
+        default=0,
+        metavar="SPLITS",
+        help="also the ridge test pooled over SPLITS splits (reps × SPLITS fits)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = [(v, m, 1.0) for v in args.variants for m in args.mi]
@@ -166,17 +195,22 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     t0 = time.time()
     for v, m, lab in rows:
-        results[v, m, lab] = [measure(split(m, v, np.random.default_rng([r, int(1000 * m)]),
-                                            labels=lab), r, args.measures)
-                              for r in range(args.reps)]
+        results[v, m, lab] = [
+            measure(
+                split(m, v, np.random.default_rng([r, int(1000 * m)]), labels=lab), r, args.measures
+            )
+            for r in range(args.reps)
+        ]
         if args.pooled:
             for r, res in enumerate(results[v, m, lab]):
                 res["pooled"] = pooled(m, v, lab, r, args.pooled)
         print(f"  {v} MI {m:g} labels {lab:g}: {time.time() - t0:.0f} s", file=sys.stderr)
     keys = [k for k in (*P_MEASURES, *CALIBRATED) if k in results[rows[0]][0]]
     names = {**P_MEASURES, **CALIBRATED}
-    print(f"Share of {args.reps} repetitions (one split each) that detect dependence; MI 0 rows: "
-          "the false-alarm rate.\n")
+    print(
+        f"Share of {args.reps} repetitions (one split each) that detect dependence; MI 0 rows: "
+        "the false-alarm rate.\n"
+    )
     print("| variant | true MI, nats | " + " | ".join(names[k] for k in keys) + " |")
     print("|---|---|" + "---|" * len(keys))
     for v, m, lab in rows:
@@ -193,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
                 cells.append(f"{(values > cut).mean():.2f} ({values.mean():+.3f})")
         label = f"{m:g}" + (", labels" if lab != 1.0 else "")
         print(f"| {v} | {label} | " + " | ".join(cells) + " |")
-    print("\nMINE and probe cells: share above the 95th percentile of the MI-0 row's values, "
-          "(mean difference).")
+    print(
+        "\nMINE and probe cells: share above the 95th percentile of the MI-0 row's values, "
+        "(mean difference)."
+    )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,10 @@ def face_frames(width: int, height: int, frames: int, seed: int) -> list[np.ndar
         for ex in (x + fw // 4, x + 3 * fw // 4):
             draw.ellipse([ex - 10, y + fh // 3 - 5, ex + 10, y + fh // 3 + 5], fill=(40, 30, 30))
         mouth = 4 + int(30 * i / frames)
-        draw.ellipse([x + fw // 3, y + 2 * fh // 3, x + 2 * fw // 3, y + 2 * fh // 3 + mouth],
-                     fill=(120, 40, 50))
+        draw.ellipse(
+            [x + fw // 3, y + 2 * fh // 3, x + 2 * fw // 3, y + 2 * fh // 3 + mouth],
+            fill=(120, 40, 50),
+        )
         out.append(np.asarray(img.filter(ImageFilter.GaussianBlur(1.5))))
     return out
 
@@ -110,8 +112,9 @@ def make_tree(root: Path, clips: int, width: int, height: int, frames: int) -> d
             label.mkdir(parents=True)
             (label / f"{subject}_001_{frames:08d}_emotion.txt").write_text(f"{i % 7 + 1:.7e}\n")
         out = root / kind
-        subprocess.run(["bash", str(ROOT / "reencode.sh"), str(raw), str(out)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["bash", str(ROOT / "reencode.sh"), str(raw), str(out)], check=True, capture_output=True
+        )
         with contextlib.redirect_stderr(io.StringIO()):  # the indexer's progress bar
             ds.write_index(ds.build_index("ckplus", out), out / "index.csv")
         trees[kind] = out
@@ -125,23 +128,34 @@ def old_reader(tmp: Path) -> ModuleType | str:
     (old / "coviar_old").mkdir(parents=True)
 
     def show(name: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), "show", f"{BEFORE}:{name}"], check=True,
-                              capture_output=True, text=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{BEFORE}:{name}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
 
     try:
         init = show("coviar_ext/coviar/__init__.py")
         (old / "coviar_old" / "__init__.py").write_text(
-            init.replace("from coviar import _kernels", "from coviar_old import _kernels"))
+            init.replace("from coviar import _kernels", "from coviar_old import _kernels")
+        )
         (old / "coviar_old" / "_kernels.c").write_text(show("coviar_ext/coviar/_kernels.c"))
         (old / "old_reader.py").write_text(
-            show("reader.py").replace("\nimport coviar\n", "\nimport coviar_old as coviar\n"))
+            show("reader.py").replace("\nimport coviar\n", "\nimport coviar_old as coviar\n")
+        )
         (old / "setup.py").write_text(
             "import numpy\nfrom setuptools import Extension, setup\n"
             "setup(name='coviar_old', ext_modules=[Extension('coviar_old._kernels', "
             "['coviar_old/_kernels.c'], include_dirs=[numpy.get_include()], "
-            "extra_compile_args=['-O3', '-std=c11'])])\n")
-        subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=old,
-                       check=True, capture_output=True)
+            "extra_compile_args=['-O3', '-std=c11'])])\n"
+        )
+        subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            cwd=old,
+            check=True,
+            capture_output=True,
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         return f"{type(exc).__name__}: {exc}"
     sys.path.insert(0, str(old))
@@ -167,8 +181,9 @@ def floor_strict(path: Path, export: bool = True) -> None:
             stream.codec_context.options = {"flags2": "+export_mvs"}
         reformatter = VideoReformatter()
         for frame in container.decode(stream):
-            reformatter.reformat(frame, format="bgr24", interpolation="BICUBIC",
-                                 threads=1).to_ndarray()
+            reformatter.reformat(
+                frame, format="bgr24", interpolation="BICUBIC", threads=1
+            ).to_ndarray()
 
 
 def cpu_medians(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -200,17 +215,22 @@ def main() -> int:
         trees = make_tree(Path(tmp), args.clips, args.width, args.height, args.frames)
         old = old_reader(Path(tmp))
         readers = {"after": reader} if isinstance(old, str) else {"before": old, "after": reader}
-        print(f"{args.clips} clips per kind, {args.width}x{args.height}, {args.frames} frames; "
-              f"train mode, {args.num_segments} segments, {args.size} px, apex on; median CPU "
-              f"time of {args.repeats} interleaved repeats, 1 torch thread; PyAV {av.__version__}")
+        print(
+            f"{args.clips} clips per kind, {args.width}x{args.height}, {args.frames} frames; "
+            f"train mode, {args.num_segments} segments, {args.size} px, apex on; median CPU "
+            f"time of {args.repeats} interleaved repeats, 1 torch thread; PyAV {av.__version__}"
+        )
         if isinstance(old, str):
             print(f"before ({BEFORE}): not available ({old})")
         results: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
         short = -(-args.size // min(reader.SCALES))
         for kind, root in trees.items():
             common = dict(train=True, num_segments=args.num_segments, size=args.size)
-            sets = {(when, row): mod.ClipDataset(root, **common, **kw)
-                    for when, mod in readers.items() for row, kw in ROWS.items()}
+            sets = {
+                (when, row): mod.ClipDataset(root, **common, **kw)
+                for when, mod in readers.items()
+                for row, kw in ROWS.items()
+            }
             for row, kw in ROWS.items():
                 cache = reader.DecodeCache(Path(tmp) / f"cache-{kind}", short_side=int(short))
                 sets[("cache", row)] = reader.ClipDataset(root, **common, **kw, cache=cache)
@@ -228,26 +248,35 @@ def main() -> int:
                 t = cpu_medians(cases, args.repeats)
                 for name, v in t.items():
                     results.setdefault(kind, {}).setdefault(name, []).append(
-                        (v, v / t["floor"], v / t["strict"]))
+                        (v, v / t["floor"], v / t["strict"])
+                    )
         ok = report(results, readers)
-    print(f"\noverall: {'PASS' if ok else 'FAIL'} (today's reader <= {TARGET} x the floor in "
-          f"every row; coviar from {Path(coviar.__file__).parent})")
+    print(
+        f"\noverall: {'PASS' if ok else 'FAIL'} (today's reader <= {TARGET} x the floor in "
+        f"every row; coviar from {Path(coviar.__file__).parent})"
+    )
     return 0 if ok else 1
 
 
-def report(results: dict[str, dict[str, list[tuple[float, float, float]]]],
-           readers: dict[str, ModuleType]) -> bool:
+def report(
+    results: dict[str, dict[str, list[tuple[float, float, float]]]], readers: dict[str, ModuleType]
+) -> bool:
     """Print the table; True if every row of today's reader meets the target."""
     kinds = list(results)
     print(f"\n{'':44}" + "".join(f"{k:>34}" for k in kinds))
-    print(f"{'':44}" + "".join(f"{'ms':>10}{'x floor':>9}{'x strict':>9}{'clips/s':>6}"
-                               for _ in kinds))
+    print(
+        f"{'':44}"
+        + "".join(f"{'ms':>10}{'x floor':>9}{'x strict':>9}{'clips/s':>6}" for _ in kinds)
+    )
     ok = True
     names = ["floor", "strict", "no export"] + [
-        f"{when} / {row}" for row in ROWS for when in (*readers, "cache")]
-    labels = {"floor": "plain decode floor (av.open, to_ndarray)",
-              "strict": "strict floor (format named, one swscale)",
-              "no export": "strict floor without MV export"}
+        f"{when} / {row}" for row in ROWS for when in (*readers, "cache")
+    ]
+    labels = {
+        "floor": "plain decode floor (av.open, to_ndarray)",
+        "strict": "strict floor (format named, one swscale)",
+        "no export": "strict floor without MV export",
+    }
     for name in names:
         line = f"{labels.get(name, name):<44}"
         for kind in kinds:

@@ -46,10 +46,28 @@ import train  # noqa: E402
 # x has more dimensions than z_E (the encoder can drop the identity directions); identity sits
 # in a few of them (identity rows, scale: about 2 nats at the start).
 PRESETS = {
-    "demo": dict(dx=320, dz=256, k=8, dy=512, batch_size=16, hidden=512, pool=176,
-                 identity_scale=0.07, identity_rows=16),
-    "paper": dict(dx=2304, dz=2048, k=8, dy=1024, batch_size=48, hidden=1024, pool=290,
-                  identity_scale=0.075, identity_rows=16),
+    "demo": dict(
+        dx=320,
+        dz=256,
+        k=8,
+        dy=512,
+        batch_size=16,
+        hidden=512,
+        pool=176,
+        identity_scale=0.07,
+        identity_rows=16,
+    ),
+    "paper": dict(
+        dx=2304,
+        dz=2048,
+        k=8,
+        dy=1024,
+        batch_size=48,
+        hidden=1024,
+        pool=290,
+        identity_scale=0.075,
+        identity_rows=16,
+    ),
 }
 
 
@@ -91,19 +109,46 @@ class Toy:
 PROCEDURES = {
     "table": [],  # the default
     "table placebo": ["--mi-placebo"],
-    "memory": ["--mi-procedure", "memory", "--estimator", "mine", "--mi-critic", "mlp",
-               "--mi-hidden", "{hidden}", "--mi-weight-decay", "0"],
-    "paper": ["--mi-procedure", "paper", "--estimator", "mine", "--mi-critic", "mlp",
-              "--mi-hidden", "{hidden}", "--mi-weight-decay", "0"],
+    "memory": [
+        "--mi-procedure",
+        "memory",
+        "--estimator",
+        "mine",
+        "--mi-critic",
+        "mlp",
+        "--mi-hidden",
+        "{hidden}",
+        "--mi-weight-decay",
+        "0",
+    ],
+    "paper": [
+        "--mi-procedure",
+        "paper",
+        "--estimator",
+        "mine",
+        "--mi-critic",
+        "mlp",
+        "--mi-hidden",
+        "{hidden}",
+        "--mi-weight-decay",
+        "0",
+    ],
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                   help="dimensions, batch, T_θ width and pool (the options below override)")
-    p.add_argument("--procedures", default=",".join(PROCEDURES),
-                   help=f"comma-separated rows among {', '.join(PROCEDURES)}")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="demo",
+        help="dimensions, batch, T_θ width and pool (the options below override)",
+    )
+    p.add_argument(
+        "--procedures",
+        default=",".join(PROCEDURES),
+        help=f"comma-separated rows among {', '.join(PROCEDURES)}",
+    )
     p.add_argument("--steps", type=int, default=2000, help="encoder steps")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the MI term")
     p.add_argument("--batch-size", type=int)
@@ -116,14 +161,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, help="clips that recur every epoch")
     p.add_argument("--identity-scale", type=float, help="scale of the identity in x")
     p.add_argument("--identity-rows", type=int, help="dimensions of x that carry identity")
-    p.add_argument("--independent", action="store_true",
-                   help="x carries no identity: the true MI is 0 throughout")
+    p.add_argument(
+        "--independent",
+        action="store_true",
+        help="x carries no identity: the true MI is 0 throughout",
+    )
     p.add_argument("--sigma-x", type=float, default=0.3)
     p.add_argument("--sigma-y", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--out", type=Path,
-                   help="plot (default: benchmarks/results/mi_game_<preset>.png)")
+    p.add_argument(
+        "--out", type=Path, help="plot (default: benchmarks/results/mi_game_<preset>.png)"
+    )
     args = p.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -136,18 +185,30 @@ def make_toy(args: argparse.Namespace) -> Toy:
     rng = np.random.default_rng(args.seed)
     a = rng.standard_normal((args.dx, 1 + args.k))
     if args.identity_rows < args.dx:  # identity only in identity_rows dims of x
-        a[rng.permutation(args.dx)[args.identity_rows:], 1:] = 0.0
+        a[rng.permutation(args.dx)[args.identity_rows :], 1:] = 0.0
     a[:, 1:] *= 0.0 if args.independent else args.identity_scale
-    b = (np.eye(args.k) if args.dy == args.k  # the toy: y = v + σ_y ε
-         else rng.standard_normal((args.dy, args.k)) / np.sqrt(args.k))
+    b = (
+        np.eye(args.k)
+        if args.dy == args.k  # the toy: y = v + σ_y ε
+        else rng.standard_normal((args.dy, args.k)) / np.sqrt(args.k)
+    )
     return Toy(a, b, args.sigma_x, args.sigma_y)
 
 
 def mi_options(procedure: str, args: argparse.Namespace) -> argparse.Namespace:
     """train.py's options of a row (its defaults, the row's MI options, the game's batch)."""
     flags = [f.format(hidden=args.hidden) for f in PROCEDURES[procedure]]
-    return train.parse_args(["--dataset", "synthetic", "--batch-size", str(args.batch_size),
-                             "--alpha", str(args.alpha), *flags])
+    return train.parse_args(
+        [
+            "--dataset",
+            "synthetic",
+            "--batch-size",
+            str(args.batch_size),
+            "--alpha",
+            str(args.alpha),
+            *flags,
+        ]
+    )
 
 
 def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
@@ -161,8 +222,10 @@ def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
     critic, options = None, None
     if procedure is not None:
         options = mi_options(procedure, args)
-        pool = SimpleNamespace(rows=[{"subject": str(k), "label": 0} for k in range(args.pool)],
-                               subjects=[str(k) for k in range(args.pool)])
+        pool = SimpleNamespace(
+            rows=[{"subject": str(k), "label": 0} for k in range(args.pool)],
+            subjects=[str(k) for k in range(args.pool)],
+        )
         critic = train.build_critic(options, pool, args.dz, y, torch.device("cpu"))
     mi_start = toy.true_mi(encoder.weight.detach().double().numpy())
     curve, estimates, task, active = [], [], [], []
@@ -213,8 +276,13 @@ def plot(runs: dict[str, dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (name, r) in enumerate(runs.items()):
-        ax.plot(r["curve"][:, 0], r["curve"][:, 1], color="0.5" if name == "task alone"
-                else f"C{i}", lw=1.5, label=name)
+        ax.plot(
+            r["curve"][:, 0],
+            r["curve"][:, 1],
+            color="0.5" if name == "task alone" else f"C{i}",
+            lw=1.5,
+            label=name,
+        )
     ax.set_title("true MI I(z_E; z_I) during training", fontsize=9)
     ax.set_xlabel("encoder step")
     ax.set_ylabel("nats")
@@ -230,26 +298,34 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     toy = make_toy(args)
     start = time.time()
-    title = (f"preset {args.preset}: {args.steps} encoder steps, batch {args.batch_size}, pool "
-             f"{args.pool}, alpha {args.alpha}, lr encoder {args.lr_encoder}; d_x {args.dx}, "
-             f"d_z {args.dz}, k {args.k}, d_y {args.dy}, identity in {args.identity_rows} dims "
-             f"of x, scale {args.identity_scale}"
-             f"{', independent (true MI 0)' if args.independent else ''}")
-    print(title + "; the MI term, true MI end and task MSE averaged over the last 10% of steps; "
-          "active: share of steps whose MI term moved z_E; held out: a fresh MINE on new "
-          "samples\n")
-    print("| procedure | true MI start | true MI end | end / task alone | MI term (training) "
-          "| active | held-out estimate | task MSE end | task / task alone |")
+    title = (
+        f"preset {args.preset}: {args.steps} encoder steps, batch {args.batch_size}, pool "
+        f"{args.pool}, alpha {args.alpha}, lr encoder {args.lr_encoder}; d_x {args.dx}, "
+        f"d_z {args.dz}, k {args.k}, d_y {args.dy}, identity in {args.identity_rows} dims "
+        f"of x, scale {args.identity_scale}"
+        f"{', independent (true MI 0)' if args.independent else ''}"
+    )
+    print(
+        title + "; the MI term, true MI end and task MSE averaged over the last 10% of steps; "
+        "active: share of steps whose MI term moved z_E; held out: a fresh MINE on new "
+        "samples\n"
+    )
+    print(
+        "| procedure | true MI start | true MI end | end / task alone | MI term (training) "
+        "| active | held-out estimate | task MSE end | task / task alone |"
+    )
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
     runs = {}
     for name in ["task alone", *args.procedures.split(",")]:  # each row as its game ends
         t = time.time()
         r = runs[name] = play(toy, None if name == "task alone" else name, args)
         base = runs["task alone"]
-        print(f"| {name} | {r['mi_start']:.3f} | {r['mi_end']:.3f} | "
-              f"{r['mi_end'] / base['mi_end']:.2f} | {r['estimate']:.3f} | {r['active']:.2f} | "
-              f"{r['heldout']:.3f} | {r['task']:.4f} | {r['task'] / base['task']:.2f} |",
-              flush=True)
+        print(
+            f"| {name} | {r['mi_start']:.3f} | {r['mi_end']:.3f} | "
+            f"{r['mi_end'] / base['mi_end']:.2f} | {r['estimate']:.3f} | {r['active']:.2f} | "
+            f"{r['heldout']:.3f} | {r['task']:.4f} | {r['task'] / base['task']:.2f} |",
+            flush=True,
+        )
         print(f"  ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
     plot(runs, args.out, title)
     print(f"\nplot: {args.out}; wall time {time.time() - start:.0f} s")

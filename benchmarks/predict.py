@@ -85,12 +85,28 @@ def face_video(path: Path, seconds: float) -> Path:
 def demo_checkpoint(path: Path) -> Path:
     """An untrained checkpoint of `make demo`'s model, in train.py's format."""
     classes = list(CLASSES["synthetic"])
-    config = {"num_classes": len(classes), "class_names": classes, "with_mv": False,
-              "decoder": True, "d_i": 512, "input": "residual", "data_bn": True,
-              "dataset": "ckplus", **DEMO}
+    config = {
+        "num_classes": len(classes),
+        "class_names": classes,
+        "with_mv": False,
+        "decoder": True,
+        "d_i": 512,
+        "input": "residual",
+        "data_bn": True,
+        "dataset": "ckplus",
+        **DEMO,
+    }
     torch.manual_seed(0)
-    model = MIC(len(classes), DEMO["num_segments"], DEMO["backbone"], DEMO["hidden"],
-                decoder=True, d_i=512, size=DEMO["size"], backbone_weights="random")
+    model = MIC(
+        len(classes),
+        DEMO["num_segments"],
+        DEMO["backbone"],
+        DEMO["hidden"],
+        decoder=True,
+        d_i=512,
+        size=DEMO["size"],
+        backbone_weights="random",
+    )
     torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
     return path
 
@@ -106,15 +122,28 @@ def decode_rgb(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, nargs="+", default=[20.0, 60.0],
-                   help="lengths of the clips (default 20 60)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        nargs="+",
+        default=[20.0, 60.0],
+        help="lengths of the clips (default 20 60)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
-    p.add_argument("--predict", type=Path, action="append",
-                   help="a predict.py to time, repeatable (default: this one's)")
-    p.add_argument("--cases", default="defaults,--stream,--no-crop",
-                   help="comma-separated cases among defaults, --stream, --no-crop")
+    p.add_argument(
+        "--predict",
+        type=Path,
+        action="append",
+        help="a predict.py to time, repeatable (default: this one's)",
+    )
+    p.add_argument(
+        "--cases",
+        default="defaults,--stream,--no-crop",
+        help="comma-separated cases among defaults, --stream, --no-crop",
+    )
     args = p.parse_args(argv)
     lengths = sorted(set(args.seconds))
     scripts = args.predict or [ROOT / "predict.py"]
@@ -126,8 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         for k, script in enumerate(scripts):
             for name in args.cases.split(","):
                 cases[f"{k}:{name}" if len(scripts) > 1 else name] = [
-                    sys.executable, str(script), "VIDEO", "--checkpoint", str(ckpt),
-                    "--device", "cpu", *flags[name]]
+                    sys.executable,
+                    str(script),
+                    "VIDEO",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--device",
+                    "cpu",
+                    *flags[name],
+                ]
         times = {s: {name: [] for name in ["decode", *cases]} for s in lengths}
         cpu = {s: {name: [] for name in ["decode", *cases]} for s in lengths}
         for _ in range(args.repeats):
@@ -142,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                     subprocess.run(cmd, check=True, capture_output=True)
                     times[s][name].append(time.perf_counter() - start)
                     after = os.times()
-                    cpu[s][name].append(after.children_user - before.children_user
-                                        + after.children_system - before.children_system)
+                    cpu[s][name].append(
+                        after.children_user
+                        - before.children_user
+                        + after.children_system
+                        - before.children_system
+                    )
         for k, script in enumerate(scripts):
             print(f"{k}: {script}" if len(scripts) > 1 else script)
         last = f"{len(scripts) - 1}:defaults" if len(scripts) > 1 else "defaults"
@@ -154,34 +194,50 @@ def main(argv: list[str] | None = None) -> int:
             with av.open(str(video)) as container:
                 stream = container.streams.video[0]
                 codec, frames = stream.codec_context.name, stream.frames
-            print(f"\nclip: {frames} frames {WIDTH}x{HEIGHT} ({s:g} s, {codec}, "
-                  f"{video.stat().st_size / 1e6:.2f} MB)")
+            print(
+                f"\nclip: {frames} frames {WIDTH}x{HEIGHT} ({s:g} s, {codec}, "
+                f"{video.stat().st_size / 1e6:.2f} MB)"
+            )
             ok = _table(median[s], median_cpu[s], s, last) if last in cases else ok
         if len(lengths) > 1:
             short, long = lengths[0], lengths[-1]
-            print(f"\nmarginal cost, {short:g} s -> {long:g} s of video (the ratio a long video "
-                  "tends to; seconds per second of video)")
-            _table({n: (median[long][n] - median[short][n]) / (long - short)
-                    for n in median[long]},
-                   {n: (median_cpu[long][n] - median_cpu[short][n]) / (long - short)
-                    for n in median[long]}, 1.0, last if last in cases else None)
+            print(
+                f"\nmarginal cost, {short:g} s -> {long:g} s of video (the ratio a long video "
+                "tends to; seconds per second of video)"
+            )
+            _table(
+                {n: (median[long][n] - median[short][n]) / (long - short) for n in median[long]},
+                {
+                    n: (median_cpu[long][n] - median_cpu[short][n]) / (long - short)
+                    for n in median[long]
+                },
+                1.0,
+                last if last in cases else None,
+            )
     return 0 if ok else 1
 
 
-def _table(wall: dict[str, float], cpu: dict[str, float], seconds: float,
-           target: str | None) -> bool:
+def _table(
+    wall: dict[str, float], cpu: dict[str, float], seconds: float, target: str | None
+) -> bool:
     """Print one clip's times (or marginal costs) against the floor's; whether `target` (the
     case held to MAX_RATIO) meets it."""
-    print(f"{'case':<12} {'seconds':>8} {'x decode':>9} {'x real time':>12} "
-          f"{'cpu s':>7} {'x decode cpu':>13}")
+    print(
+        f"{'case':<12} {'seconds':>8} {'x decode':>9} {'x real time':>12} "
+        f"{'cpu s':>7} {'x decode cpu':>13}"
+    )
     for name, t in wall.items():
-        print(f"{name:<12} {t:8.2f} {t / wall['decode']:9.2f} {seconds / t:12.1f} "
-              f"{cpu[name]:7.2f} {cpu[name] / cpu['decode']:13.2f}")
+        print(
+            f"{name:<12} {t:8.2f} {t / wall['decode']:9.2f} {seconds / t:12.1f} "
+            f"{cpu[name]:7.2f} {cpu[name] / cpu['decode']:13.2f}"
+        )
     if target is None:
         return True
     ratio = wall[target] / wall["decode"]
-    print(f"{'PASS' if ratio <= MAX_RATIO else 'FAIL'}: predict.py at the defaults = "
-          f"{ratio:.2f} x decoding to RGB (target <= {MAX_RATIO:g})")
+    print(
+        f"{'PASS' if ratio <= MAX_RATIO else 'FAIL'}: predict.py at the defaults = "
+        f"{ratio:.2f} x decoding to RGB (target <= {MAX_RATIO:g})"
+    )
     return ratio <= MAX_RATIO
 
 

@@ -109,7 +109,9 @@ except Exception as e:
 def _probe(path: Path | str, gop: int = 0, frame: int = 0, rep: int = 2) -> str:
     run = subprocess.run(
         [sys.executable, "-c", _PROBE, str(path), str(gop), str(frame), str(rep)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 0, f"crashed with {run.returncode}: {run.stderr[-2000:]}"
     return run.stdout.strip()
@@ -147,8 +149,14 @@ def test_truncated_stream_reads_its_intact_frames(tmp_path):
 
 @pytest.mark.parametrize(
     "gop, frame, rep, expected",
-    [(1, 0, 2, "IndexError"), (0, 8, 2, "IndexError"), (0, -1, 2, "IndexError"),
-     (-1, 0, 2, "IndexError"), (0, 0, 3, "ValueError"), (0, 7, 1, "OK")],
+    [
+        (1, 0, 2, "IndexError"),
+        (0, 8, 2, "IndexError"),
+        (0, -1, 2, "IndexError"),
+        (-1, 0, 2, "IndexError"),
+        (0, 0, 3, "ValueError"),
+        (0, 7, 1, "OK"),
+    ],
 )
 def test_out_of_range_indices(good, gop, frame, rep, expected):
     assert _probe(good, gop, frame, rep).split()[0] == expected
@@ -162,8 +170,9 @@ def test_b_frames_are_refused_with_a_hint(tmp_path):
 
 @pytest.mark.skipif(not has_libx264(), reason="PyAV built without libx264")
 def test_h264_is_refused_with_a_hint(tmp_path):
-    path = make_clip(tmp_path / "h.mp4", width=64, height=48, frames=10, codec="h264",
-                     bframes=2, container="mp4")
+    path = make_clip(
+        tmp_path / "h.mp4", width=64, height=48, frames=10, codec="h264", bframes=2, container="mp4"
+    )
     out = _probe(path)
     assert out.startswith("ValueError") and "h264" in out and "reencode.sh" in out
 
@@ -229,9 +238,16 @@ def test_load_clip_equals_load_many(clip, accumulate):
     # (short, so that large values take its end entries).
     res_table = np.tile(np.clip(np.arange(-255, 256) + 128, 0, 255).astype(np.uint8), (3, 1))
     mv_table = np.stack([np.arange(-5, 6) * 20 + 100, np.arange(5, -6, -1) * 3 + 50]).astype(
-        np.uint8)
-    got = coviar.load_clip(path, g, picks, accumulate, crop={1: box},
-                           lut=lambda height, width: {2: res_table, 1: mv_table})
+        np.uint8
+    )
+    got = coviar.load_clip(
+        path,
+        g,
+        picks,
+        accumulate,
+        crop={1: box},
+        lut=lambda height, width: {2: res_table, 1: mv_table},
+    )
     assert got[1].dtype == got[2].dtype == np.uint8
     np.testing.assert_array_equal(got[2], np.clip(alone[2][picks[2]] + 128, 0, 255))
     v = alone[1][picks[1], t : t + bh, le : le + bw]
@@ -311,8 +327,9 @@ print(f"{time.perf_counter() - start:.2f} s, peak {peak:.2f} GiB")
 def test_absurd_requests_fail_before_allocating(good):
     """10**7 indices of a valid frame (368 GB of residuals): refused at the first frame, in a
     child process that stays far below one such result (its peak RSS is measured)."""
-    run = subprocess.run([sys.executable, "-c", _ABSURD, str(good)], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", _ABSURD, str(good)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     *errors, summary = run.stdout.strip().splitlines()
     assert len(errors) == 3 and all("GiB" in e and str(good) in e for e in errors), errors
@@ -328,14 +345,19 @@ def test_reencode_mirrors_a_mixed_tree(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(1, 7):  # odd size: padded to even
         Image.fromarray(rng.integers(0, 255, (45, 61, 3), np.uint8)).save(
-            seq / f"S005_001_{i:08d}.png")
+            seq / f"S005_001_{i:08d}.png"
+        )
     (seq / ".DS_Store").write_bytes(b"\0junk")
     emo = src / "Emotion" / "S005" / "001"
     emo.mkdir(parents=True)
     (emo / "S005_001_00000006_emotion.txt").write_text("   3.0000000e+00\n")
     make_clip(src / "movies" / "a clip.avi", width=64, height=48, frames=9, container="avi")
-    run = subprocess.run(["bash", str(ROOT / "reencode.sh"), "-j", "2", str(src), str(out)],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        ["bash", str(ROOT / "reencode.sh"), "-j", "2", str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "converted 2" in run.stdout and "failed 0" in run.stdout
     assert "padded" in run.stdout
@@ -348,18 +370,27 @@ def test_reencode_mirrors_a_mixed_tree(tmp_path):
     assert not list(out.rglob("*.png"))
     # A second run skips what is up to date; a broken video fails the run and is named.
     (src / "movies" / "broken.avi").write_text("not a video")
-    again = subprocess.run(["bash", str(ROOT / "reencode.sh"), str(src), str(out)],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        ["bash", str(ROOT / "reencode.sh"), str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 1
     assert "skipped 4" in again.stdout and "failed 1" in again.stdout
     assert "broken.mp4" in again.stderr
 
 
 def test_reencode_usage_errors(tmp_path):
-    for args in ([], [str(tmp_path)], ["-j", "x", str(tmp_path), str(tmp_path / "o")],
-                 [str(tmp_path / "missing"), str(tmp_path / "o")]):
-        run = subprocess.run(["bash", str(ROOT / "reencode.sh"), *args], capture_output=True,
-                             text=True, timeout=60)
+    for args in (
+        [],
+        [str(tmp_path)],
+        ["-j", "x", str(tmp_path), str(tmp_path / "o")],
+        [str(tmp_path / "missing"), str(tmp_path / "o")],
+    ):
+        run = subprocess.run(
+            ["bash", str(ROOT / "reencode.sh"), *args], capture_output=True, text=True, timeout=60
+        )
         assert run.returncode == 2, args
         assert run.stderr
 
@@ -369,8 +400,12 @@ def test_reencode_output_matches_coviar_semantics(tmp_path):
     """A clip made by reencode.sh has one GOP and passes the reference check."""
     src = tmp_path / "in"
     make_clip(src / "x.mp4", width=80, height=64, frames=12, container="mp4", content="rotate")
-    subprocess.run(["bash", str(ROOT / "reencode.sh"), str(src), str(tmp_path / "out")],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        ["bash", str(ROOT / "reencode.sh"), str(src), str(tmp_path / "out")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     path = tmp_path / "out" / "x.mp4"
     gops = ref_decode(path)
     assert len(gops) == 1 and len(gops[0]) == 12
@@ -406,8 +441,9 @@ def test_accumulate_on_a_box_matches_the_whole_frame():
         _kernels.accumulate(rec, whole)
         _kernels.accumulate(rec, part, *b)
     t, left, bh, bw = box
-    np.testing.assert_array_equal(part[t : t + bh, left : left + bw],
-                                  whole[t : t + bh, left : left + bw])
+    np.testing.assert_array_equal(
+        part[t : t + bh, left : left + bw], whole[t : t + bh, left : left + bw]
+    )
     assert not np.array_equal(part, whole)  # outside the boxes it was not composed
     with pytest.raises(ValueError, match="not inside"):
         _kernels.accumulate(frames[0], part, 60, 0, 10, 10)

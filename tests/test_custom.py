@@ -19,9 +19,26 @@ from tests.clips import make_clip
 from tests.conftest import ROOT
 from tests.trees import frame_folder, read_csv
 
-SMALL = ["--backbone", "resnet6", "--hidden", "8", "--size", "32", "--num-segments", "2",
-         "--batch-size", "4", "--workers", "0", "--mi-hidden", "16", "--device", "cpu",
-         "--epochs", "1"]
+SMALL = [
+    "--backbone",
+    "resnet6",
+    "--hidden",
+    "8",
+    "--size",
+    "32",
+    "--num-segments",
+    "2",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--mi-hidden",
+    "16",
+    "--device",
+    "cpu",
+    "--epochs",
+    "1",
+]
 
 
 def raw_tree(raw: Path, split: bool = False) -> Path:
@@ -39,17 +56,23 @@ def raw_tree(raw: Path, split: bool = False) -> Path:
         role = ("train", "test")[i < 4]
         lines.append(f"{path},{label},{subject}" + (f",{role}" if split else ""))
     make_clip(raw / "videos" / "extra.avi", 32, 32, 8, container="avi", seed=11)
-    lines += ["videos/gone.avi,happy,P9" + (",train" if split else ""),
-              "videos/v0.avi,happy,P0" + (",train" if split else ""),
-              "videos/v1.avi,angry,P0" + (",train" if split else "")]
+    lines += [
+        "videos/gone.avi,happy,P9" + (",train" if split else ""),
+        "videos/v0.avi,happy,P0" + (",train" if split else ""),
+        "videos/v1.avi,angry,P0" + (",train" if split else ""),
+    ]
     (raw / "labels.csv").write_text("\n".join(lines) + "\n")
     return raw
 
 
 def reencode(raw: Path, out: Path) -> None:
-    res = subprocess.run(["bash", str(ROOT / "reencode.sh"), "-j", "2", str(raw), str(out)],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHON": sys.executable})
+    res = subprocess.run(
+        ["bash", str(ROOT / "reencode.sh"), "-j", "2", str(raw), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -64,12 +87,26 @@ def test_custom_index_maps_raw_paths_and_reports_every_unmatched_line(custom, ca
     root = custom / "data"
     with pytest.raises(ds.RawTreeError, match="reencode.sh"):
         ds.build_index("custom", custom / "raw", annotations=str(custom / "raw" / "labels.csv"))
-    assert ds.main(["--dataset", "custom", "--root", str(root), "--annotations",
-                    str(root / "labels.csv"), "--classes", "sad,happy"]) == 0
+    assert (
+        ds.main(
+            [
+                "--dataset",
+                "custom",
+                "--root",
+                str(root),
+                "--annotations",
+                str(root / "labels.csv"),
+                "--classes",
+                "sad,happy",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = read_csv(root / "index.csv")
     assert sorted(r["path"] for r in rows) == sorted(
-        [f"videos/v{i}.mp4" for i in range(6)] + [f"frames/f{i}.mp4" for i in range(6, 10)])
+        [f"videos/v{i}.mp4" for i in range(6)] + [f"frames/f{i}.mp4" for i in range(6, 10)]
+    )
     assert {(r["label"], r["label_name"]) for r in rows} == {("0", "sad"), ("1", "happy")}
     assert ds.classes_file(root / "index.csv").read_text() == "sad\nhappy\n"
     # 5 subject-independent folds: sorted subject i -> fold 1 + i mod 5
@@ -81,15 +118,31 @@ def test_custom_index_maps_raw_paths_and_reports_every_unmatched_line(custom, ca
     assert "clip in no annotation line\tvideos/extra.mp4" in problems
     assert "problems: 4" in out
     assert [s.name for s in ds.protocol("custom", root / "index.csv")] == [
-        f"fold{k}" for k in range(1, 6)]
+        f"fold{k}" for k in range(1, 6)
+    ]
 
 
 def test_train_evaluate_predict_on_custom(custom):
     root, run = custom / "data", custom / "run"
     ds.main(["--dataset", "custom", "--root", str(root), "--annotations", str(root / "labels.csv")])
-    res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "custom", "--root",
-                          str(root), "--out", str(run), "--fold", "1", *SMALL],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--dataset",
+            "custom",
+            "--root",
+            str(root),
+            "--out",
+            str(run),
+            "--fold",
+            "1",
+            *SMALL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads((run / "mic+resnet6" / "fold1" / "result.json").read_text())
     assert result["classes"] == ["happy", "sad"]  # found in the CSV, sorted
@@ -118,13 +171,31 @@ def test_custom_needs_annotations_with_path_and_label(tmp_path, capsys):
     (tmp_path / "a.csv").write_text("file,emotion\nx.avi,happy\n")
     assert ds.main(["--dataset", "custom", "--root", str(tmp_path)]) == 2
     assert "--annotations" in capsys.readouterr().err
-    assert ds.main(["--dataset", "custom", "--root", str(tmp_path), "--annotations",
-                    str(tmp_path / "a.csv")]) == 2
+    assert (
+        ds.main(
+            [
+                "--dataset",
+                "custom",
+                "--root",
+                str(tmp_path),
+                "--annotations",
+                str(tmp_path / "a.csv"),
+            ]
+        )
+        == 2
+    )
     assert "path,label" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("raw, clip", [("a/b.avi", "a/b.mp4"), ("a/b/", "a/b.mp4"),
-                                       ("a/b.MKV", "a/b.mp4"), ("a/clip.001", "a/clip.001.mp4"),
-                                       ("a\\b.mp4", "a/b.mp4")])
+@pytest.mark.parametrize(
+    "raw, clip",
+    [
+        ("a/b.avi", "a/b.mp4"),
+        ("a/b/", "a/b.mp4"),
+        ("a/b.MKV", "a/b.mp4"),
+        ("a/clip.001", "a/clip.001.mp4"),
+        ("a\\b.mp4", "a/b.mp4"),
+    ],
+)
 def test_reencoded_path(raw, clip):
     assert ds.reencoded_path(raw) == clip

@@ -485,7 +485,8 @@ def test_a_superscript_clip_name_is_a_bad_line(tmp_path: Path) -> None:
     index = ds.build_index("dfew", tmp_path)
     assert [e.path for e in index.entries] == ["Clip/clip_224x224/00001.mp4"]
     assert index.problems["bad clip name"] == [
-        "'²' at EmoLabel_DataSplit/test(single-labeled)/set_1.csv:3"]
+        "'²' at EmoLabel_DataSplit/test(single-labeled)/set_1.csv:3"
+    ]
     assert ds.main(["--dataset", "dfew", "--root", str(tmp_path)]) == 0
 
 
@@ -498,19 +499,38 @@ def test_mmi_bad_emotion_and_selection_labels_are_listed(mmi: Path, tmp_path: Pa
     index = ds.build_index("mmi", root)
     assert [Path(e.path).stem for e in index.entries] == ["S001-001"]
     assert index.problems["unknown label"] == [
-        "Sessions/2/S002-002.mp4 (Emotion '²' in S002-002.xml)"]
+        "Sessions/2/S002-002.mp4 (Emotion '²' in S002-002.xml)"
+    ]
     sel = tmp_path / "selection.csv"
-    sel.write_text("sid,label,subject\nS001-001,Happiness,\nS001-002,²,\nS002-003,0,\n"
-                   "S003-006,fear,\n")
+    sel.write_text(
+        "sid,label,subject\nS001-001,Happiness,\nS001-002,²,\nS002-003,0,\nS003-006,fear,\n"
+    )
     index = ds.build_index("mmi", mmi, selection=str(sel))
     assert [Path(e.path).stem for e in index.entries] == ["S003-006"]
     assert index.problems["bad selection line"] == [
         f"{sel}:{n} (label {text!r} of {sid} is not 1..6 nor one of {', '.join(ds.CLASSES['mmi'])})"
-        for n, text, sid in ((2, "Happiness", "S001-001"), (3, "²", "S001-002"),
-                             (4, "0", "S002-003"))]
+        for n, text, sid in (
+            (2, "Happiness", "S001-001"),
+            (3, "²", "S001-002"),
+            (4, "0", "S002-003"),
+        )
+    ]
     assert len(index.problems["not in selection"]) == 3  # the bad lines' clips are not
-    assert ds.main(["--dataset", "mmi", "--root", str(mmi), "--selection", str(sel),
-                    "--out", str(tmp_path / "i.csv")]) == 0
+    assert (
+        ds.main(
+            [
+                "--dataset",
+                "mmi",
+                "--root",
+                str(mmi),
+                "--selection",
+                str(sel),
+                "--out",
+                str(tmp_path / "i.csv"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_frame_names_with_superscripts_sort(tmp_path: Path) -> None:

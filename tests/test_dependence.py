@@ -13,8 +13,9 @@ from benchmarks.identity_power import split
 
 
 def dependence_p(f: dict, seed: int = 0) -> float:
-    null = evaluate.dependence_null(f["train_z"], f["train_zi"], f["test_z"], f["test_zi"],
-                                    f["train_subject"], seed=seed)
+    null = evaluate.dependence_null(
+        f["train_z"], f["train_zi"], f["test_z"], f["test_zi"], f["train_subject"], seed=seed
+    )
     return evaluate.pooled_dependence([null], "ridge")["p"]
 
 
@@ -76,18 +77,23 @@ def test_nadeau_bengio_corrected_t_test_by_hand():
     clips: mean 4.6, sd 5.5045; corrected se = sd·√(1/5 + 11/105) = 3.0388, t(4) = 1.5138,
     p = 0.2046, CI 4.6 ± 2.7764·3.0388; the plain test: se = sd / √5, p = 0.135."""
     splits = [f"fold{k}" for k in range(5)]
-    a = {"variant": "a", "splits": splits, "folds": splits,
-         "accuracy_per_split": [0.50, 0.60, 0.55, 0.40, 0.70],
-         "num_test_per_split": [12, 10, 12, 10, 11], "num_train_per_split": [100, 110, 100,
-                                                                              110, 105]}
+    a = {
+        "variant": "a",
+        "splits": splits,
+        "folds": splits,
+        "accuracy_per_split": [0.50, 0.60, 0.55, 0.40, 0.70],
+        "num_test_per_split": [12, 10, 12, 10, 11],
+        "num_train_per_split": [100, 110, 100, 110, 105],
+    }
     b = {"variant": "b", "splits": splits, "accuracy_per_split": [0.45, 0.50, 0.56, 0.41, 0.60]}
     c = evaluate.paired(a, b)
     assert c["test_train_ratio"] == pytest.approx(11 / 105)
     se = 0.0550454 * (1 / 5 + 11 / 105) ** 0.5
     assert se == pytest.approx(0.0303880, abs=1e-6)
     assert c["p_corrected"] == pytest.approx(0.2046468, abs=1e-5)
-    assert c["ci95_corrected"] == pytest.approx([0.046 - 2.7764451 * se, 0.046 + 2.7764451 * se],
-                                                abs=1e-6)
+    assert c["ci95_corrected"] == pytest.approx(
+        [0.046 - 2.7764451 * se, 0.046 + 2.7764451 * se], abs=1e-6
+    )
     assert c["p"] == pytest.approx(0.1350, abs=1e-4) and c["p_corrected"] > c["p"]
     assert "Nadeau–Bengio corrected 95 % CI" in evaluate.verdict(c)
     assert "| 0.135 / 0.205 |" in evaluate.paired_cells(c)
@@ -98,9 +104,14 @@ def test_verdict_uses_the_corrected_test():
     (p = 0.11 with a tenth of the clips in test): no difference shown."""
     splits = [f"fold{k}" for k in range(10)]
     d = [0.02, 0.05, -0.01, 0.04, 0.03, 0.00, 0.06, 0.01, 0.03, -0.02]
-    a = {"variant": "a", "splits": splits, "folds": splits,
-         "accuracy_per_split": [0.5 + x for x in d], "num_test_per_split": [10] * 10,
-         "num_train_per_split": [90] * 10}
+    a = {
+        "variant": "a",
+        "splits": splits,
+        "folds": splits,
+        "accuracy_per_split": [0.5 + x for x in d],
+        "num_test_per_split": [10] * 10,
+        "num_train_per_split": [90] * 10,
+    }
     b = {"variant": "b", "splits": splits, "accuracy_per_split": [0.5] * 10}
     c = evaluate.paired(a, b)
     assert c["p"] < 0.05 < c["p_corrected"] and c["ci95"][0] > 0 > c["ci95_corrected"][0]

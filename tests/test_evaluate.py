@@ -29,14 +29,18 @@ def test_one_test_clip_shows_a_dash(tiny_run, tmp_path):
     for fold in ("fold0", "fold1"):
         path = run / "mic+resnet6" / fold / "features.npz"
         f = dict(np.load(path))
-        np.savez_compressed(path, **{k: v[:1] if k.startswith("test_") else v
-                                     for k, v in f.items()})
+        np.savez_compressed(
+            path, **{k: v[:1] if k.startswith("test_") else v for k, v in f.items()}
+        )
     evaluate.main([str(run), "--no-speed"])
     (v,) = json.loads((run / "results.json").read_text())["variants"]
     assert v["splits"] == ["fold0", "fold1"] and len(v["accuracy_per_split"]) == 2
     assert all(np.isnan(v["mi_per_split"])) and all(np.isnan(v["probe_test_per_split"]))
-    row = next(line for line in (run / "results.md").read_text().splitlines()
-               if line.startswith("| mic+resnet6 "))
+    row = next(
+        line
+        for line in (run / "results.md").read_text().splitlines()
+        if line.startswith("| mic+resnet6 ")
+    )
     cells = [c.strip() for c in row.split("|")]
     assert cells[6] == "–" and cells[8] == "– (– / –)", row
 
@@ -47,10 +51,14 @@ def test_damaged_splits_are_listed_with_their_reason(tiny_run, tmp_path, capsys)
     result = json.loads((v / "fold0" / "result.json").read_text())
     damage = {
         "fold2": ("truncated features.npz", "unreadable features.npz (BadZipFile"),
-        "fold3": ({k: x for k, x in result.items() if k != "classes"},
-                  "unreadable result.json (KeyError: 'classes')"),
-        "fold4": ({"accuracy": True, "classes": result["classes"], "fold": "4"},
-                  "unreadable result.json (TypeError: accuracy True is not a number)"),
+        "fold3": (
+            {k: x for k, x in result.items() if k != "classes"},
+            "unreadable result.json (KeyError: 'classes')",
+        ),
+        "fold4": (
+            {"accuracy": True, "classes": result["classes"], "fold": "4"},
+            "unreadable result.json (TypeError: accuracy True is not a number)",
+        ),
         "fold5": ("prediction 99", "features.npz: test_pred outside the"),
     }
     for fold, (what, _) in damage.items():
@@ -73,8 +81,7 @@ def test_damaged_splits_are_listed_with_their_reason(tiny_run, tmp_path, capsys)
     assert set(res["left_out"]["mic+resnet6"]) == set(damage)
 
 
-def test_speed_step_uses_any_checkpoint_or_is_skipped_after_the_tables(tiny_run, tmp_path,
-                                                                        capsys):
+def test_speed_step_uses_any_checkpoint_or_is_skipped_after_the_tables(tiny_run, tmp_path, capsys):
     """The speed step reads a variant's config from any split's ckpt.pt; with none (or data it
     cannot find) it is skipped with the reason, and the tables are written all the same."""
     run = _copy(tiny_run, tmp_path / "run")
@@ -87,14 +94,18 @@ def test_speed_step_uses_any_checkpoint_or_is_skipped_after_the_tables(tiny_run,
         state["config"] = json.dumps({**json.loads(state["config"]), "root": "data/not-made-here"})
         torch.save(state, ckpt)
     evaluate.main([str(run), "--speed-clips", "1"])
-    assert ("speed step skipped: the data of the checkpoints, data/not-made-here/index.csv, "
-            "is not found (a relative root") in capsys.readouterr().out
+    assert (
+        "speed step skipped: the data of the checkpoints, data/not-made-here/index.csv, "
+        "is not found (a relative root"
+    ) in capsys.readouterr().out
     (run / "mic+resnet6" / "fold1" / "ckpt.pt").write_bytes(b"")
     (run / "results.json").unlink()
     evaluate.main([str(run), "--speed-clips", "1"])
     out = capsys.readouterr().out
-    assert "speed step skipped: mic+resnet6: no readable checkpoint (fold0: no ckpt.pt; fold1: " \
-           "unreadable ckpt.pt" in out
+    assert (
+        "speed step skipped: mic+resnet6: no readable checkpoint (fold0: no ckpt.pt; fold1: "
+        "unreadable ckpt.pt" in out
+    )
     res = json.loads((run / "results.json").read_text())
     assert res["speed"] == [] and "mic+resnet6: no readable checkpoint" in res["speed_skipped"]
     assert [v["variant"] for v in res["variants"]] == ["mic+resnet6", "mic-mi+resnet6"]
@@ -106,6 +117,9 @@ def test_a_run_folder_it_cannot_write_is_one_line(tiny_run, tmp_path):
     which holds for root too): one line naming it, no OSError traceback."""
     run = _copy(tiny_run, tmp_path / "run", "mic+resnet6")
     (run / "results.json").mkdir()
-    with pytest.raises(SystemExit, match=r"^evaluate.py: cannot write \S+results.json: Is a "
-                                         r"directory$"):
+    with pytest.raises(
+        SystemExit,
+        match=r"^evaluate.py: cannot write \S+results.json: Is a "
+        r"directory$",
+    ):
         evaluate.main([str(run), "--no-speed"])

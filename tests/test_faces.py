@@ -83,13 +83,19 @@ def test_frame_folder_read_in_reencode_order(tmp_path: Path) -> None:
     folder = tmp_path / "clip"
     folder.mkdir()
     for i in range(1, 13):  # frame i is uniformly 20 * i
-        Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(folder / f"{i}.jpg",
-                                                                   quality=95)
+        Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(
+            folder / f"{i}.jpg", quality=95
+        )
     (folder / ".5.jpg").write_bytes(b"not an image")  # hidden: left out
     files = ds.frame_files(folder)
     assert [p.name for p in files] == [f"{i}.jpg" for i in range(1, 13)]
-    listing = subprocess.run(["sort", "-V"], input="\n".join(p.name for p in reversed(files)),
-                             capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(
+        ["sort", "-V"],
+        input="\n".join(p.name for p in reversed(files)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert listing == [p.name for p in files]
     frames, _ = faces.read_frames(folder)
     assert [int(round(f.mean() / 20)) for f in frames] == list(range(1, 13))

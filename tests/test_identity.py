@@ -152,12 +152,14 @@ def test_conversion_matches_opencv(facenet, faces):
     net = cv2.dnn.readNetFromTensorflow(str(iw.pip_graph()))
     gen = torch.Generator().manual_seed(0)
     astronaut = facenet.preprocess(faces["astronaut"][None])[0]
-    inputs = torch.stack([
-        astronaut,
-        facenet.preprocess(faces["hopper"][None])[0],
-        _prewhiten(models.letterbox(faces["astronaut"][None])[0] * 255),
-        torch.rand(3, 160, 160, generator=gen) * 2 - 1,
-    ])
+    inputs = torch.stack(
+        [
+            astronaut,
+            facenet.preprocess(faces["hopper"][None])[0],
+            _prewhiten(models.letterbox(faces["astronaut"][None])[0] * 255),
+            torch.rand(3, 160, 160, generator=gen) * 2 - 1,
+        ]
+    )
     ours = facenet.net(inputs)
     theirs = []
     for x in inputs:  # the graph's flatten has batch 1 frozen in
@@ -270,13 +272,17 @@ def test_named_download_and_hub_cache(server, monkeypatch):
     released = FaceNetMobileNet(num_classes=3)
     torch.save(released.state_dict(), www / "facenet_mobilenet.pth")
     named = iw.NAMED["facenet-mobilenet"]
-    monkeypatch.setitem(iw.NAMED, "facenet-mobilenet",
-                        iw.Named(named.arch, named.file, url + "facenet_mobilenet.pth"))
+    monkeypatch.setitem(
+        iw.NAMED,
+        "facenet-mobilenet",
+        iw.Named(named.arch, named.file, url + "facenet_mobilenet.pth"),
+    )
     branch = build_identity("facenet_mobilenet", "facenet-mobilenet")
     cached = Path(torch.hub.get_dir()) / "checkpoints" / "facenet_mobilenet.pth"
-    assert branch.weights_file == str(cached) and cached.read_bytes() == (
-        www / "facenet_mobilenet.pth"
-    ).read_bytes()
+    assert (
+        branch.weights_file == str(cached)
+        and cached.read_bytes() == (www / "facenet_mobilenet.pth").read_bytes()
+    )
     assert branch.weights_sha256 == iw.sha256_file(cached)
     assert torch.equal(branch.net.Bottleneck.weight, released.Bottleneck.weight)
     (www / "facenet_mobilenet.pth").unlink()  # from now on the cached file is read
@@ -326,6 +332,9 @@ def test_command_line(converted, monkeypatch, capsys):
     iw.main([])
     out = capsys.readouterr().out
     assert f"casia-webface-pip: {converted} (" in out and iw.sha256_file(converted) in out
-    with pytest.raises(SystemExit, match=r"identity_weights.py: 20180408-102900-casia-webface.pt "
-                                         r"is not in .*checkpoints"):
+    with pytest.raises(
+        SystemExit,
+        match=r"identity_weights.py: 20180408-102900-casia-webface.pt "
+        r"is not in .*checkpoints",
+    ):
         iw.main(["casia-webface"])

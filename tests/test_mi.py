@@ -252,8 +252,9 @@ def test_flipped_sign_fails(monkeypatch):
 DEMO = dict(pool=176, batch=16, d_e=256, d_i=512)  # a CK+-like fold, the demo's z_E, FaceNet z_I
 
 
-def training_mi_term(memory: int, split: float, t_steps: int, lr_t: float, hidden: int,
-                     steps: int = 150) -> float:
+def training_mi_term(
+    memory: int, split: float, t_steps: int, lr_t: float, hidden: int, steps: int = 150
+) -> float:
     """The MI term of train.py's loop (mi.train_critic, mi.mi_penalty) over recurring clips whose
     z_E is independent of z_I; mean over the last 50 steps."""
     g = torch.Generator().manual_seed(0)
@@ -266,8 +267,11 @@ def training_mi_term(memory: int, split: float, t_steps: int, lr_t: float, hidde
     values: list[float] = []
     while len(values) < steps:  # epochs over the same clips, as training does
         for ids in torch.randperm(DEMO["pool"], generator=g).split(DEMO["batch"]):
-            own = (mi.critic_clips(ids, split) if pairs is not None
-                   else torch.zeros(len(ids), dtype=torch.bool))
+            own = (
+                mi.critic_clips(ids, split)
+                if pairs is not None
+                else torch.zeros(len(ids), dtype=torch.bool)
+            )
             mi.train_critic(est, opt, z_e[ids], z_i[ids], ids, t_steps, pairs, g, critic=own)
             if int((~own).sum()) >= 2:
                 with torch.no_grad():
@@ -378,8 +382,15 @@ def table_game(dependent: bool, placebo: bool = False, steps: int = 60) -> tuple
     z_e = torch.randn(n, 64, generator=g)
     if dependent:
         z_e[:, :8] += 0.7 * z_i[:, :8]
-    table = mi.ClipTable(z_i, subjects, torch.zeros(n), torch.ones(n, dtype=torch.bool),
-                         placebo=placebo, dims=16, generator=g)
+    table = mi.ClipTable(
+        z_i,
+        subjects,
+        torch.zeros(n),
+        torch.ones(n, dtype=torch.bool),
+        placebo=placebo,
+        dims=16,
+        generator=g,
+    )
     est = mi.CLUB(64, 16, critic="ridge")
     values = []
     while len(values) < steps:
@@ -413,8 +424,9 @@ def test_table_mi_term_fitted_on_the_scored_clips_reads_dependence_everywhere(mo
     """The broken variant: q fitted on the batch it scores too reads several nats of MI in
     independent data (in-sample fit), so the check above can fail."""
     fit = mi.ClipTable.train_critic
-    monkeypatch.setattr(mi.ClipTable, "train_critic",
-                        lambda self, *a, exclude=None, **k: fit(self, *a, **k))
+    monkeypatch.setattr(
+        mi.ClipTable, "train_critic", lambda self, *a, exclude=None, **k: fit(self, *a, **k)
+    )
     with pytest.raises(AssertionError):
         test_table_mi_term_is_near_zero_without_dependence(False)
 
@@ -432,8 +444,14 @@ def label_coupled_term(conditional: bool) -> float:
     labels = 2 * group + torch.randint(0, 2, (180,), generator=g)
     z_i = 2.0 * F.one_hot(group, 8).float() + torch.randn(60, 8, generator=g)[subjects]
     z_e = 2.0 * F.one_hot(labels, 16).float() + 0.5 * torch.randn(180, 16, generator=g)
-    table = mi.ClipTable(z_i, subjects, labels, torch.ones(180, dtype=torch.bool),
-                         conditional=conditional, generator=g)
+    table = mi.ClipTable(
+        z_i,
+        subjects,
+        labels,
+        torch.ones(180, dtype=torch.bool),
+        conditional=conditional,
+        generator=g,
+    )
     table.update(torch.arange(180), z_e)
     est = mi.CLUB(16, 8, critic="ridge")
     values = []

@@ -112,8 +112,11 @@ def test_imagenet_weights_offline_name_the_file_and_folder(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    with pytest.raises(FileNotFoundError, match=rf"resnet50-0676ba61.pth is not in {folder} and "
-                                                r"could not be downloaded from https://download"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"resnet50-0676ba61.pth is not in {folder} and "
+        r"could not be downloaded from https://download",
+    ):
         build_backbone("resnet50", weights=models.IMAGENET)
 
 

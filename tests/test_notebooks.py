@@ -18,8 +18,9 @@ LIMIT_S = 120
 def execute(name: str) -> tuple[nbformat.NotebookNode, float]:
     """Run a notebook in its folder (as nbmake does); returns it with its outputs and the time."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = NotebookClient(nb, timeout=LIMIT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(
+        nb, timeout=LIMIT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     start = time.perf_counter()
     client.execute()
     return nb, time.perf_counter() - start
@@ -42,8 +43,11 @@ def test_residuals_notebook():
     print(f"residuals.ipynb: {seconds:.1f} s")
     assert seconds < LIMIT_S
     assert images(nb) == 3  # two clip grids, the per-frame plots
-    text = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in nb.cells
-                   for o in c.get("outputs", []))
+    text = "".join(
+        str(o.get("data", {}).get("text/markdown", ""))
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    )
     assert "astronaut" in text and "synthetic" in text  # the size table
 
 

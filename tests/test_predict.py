@@ -84,13 +84,24 @@ def check_probabilities(entry: dict, classes: list[str]) -> None:
 
 
 def test_h264_clip_json(ckpt, clips, capsys):
-    assert predict.main([str(clips["face"]), "--checkpoint", str(ckpt), "--window", "64",
-                         "--device", "cpu"]) == 0
+    assert (
+        predict.main(
+            [str(clips["face"]), "--checkpoint", str(ckpt), "--window", "64", "--device", "cpu"]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     classes = json.loads(torch.load(ckpt, weights_only=True)["config"])["class_names"]
-    assert set(out) == {"video", "checkpoint", "classes", "frames", "probabilities", "prediction",
-                        "warning"}
+    assert set(out) == {
+        "video",
+        "checkpoint",
+        "classes",
+        "frames",
+        "probabilities",
+        "prediction",
+        "warning",
+    }
     assert out["classes"] == classes and out["frames"] == 12
     check_probabilities(out, classes)
     # The tiny run trained on the synthetic set: said in the JSON and on stderr.
@@ -100,10 +111,26 @@ def test_h264_clip_json(ckpt, clips, capsys):
 
 def test_sliding_windows_with_plot(ckpt, clips, tmp_path):
     png = tmp_path / "probs.png"
-    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), str(clips["long"]),
-                           "--checkpoint", str(ckpt), "--window", "32", "--stride", "16",
-                           "--plot", str(png), "--device", "cpu"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "predict.py"),
+            str(clips["long"]),
+            "--checkpoint",
+            str(ckpt),
+            "--window",
+            "32",
+            "--stride",
+            "16",
+            "--plot",
+            str(png),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["frames"] == 60 and (out["window"], out["stride"]) == (32, 16)
@@ -190,22 +217,39 @@ def test_reencode_gets_ffmpeg_from_this_interpreter(monkeypatch, tmp_path):
     assert seen == [imageio_ffmpeg.get_ffmpeg_exe(), "/opt/my/ffmpeg"]
 
 
-@pytest.mark.parametrize("variant", [{"with_mv": True}, {"input": "rgb", "data_bn": False},
-                                     {"num_subjects": 3},
-                                     {"decoder": False, "backbone": "resnet18"}],
-                         ids=["mv", "rgb", "adversary", "resnet18-no-decoder"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"with_mv": True},
+        {"input": "rgb", "data_bn": False},
+        {"num_subjects": 3},
+        {"decoder": False, "backbone": "resnet18"},
+    ],
+    ids=["mv", "rgb", "adversary", "resnet18-no-decoder"],
+)
 def test_every_model_variant(ckpt, clips, tmp_path, variant):
     """Checkpoints of MIC+T^t, the RGB baseline, MIC−MI+Adv (an adversary in the state dict) and
     without decoder: made here with random weights in train.py's format."""
-    config = {**json.loads(torch.load(ckpt, weights_only=True)["config"]), **variant,
-              "dataset": "ckplus"}
+    config = {
+        **json.loads(torch.load(ckpt, weights_only=True)["config"]),
+        **variant,
+        "dataset": "ckplus",
+    }
     config.pop("num_subjects", None)
     torch.manual_seed(0)
-    model = MIC(config["num_classes"], config["num_segments"], config["backbone"],
-                config["hidden"], with_mv=config["with_mv"], decoder=config["decoder"],
-                d_i=config["d_i"], size=config["size"],
-                num_subjects=variant.get("num_subjects", 0), backbone_weights="random",
-                data_bn=config["data_bn"])
+    model = MIC(
+        config["num_classes"],
+        config["num_segments"],
+        config["backbone"],
+        config["hidden"],
+        with_mv=config["with_mv"],
+        decoder=config["decoder"],
+        d_i=config["d_i"],
+        size=config["size"],
+        num_subjects=variant.get("num_subjects", 0),
+        backbone_weights="random",
+        data_bn=config["data_bn"],
+    )
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
     out = predict.predict_video(clips["face"], path, window=8, stride=4, crop=False)
@@ -235,9 +279,11 @@ def test_no_face_is_a_clear_error(ckpt, clips, capsys):
 def test_unreadable_videos_are_clear_errors(ckpt, tmp_path, capsys):
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n" * 20)
-    cases = [([str(tmp_path / "missing.mp4")], "no such file"),
-             ([str(text)], "not a readable video"),
-             ([str(text), "--no-crop"], "not a readable video")]
+    cases = [
+        ([str(tmp_path / "missing.mp4")], "no such file"),
+        ([str(text)], "not a readable video"),
+        ([str(text), "--no-crop"], "not a readable video"),
+    ]
     for args, message in cases:
         assert predict.main([*args, "--checkpoint", str(ckpt)]) == 1
         assert message in capsys.readouterr().err
@@ -253,9 +299,13 @@ def test_bad_checkpoints_are_clear_errors(ckpt, clips, tmp_path, capsys):
         "no_keys.pt": {**good, "config": json.dumps({"num_classes": 7})},
         "mismatch.pt": {**good, "config": json.dumps({**config, "hidden": 16})},
     }
-    messages = {"missing.pt": "no such checkpoint file", "text.pt": "not a PyTorch checkpoint",
-                "state_dict.pt": "not a train.py checkpoint", "no_keys.pt": "config lacks",
-                "mismatch.pt": "weights do not match its config"}
+    messages = {
+        "missing.pt": "no such checkpoint file",
+        "text.pt": "not a PyTorch checkpoint",
+        "state_dict.pt": "not a train.py checkpoint",
+        "no_keys.pt": "config lacks",
+        "mismatch.pt": "weights do not match its config",
+    }
     for name, content in bad.items():
         path = tmp_path / name
         if isinstance(content, str):
@@ -283,7 +333,10 @@ def test_crop_windows_are_reencode_sh_of_the_crops_alone(tmp_path):
     out.mkdir()
     made = list(predict.crop_streams(tmp_path / "v", frames, box, 30.0, 12, 30, out))
     assert [(n, w and (w.start, w.end)) for n, w in made] == [
-        ("w00000000", (0, 12)), ("w00000030", (30, 42)), ("video", None)]
+        ("w00000000", (0, 12)),
+        ("w00000030", (30, 42)),
+        ("video", None),
+    ]
     src = tmp_path / "src"
     crops = [f[4:84, 8:88] for f in frames]
     faces.write_video(src / "alone.avi", crops[30:], 30.0)
@@ -322,9 +375,11 @@ def test_stream_mode_gives_the_windows_as_lines(ckpt, clips, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert predict.main(args) == 0
     whole = json.loads(capsys.readouterr().out)
-    assert [(w["start_frame"], w["end_frame"]) for w in lines[:-1]] == [
-        (w["start_frame"], w["end_frame"]) for w in whole["windows"]] == [(0, 32), (16, 48),
-                                                                          (28, 60)]
+    assert (
+        [(w["start_frame"], w["end_frame"]) for w in lines[:-1]]
+        == [(w["start_frame"], w["end_frame"]) for w in whole["windows"]]
+        == [(0, 32), (16, 48), (28, 60)]
+    )
     assert lines[-1]["frames"] == 60 and "windows" not in lines[-1]
     for a, b in zip(lines, [*whole["windows"], whole], strict=True):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1.5e-6)
@@ -335,11 +390,22 @@ def test_a_checkpoint_of_each_dataset(ckpt, clips, tmp_path, dataset):
     """A checkpoint of every dataset predicts: its temporary index lists a fold of that dataset
     and its classes."""
     classes = list(CLASSES[dataset])
-    config = {**json.loads(torch.load(ckpt, weights_only=True)["config"]), "dataset": dataset,
-              "num_classes": len(classes), "class_names": classes}
-    model = MIC(len(classes), config["num_segments"], config["backbone"], config["hidden"],
-                decoder=config["decoder"], d_i=config["d_i"], size=config["size"],
-                backbone_weights="random")
+    config = {
+        **json.loads(torch.load(ckpt, weights_only=True)["config"]),
+        "dataset": dataset,
+        "num_classes": len(classes),
+        "class_names": classes,
+    }
+    model = MIC(
+        len(classes),
+        config["num_segments"],
+        config["backbone"],
+        config["hidden"],
+        decoder=config["decoder"],
+        d_i=config["d_i"],
+        size=config["size"],
+        backbone_weights="random",
+    )
     path = tmp_path / "ckpt.pt"
     torch.save({"model": model.state_dict(), "config": json.dumps(config)}, path)
     out = predict.predict_video(clips["face"], path, window=64, crop=False)
@@ -354,14 +420,19 @@ def test_inputs_too_short_or_without_video_are_clear_errors(ckpt, tmp_path, caps
     audio = tmp_path / "audio.mkv"
     with av.open(str(audio), "w") as out:
         stream = out.add_stream("pcm_s16le", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16",
-                                           layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 800), np.int16), format="s16", layout="mono"
+        )
         frame.sample_rate, frame.pts = 8000, 0
         out.mux(stream.encode(frame))
         out.mux(stream.encode())
-    cases = [([str(one)], "at least 2 frames"), ([str(one), "--no-crop"], "at least 2 frames"),
-             ([str(folder), "--no-crop"], "at least 2 frames"),
-             ([str(audio)], "no video stream"), ([str(audio), "--no-crop"], "no video stream")]
+    cases = [
+        ([str(one)], "at least 2 frames"),
+        ([str(one), "--no-crop"], "at least 2 frames"),
+        ([str(folder), "--no-crop"], "at least 2 frames"),
+        ([str(audio)], "no video stream"),
+        ([str(audio), "--no-crop"], "no video stream"),
+    ]
     for args, message in cases:
         assert predict.main([*args, "--checkpoint", str(ckpt)]) == 1, args
         err = capsys.readouterr().err
@@ -372,8 +443,20 @@ def test_plot_into_an_unwritable_place(ckpt, clips, tmp_path, capsys):
     """A plot that cannot be written: one line, and the JSON was printed before."""
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
-    assert predict.main([str(clips["face"]), "--checkpoint", str(ckpt), "--window", "64",
-                         "--plot", str(blocker / "p.png")]) == 1
+    assert (
+        predict.main(
+            [
+                str(clips["face"]),
+                "--checkpoint",
+                str(ckpt),
+                "--window",
+                "64",
+                "--plot",
+                str(blocker / "p.png"),
+            ]
+        )
+        == 1
+    )
     captured = capsys.readouterr()
     assert json.loads(captured.out)["frames"] == 12
     lines = [ln for ln in captured.err.splitlines() if "warning" not in ln]
@@ -401,10 +484,13 @@ def test_a_compressed_record_is_refused_before_loading(tmp_path, capsys, monkeyp
 def test_import_leaves_torchvision_for_the_loading_thread():
     """`import predict` does not import torchvision nor facenet_pytorch (seconds): the thread
     that loads the checkpoint and MTCNN does, while the video decodes."""
-    code = ("import sys, predict; print(sorted(m for m in ('torchvision', 'facenet_pytorch', "
-            "'identity_weights') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, check=True)
+    code = (
+        "import sys, predict; print(sorted(m for m in ('torchvision', 'facenet_pytorch', "
+        "'identity_weights') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     assert proc.stdout.split() == ["[]"]
 
 

@@ -115,8 +115,9 @@ def reference_item(dset: reader.ClipDataset, i: int, seed: int) -> dict[str, Any
     def resized(b: np.ndarray) -> torch.Tensor:  # uint8 (k, ch, cw, C) -> float (k, C, s, s)
         t = torch.from_numpy(np.ascontiguousarray(b)).permute(0, 3, 1, 2)
         if t.shape[-2:] != (dset.size, dset.size):
-            t = F.interpolate(t, size=(dset.size, dset.size), mode="bilinear",
-                              align_corners=False, antialias=True)
+            t = F.interpolate(
+                t, size=(dset.size, dset.size), mode="bilinear", align_corners=False, antialias=True
+            )
         t = t.float()
         return t.flip(-1) if flip else t
 
@@ -124,7 +125,8 @@ def reference_item(dset: reader.ClipDataset, i: int, seed: int) -> dict[str, Any
     x = resized(a if rgb else np.clip(a + 128, 0, 255).astype(np.uint8))[:, [2, 1, 0]] / 255
     if rgb:
         x = (x - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor(
-            [0.229, 0.224, 0.225]).view(3, 1, 1)
+            [0.229, 0.224, 0.225]
+        ).view(3, 1, 1)
     else:
         x = (x - 0.5) / 0.226
     out = {"input": x, "flip": flip}
@@ -151,8 +153,15 @@ def test_inputs_identical_to_the_straightforward_reader(ckplus: Path, mmi: Path,
     for root, size in ((ckplus, 32), (mmi, 56)):
         for train in (True, False):
             for rep in ("residual", "rgb"):
-                kw = dict(train=train, num_segments=3, size=size, representation=rep,
-                          with_mv=True, accumulate=accumulate, apex=False)
+                kw = dict(
+                    train=train,
+                    num_segments=3,
+                    size=size,
+                    representation=rep,
+                    with_mv=True,
+                    accumulate=accumulate,
+                    apex=False,
+                )
                 dset = reader.ClipDataset(root, **kw)
                 for i in range(len(dset)):
                     seed = 10 * i + train
@@ -169,8 +178,9 @@ def test_inputs_identical_to_the_straightforward_reader(ckplus: Path, mmi: Path,
 def translating_clip(path: Path, frames: int = 8, size: int = 96) -> Path:
     """Raw MPEG-4 Part 2 clip of a smooth texture translating by (2, 1) pixels per frame."""
     texture = smooth_noise(np.random.default_rng(5), 2 * size, 2 * size)
-    imgs = [texture[size - t : 2 * size - t, size - 2 * t : 2 * size - 2 * t] for t in
-            range(frames)]
+    imgs = [
+        texture[size - t : 2 * size - t, size - 2 * t : 2 * size - 2 * t] for t in range(frames)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format="m4v") as out:
         stream = out.add_stream("mpeg4", rate=25)
@@ -191,20 +201,32 @@ def test_mv_normalisation_exact(tmp_path: Path, accumulate: bool) -> None:
     """Known motion, (2, 1) px per frame: the input's motion-vector values are exactly
     pytorch-coviar's bytes of the displacement rescaled to the model's size, / 255 - 0.5."""
     path = translating_clip(tmp_path / "c" / "000000001.mp4")
-    row = dict(path="c/000000001.mp4", subject="s", label="3", label_name="happy",
-               num_frames="8", fold="train", dataset="afew", view="0", crop="none", apex="-1")
+    row = dict(
+        path="c/000000001.mp4",
+        subject="s",
+        label="3",
+        label_name="happy",
+        num_frames="8",
+        fold="train",
+        dataset="afew",
+        view="0",
+        crop="none",
+        apex="-1",
+    )
     with open(tmp_path / "index.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ds.COLUMNS)
         w.writeheader()
         w.writerow(row)
     raw = coviar.load_many(path, 0, range(8), coviar.MV, accumulate)[:, 32:80, 32:80]
-    steps = np.arange(8)[:, None, None] if accumulate else np.minimum(np.arange(8), 1)[:, None,
-                                                                                          None]
+    steps = (
+        np.arange(8)[:, None, None] if accumulate else np.minimum(np.arange(8), 1)[:, None, None]
+    )
     np.testing.assert_array_equal(raw[..., 0], 2 * steps * np.ones((8, 48, 48)))  # the motion
     np.testing.assert_array_equal(raw[..., 1], steps * np.ones((8, 48, 48)))
     # Test mode, 96 -> 48: x 2 px -> 1 px -> trunc(6.375) = 6 -> 134, y 0.5 px -> 3 -> 131.
-    dset = reader.ClipDataset(tmp_path, num_segments=7, size=48, with_mv=True,
-                              accumulate=accumulate, apex=False)
+    dset = reader.ClipDataset(
+        tmp_path, num_segments=7, size=48, with_mv=True, accumulate=accumulate, apex=False
+    )
     mv = dset[0]["mv"][:, :, 18:38, 18:38]  # away from the borders (and their resampling)
     t = torch.arange(1, 8).view(7, 1, 1) if accumulate else torch.ones(7, 1, 1, dtype=torch.long)
     bytes_x = (128 + torch.trunc(2 * t * 0.5 * 6.375)).clamp(max=255)
@@ -215,8 +237,16 @@ def test_mv_normalisation_exact(tmp_path: Path, accumulate: bool) -> None:
     assert torch.equal(mv[:, 1], (bytes_y.float() / 255 - 0.5).expand(7, 20, 20))
     # Training, crops of 72 px (scale 0.75) resized to 48: 2/3 of the displacement; flips map
     # the x byte u to 256 - u.
-    train = reader.ClipDataset(tmp_path, train=True, num_segments=7, size=48, with_mv=True,
-                               accumulate=accumulate, apex=False, scales=(0.75,))
+    train = reader.ClipDataset(
+        tmp_path,
+        train=True,
+        num_segments=7,
+        size=48,
+        with_mv=True,
+        accumulate=accumulate,
+        apex=False,
+        scales=(0.75,),
+    )
     seen = set()
     for seed in range(10):
         torch.manual_seed(seed)
@@ -244,14 +274,15 @@ def test_mv_normalisation_exact(tmp_path: Path, accumulate: bool) -> None:
     assert seen == {True, False}
 
 
-@pytest.mark.parametrize("shape, size", [((3, 2, 49, 67), 24), ((2, 2, 30, 17), 56),
-                                         ((1, 2, 112, 90), 112), ((4, 2, 301, 255), 112)])
+@pytest.mark.parametrize(
+    "shape, size",
+    [((3, 2, 49, 67), 24), ((2, 2, 30, 17), 56), ((1, 2, 112, 90), 112), ((4, 2, 301, 255), 112)],
+)
 def test_two_channel_resize_is_torchs(shape: tuple, size: int) -> None:
     """resize_frames packs the motion-vector bytes of two frames into 4 channels for torch's
     fast path: the values are those of interpolating each frame's 2 channels (odd counts too)."""
     t = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, np.uint8))
-    want = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)
+    want = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     for x in (t, t.contiguous(memory_format=torch.channels_last)):
         assert torch.equal(reader.resize_frames(x, size), want)
 
@@ -351,8 +382,9 @@ def test_items_hold_only_what_is_asked(ckplus: Path) -> None:
     assert set(default) == {"input", "apex", "has_apex", "label", "subject", "index"}
     bare = reader.ClipDataset(ckplus, folds=[0], num_segments=2, size=24, apex=False)[0]
     assert set(bare) == {"input", "label", "subject", "index"}
-    full = reader.ClipDataset(ckplus, folds=[0], num_segments=2, size=24, iframe=True,
-                              iframe_size=40, with_mv=True)[0]
+    full = reader.ClipDataset(
+        ckplus, folds=[0], num_segments=2, size=24, iframe=True, iframe_size=40, with_mv=True
+    )[0]
     assert full["iframe"].shape == (3, 40, 40) and full["mv"].shape == (2, 2, 24, 24)
     assert torch.equal(full["input"], default["input"])
 
@@ -362,9 +394,16 @@ def test_worker_init_keeps_freed_memory() -> None:
     """After `worker_init`, a 48 MB array freed and made again reuses the heap's pages (no page
     faults); by default glibc maps and unmaps it each time (12 000 faults each, fewer with
     transparent huge pages, at least one)."""
-    takes = subprocess.run([sys.executable, "-c", "import ctypes; print(ctypes.CDLL("
-                            "'libc.so.6').mallopt(-3, 64 << 20))"], capture_output=True,
-                           text=True, check=True).stdout.strip()
+    takes = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import ctypes; print(ctypes.CDLL('libc.so.6').mallopt(-3, 64 << 20))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if takes != "1":
         pytest.skip("this glibc keeps at most 32 MiB allocations on the heap")
     code = (
@@ -379,7 +418,8 @@ def test_worker_init_keeps_freed_memory() -> None:
         "reader.worker_init(0)\n"
         "print(before, faults())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     before, after = int(out[0]), int(out[1])
     assert before >= 4 and after <= before // 10, (before, after)

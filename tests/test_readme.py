@@ -43,9 +43,12 @@ class _Parsed(Exception):
 def test_the_readme_has_commands():
     cmds = readme_commands()
     assert len(cmds) > 20
-    assert {"make demo", "make test", "python train.py @configs/demo.args --fold 0 --out runs/try",
-            "python datasets.py --dataset custom --root data/mine --annotations "
-            "data/mine/labels.csv"} <= set(cmds)
+    assert {
+        "make demo",
+        "make test",
+        "python train.py @configs/demo.args --fold 0 --out runs/try",
+        "python datasets.py --dataset custom --root data/mine --annotations data/mine/labels.csv",
+    } <= set(cmds)
 
 
 def test_the_readme_is_a_manual():
@@ -53,8 +56,9 @@ def test_the_readme_is_a_manual():
     dataset's instructions exactly as its spec gives them (one source: datasets.SPECS)."""
     lines = README.read_text().splitlines()
     assert len(lines) <= 400
-    first = next(i for i, line in enumerate(lines)
-                 if line.startswith("    python train.py --dataset"))
+    first = next(
+        i for i, line in enumerate(lines) if line.startswith("    python train.py --dataset")
+    )
     assert first < 150 and "--dataset synthetic" not in lines[first]
     text = README.read_text()
     for name in ("ckplus", "mmi", "afew", "dfew", "ferv39k", "mafw"):
@@ -63,15 +67,19 @@ def test_the_readme_is_a_manual():
 
 def test_nothing_outside_the_project_is_named():
     """No file of the project names its internal notes or trackers."""
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     pattern = re.compile(r"MISSION\.md|search[ ]tool|\bissue\b|\bIssue \d", re.I)
     for name in tracked:
         path = ROOT / name
         if path.suffix in {".png", ".pb", ".pt", ".so"} or not path.is_file():
             continue
-        hits = [i for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
-                if pattern.search(line)]
+        hits = [
+            i
+            for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+            if pattern.search(line)
+        ]
         assert not hits, f"{name}: lines {hits}"
 
 
@@ -83,8 +91,9 @@ def test_readme_command_parses(cmd, monkeypatch):
         assert re.search(rf"^{re.escape(argv[1])}:", (ROOT / "Makefile").read_text(), re.M), cmd
         return
     if argv[0] == "./reencode.sh":  # placeholders name no folder: the script says so, exit 2
-        run = subprocess.run(["bash", str(ROOT / "reencode.sh"), *argv[1:]], capture_output=True,
-                             text=True, cwd="/")
+        run = subprocess.run(
+            ["bash", str(ROOT / "reencode.sh"), *argv[1:]], capture_output=True, text=True, cwd="/"
+        )
         assert run.returncode == 2 and "does not exist" in run.stderr, run.stderr
         return
     script = ROOT / argv[1]

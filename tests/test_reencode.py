@@ -30,15 +30,22 @@ PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "bmp": "BMP"}
 pytestmark = pytest.mark.skipif(not Path(BASH).exists(), reason="needs bash")
 
 
-def reencode(src: Path, out: Path, *args: str, env: dict | None = None,
-             script: Path = SCRIPT) -> subprocess.CompletedProcess:
+def reencode(
+    src: Path, out: Path, *args: str, env: dict | None = None, script: Path = SCRIPT
+) -> subprocess.CompletedProcess:
     """Run reencode.sh IN OUT (with a time limit: a hang is a failure)."""
-    return subprocess.run([BASH, str(script), *args, str(src), str(out)], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [BASH, str(script), *args, str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
-def grey_frames(folder: Path, names: list[str], sizes: list[tuple[int, int]] | None = None
-                ) -> list[int]:
+def grey_frames(
+    folder: Path, names: list[str], sizes: list[tuple[int, int]] | None = None
+) -> list[int]:
     """Write one flat grey frame per name (format from the extension), each a different level
     rising in list order; return the levels."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,8 +63,11 @@ def decoded(path: Path) -> tuple[list[float], list[tuple[int, int]], int]:
         keys = sum(p.is_keyframe for p in c.demux(c.streams.video[0]) if p.size)
     with av.open(str(path)) as c:
         frames = list(c.decode(video=0))
-    return ([float(f.to_ndarray(format="gray").mean()) for f in frames],
-            [(f.width, f.height) for f in frames], keys)
+    return (
+        [float(f.to_ndarray(format="gray").mean()) for f in frames],
+        [(f.width, f.height) for f in frames],
+        keys,
+    )
 
 
 def assert_in_order(means: list[float], n: int) -> None:
@@ -153,8 +163,9 @@ def test_a_changed_frame_folder_is_converted_again(tmp_path):
 def test_a_long_clip_is_one_gop(tmp_path):
     """A 400-frame video that has a key frame every 12 frames and a 330-frame folder both become
     a single GOP (the seed's -g 300 gave two)."""
-    make_clip(tmp_path / "in" / "long.avi", width=64, height=48, frames=400, gop=12,
-              container="avi")
+    make_clip(
+        tmp_path / "in" / "long.avi", width=64, height=48, frames=400, gop=12, container="avi"
+    )
     folder = tmp_path / "in" / "frames"
     folder.mkdir()
     for i in range(330):
@@ -169,15 +180,39 @@ def test_a_long_clip_is_one_gop(tmp_path):
 def test_a_short_clip_is_what_the_seed_command_made(tmp_path):
     """For a clip of up to 300 frames the output is byte for byte the seed's command's: -g INT_MAX
     with -strict:v experimental changes nothing but the GOP length of longer clips."""
-    src = make_clip(tmp_path / "in" / "c.mp4", width=80, height=64, frames=40, container="mp4",
-                    content="rotate")
+    src = make_clip(
+        tmp_path / "in" / "c.mp4", width=80, height=64, frames=40, container="mp4", content="rotate"
+    )
     assert reencode(tmp_path / "in", tmp_path / "out").returncode == 0
     seed = tmp_path / "seed.m4v"  # -threads 1, as reencode.sh: see the next test
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-i", str(src), "-an",
-                    "-vf", "setsar=1:1,pad=ceil(iw/2)*2:ceil(ih/2)*2", "-threads", "1",
-                    "-q:v", "1", "-g", "300",
-                    "-sc_threshold", "1000000000", "-c:v", "mpeg4", "-f", "rawvideo", str(seed)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-nostdin",
+            "-y",
+            "-i",
+            str(src),
+            "-an",
+            "-vf",
+            "setsar=1:1,pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-threads",
+            "1",
+            "-q:v",
+            "1",
+            "-g",
+            "300",
+            "-sc_threshold",
+            "1000000000",
+            "-c:v",
+            "mpeg4",
+            "-f",
+            "rawvideo",
+            str(seed),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert (tmp_path / "out" / "c.mp4").read_bytes() == seed.read_bytes()
 
 
@@ -186,10 +221,15 @@ def test_the_bytes_do_not_depend_on_the_cores(tmp_path):
     """A video and a frame folder re-encoded on one CPU and on two give the same bytes: the
     mpeg4 encoder's automatic threads (one per CPU) would cut every frame into one slice per
     thread."""
-    make_clip(tmp_path / "in" / "c.mp4", width=160, height=128, frames=12, container="mp4",
-              content="rotate")
-    grey_frames(tmp_path / "in" / "frames", [f"{i}.png" for i in range(6)],
-                [(160, 128)] * 6)
+    make_clip(
+        tmp_path / "in" / "c.mp4",
+        width=160,
+        height=128,
+        frames=12,
+        container="mp4",
+        content="rotate",
+    )
+    grey_frames(tmp_path / "in" / "frames", [f"{i}.png" for i in range(6)], [(160, 128)] * 6)
     cores = sorted(os.sched_getaffinity(0))[:2]
     for cpus in ({cores[0]}, set(cores)):
         with on_cores(cpus):
@@ -204,14 +244,18 @@ def test_the_bytes_do_not_depend_on_the_cores(tmp_path):
 def test_odd_size_note_comes_from_the_stream(tmp_path):
     """An H.264 input of even size gets no note (its codec tag 0x31637661 is no size); an odd
     61x45 input is padded to 62x46 and said so."""
-    make_clip(tmp_path / "in" / "even.mp4", width=64, height=48, frames=6, codec="h264",
-              container="mp4")
-    make_clip(tmp_path / "in" / "odd.mkv", width=61, height=45, frames=5, codec="ffv1",
-              container="mkv")  # lossless, takes odd sizes
+    make_clip(
+        tmp_path / "in" / "even.mp4", width=64, height=48, frames=6, codec="h264", container="mp4"
+    )
+    make_clip(
+        tmp_path / "in" / "odd.mkv", width=61, height=45, frames=5, codec="ffv1", container="mkv"
+    )  # lossless, takes odd sizes
     run = reencode(tmp_path / "in", tmp_path / "out")
     assert run.returncode == 0, run.stdout + run.stderr
-    line = {name: next(ln for ln in run.stdout.splitlines() if f"converted {name}" in ln)
-            for name in ("even.mp4", "odd.mp4")}
+    line = {
+        name: next(ln for ln in run.stdout.splitlines() if f"converted {name}" in ln)
+        for name in ("even.mp4", "odd.mp4")
+    }
     assert line["even.mp4"].endswith("converted even.mp4")
     assert line["odd.mp4"].endswith("converted odd.mp4 (odd size 61x45 padded to even)")
     assert decoded(tmp_path / "out" / "odd.mp4")[1][0] == (62, 46)
@@ -299,13 +343,19 @@ def wait_for(cond: Callable[[], bool], what: str, limit: float = 60) -> None:
         time.sleep(0.02)
 
 
-def start(src: Path, out: Path, tmp_path: Path, *args: str, env: dict | None = None
-          ) -> tuple[subprocess.Popen, Path, Path]:
+def start(
+    src: Path, out: Path, tmp_path: Path, *args: str, env: dict | None = None
+) -> tuple[subprocess.Popen, Path, Path]:
     """Start reencode.sh in a new session; return it and the files its stdout/stderr go to."""
     so, se = tmp_path / "stdout", tmp_path / "stderr"
     with so.open("w") as o, se.open("w") as e:
-        proc = subprocess.Popen([BASH, str(SCRIPT), *args, str(src), str(out)], stdout=o,
-                                stderr=e, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [BASH, str(SCRIPT), *args, str(src), str(out)],
+            stdout=o,
+            stderr=e,
+            env=env,
+            start_new_session=True,
+        )
     return proc, so, se
 
 
@@ -442,11 +492,13 @@ def test_ffmpeg_found_through_python_without_venv_or_python3(tmp_path):
     env = {"PATH": bare_path(tmp_path), "HOME": str(tmp_path)}
     run = reencode(tmp_path / "in", tmp_path / "out", env=env, script=script)
     assert run.returncode == 2 and "no ffmpeg found" in run.stderr and "PYTHON" in run.stderr
-    run = reencode(tmp_path / "in", tmp_path / "out", env={**env, "PYTHON": sys.executable},
-                   script=script)
+    run = reencode(
+        tmp_path / "in", tmp_path / "out", env={**env, "PYTHON": sys.executable}, script=script
+    )
     assert run.returncode == 0 and "converted 1" in run.stdout, run.stdout + run.stderr
-    bad = reencode(tmp_path / "in", tmp_path / "out", env={**env, "FFMPEG": "/no/such/ffmpeg"},
-                   script=script)
+    bad = reencode(
+        tmp_path / "in", tmp_path / "out", env={**env, "FFMPEG": "/no/such/ffmpeg"}, script=script
+    )
     assert bad.returncode == 2 and "FFMPEG=/no/such/ffmpeg is not an executable" in bad.stderr
 
 
@@ -466,8 +518,7 @@ def test_in_inside_out_is_refused(tmp_path):
     run = reencode(src, out)
     assert run.returncode == 2 and "IN must lie outside OUT" in run.stderr, run.stdout + run.stderr
     assert (src / "labels.txt").read_text() == "mine\n"
-    assert sorted(p.name for p in src.rglob("*")) == ["keep.avi", "labels.txt", "labels.txt",
-                                                       "sub"]
+    assert sorted(p.name for p in src.rglob("*")) == ["keep.avi", "labels.txt", "labels.txt", "sub"]
 
 
 def test_only_its_own_leftovers_are_removed(tmp_path):
@@ -548,8 +599,9 @@ def test_a_full_disk_says_so(tmp_path):
     the reason given is "no space left on device"."""
     make_clip(tmp_path / "in" / "a.avi", width=48, height=32, frames=6, container="avi")
     full = tmp_path / "ffmpeg-on-a-full-disk"
-    full.write_text(f'#!/bin/bash\nexec {imageio_ffmpeg.get_ffmpeg_exe()} "${{@:1:$#-1}}" '
-                    "/dev/full\n")
+    full.write_text(
+        f'#!/bin/bash\nexec {imageio_ffmpeg.get_ffmpeg_exe()} "${{@:1:$#-1}}" /dev/full\n'
+    )
     full.chmod(0o755)
     run = reencode(tmp_path / "in", tmp_path / "out", env={**os.environ, "FFMPEG": str(full)})
     assert run.returncode == 1, run.stdout + run.stderr

@@ -9,16 +9,51 @@ import pytest
 
 import study
 
-TINY_SET = ("--size 48 --min-frames 6 --max-frames 8 --min-expressions 2 --max-expressions 3 "
-            "--unlabelled 0")
-TINY_TRAIN = ["--backbone", "resnet6", "--hidden", "8", "--size", "32", "--num-segments", "2",
-              "--batch-size", "4", "--workers", "0", "--mi-hidden", "16", "--device", "cpu"]
+TINY_SET = (
+    "--size 48 --min-frames 6 --max-frames 8 --min-expressions 2 --max-expressions 3 --unlabelled 0"
+)
+TINY_TRAIN = [
+    "--backbone",
+    "resnet6",
+    "--hidden",
+    "8",
+    "--size",
+    "32",
+    "--num-segments",
+    "2",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--mi-hidden",
+    "16",
+    "--device",
+    "cpu",
+]
 
 
 def run(what: str, tmp_path, *extra: str) -> None:
-    study.main([what, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"),
-                "--subjects", "6", "--epochs", "1", "--folds", "0", "1", "--synthetic", TINY_SET,
-                *extra, "--train", *TINY_TRAIN])
+    study.main(
+        [
+            what,
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "runs"),
+            "--subjects",
+            "6",
+            "--epochs",
+            "1",
+            "--folds",
+            "0",
+            "1",
+            "--synthetic",
+            TINY_SET,
+            *extra,
+            "--train",
+            *TINY_TRAIN,
+        ]
+    )
 
 
 @pytest.mark.timeout(1800)  # a dozen train.py runs: minutes on a loaded 2-core machine
@@ -42,7 +77,13 @@ def test_coupling_study_end_to_end(tmp_path):
 def test_ablation_table_end_to_end(tmp_path):
     run("ablations", tmp_path, "--coupling", "1", "--seeds", "0", "--deeper")
     table = (tmp_path / "runs" / "ablations-c1" / "table.md").read_text()
-    for row in ("mic+resnet6", "mic-mi+resnet6", "mic-mi+adv+resnet6", "mic-rec+resnet6",
-                "mic+mv+resnet6", "rgb+resnet6"):
+    for row in (
+        "mic+resnet6",
+        "mic-mi+resnet6",
+        "mic-mi+adv+resnet6",
+        "mic-rec+resnet6",
+        "mic+mv+resnet6",
+        "rgb+resnet6",
+    ):
         assert f"| {row} |" in table, row
     assert "Mode VLSTM" in table and "99.71" in table  # the paper's column

@@ -14,8 +14,9 @@ from PIL import Image
 import synthetic
 from synthetic import SyntheticConfig, generate
 
-TINY = SyntheticConfig(subjects=4, id_subjects=3, id_images=3, size=48, min_frames=3,
-                       max_frames=6, unlabelled=1)
+TINY = SyntheticConfig(
+    subjects=4, id_subjects=3, id_images=3, size=48, min_frames=3, max_frames=6, unlabelled=1
+)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -123,8 +124,18 @@ def _held_out_r2(x: np.ndarray, y: np.ndarray, n_fit: int, lam: float) -> float:
     return float(1 - ((rest - x[n_fit:] @ b) ** 2).sum() / ((rest - rest.mean(0)) ** 2).sum())
 
 
-_SCALARS = ("gain", "asym", "gamma", "lead", "reach", "blink_period", "nod_amp", "nod_period",
-            "tic_amp", "tic_period")
+_SCALARS = (
+    "gain",
+    "asym",
+    "gamma",
+    "lead",
+    "reach",
+    "blink_period",
+    "nod_amp",
+    "nod_period",
+    "tic_amp",
+    "tic_period",
+)
 
 
 def _styles(people: list) -> np.ndarray:
@@ -141,8 +152,8 @@ def test_coupling_ties_style_to_appearance() -> None:
         people = [synthetic.make_identity(cfg, 0, i) for i in range(400)]
         a = np.stack([synthetic.appearance(p) for p in people])
         y = _styles(people)
-        r2[c] = _held_out_r2(a, y[:, :len(_SCALARS)], 300, 10.0)
-        r2[f"protos {c}"] = _held_out_r2(a, y[:, len(_SCALARS):], 300, 10.0)
+        r2[c] = _held_out_r2(a, y[:, : len(_SCALARS)], 300, 10.0)
+        r2[f"protos {c}"] = _held_out_r2(a, y[:, len(_SCALARS) :], 300, 10.0)
     assert max(r2[0.0], r2["protos 0.0"]) < 0.05, r2
     assert 0.1 < min(r2[0.5], r2["protos 0.5"]) and max(r2[0.5], r2["protos 0.5"]) < 0.4, r2
     assert min(r2[1.0], r2["protos 1.0"]) > 0.8, r2
@@ -155,7 +166,7 @@ def test_coupling_visible_in_the_neutral_frame() -> None:
         cfg = SyntheticConfig(coupling=c, size=32, expressions=0)
         frames = [synthetic.neutral_frame(cfg, i) for i in range(150)]
         x = np.stack([np.asarray(img.reduce(2), float).ravel() for _, img in frames])
-        r2[c] = _held_out_r2(x, _styles([p for p, _ in frames])[:, :len(_SCALARS)], 110, 300.0)
+        r2[c] = _held_out_r2(x, _styles([p for p, _ in frames])[:, : len(_SCALARS)], 110, 300.0)
     assert r2[0.0] < 0.02 and r2[1.0] > r2[0.0] + 0.1, r2
 
 
@@ -165,8 +176,19 @@ def test_coupling_keeps_appearance_and_marginals() -> None:
     for c in (0.0, 1.0):
         cfg = SyntheticConfig(coupling=c, expressions=0)
         people = [synthetic.make_identity(cfg, 0, i) for i in range(400)]
-        stats[c] = np.array([[np.log(p.gain), np.log(p.gamma), p.asym, p.lead, p.blink_period,
-                              np.log(p.protos[4, synthetic._A["12"]])] for p in people])
+        stats[c] = np.array(
+            [
+                [
+                    np.log(p.gain),
+                    np.log(p.gamma),
+                    p.asym,
+                    p.lead,
+                    p.blink_period,
+                    np.log(p.protos[4, synthetic._A["12"]]),
+                ]
+                for p in people
+            ]
+        )
         if c == 0.0:
             base = people
     for p, q in zip(base, people, strict=True):
@@ -190,7 +212,7 @@ def test_coupled_style_adds_style() -> None:
         sd[c, lam] = np.std([[np.log(p.gain), np.log(p.gamma)] for p in people], axis=0)
     base = sd[0.0, 2.0]  # c = 0: λ has nothing to scale
     assert np.all(np.abs(sd[1.0, 1.0] / base - 1) < 0.15)
-    rho2 = 1 - 0.1 ** 2
+    rho2 = 1 - 0.1**2
     for c in (1.0, 0.5):  # latent sd sqrt(1 + ρ²(λ² − 1)), ρ = c·sqrt(1 − η²)
         want = np.sqrt(1 + c * c * rho2 * 3)
         assert np.all(np.abs(sd[c, 2.0] / base / want - 1) < 0.15), (c, sd[c, 2.0] / base, want)
@@ -218,8 +240,11 @@ def test_label_skew_like_ckplus() -> None:
 
 def test_summary_counts_labels_per_subject(tiny: tuple[Path, dict]) -> None:
     root, summary = tiny
-    shown = [len(list((root / "Emotion" / s.name).glob("*/*.txt")))
-             for s in sorted((root / "cohn-kanade-images").iterdir()) if s.is_dir()]
+    shown = [
+        len(list((root / "Emotion" / s.name).glob("*/*.txt")))
+        for s in sorted((root / "cohn-kanade-images").iterdir())
+        if s.is_dir()
+    ]
     hist = summary["labels_per_subject"]
     assert sum(hist.values()) == TINY.subjects
     assert {int(k): v for k, v in hist.items() if v} == {k: shown.count(k) for k in set(shown)}
@@ -293,8 +318,9 @@ def test_label_coupling_makes_the_neutral_face_predict_the_label() -> None:
             fit = ~test
             x = (pixels - pixels[fit].mean(0)) / (pixels[fit].std(0) + 1e-6)
             onehot = np.eye(7)[y] - np.eye(7)[y[fit]].mean(0)
-            b = np.linalg.solve(x[fit].T @ x[fit] + 300 * np.eye(x.shape[1]),
-                                x[fit].T @ onehot[fit])
+            b = np.linalg.solve(
+                x[fit].T @ x[fit] + 300 * np.eye(x.shape[1]), x[fit].T @ onehot[fit]
+            )
             hits[0, test] = (x[test] @ b).argmax(1) == y[test]
             by_group = [np.bincount(y[fit & (group == g)], minlength=7).argmax() for g in range(3)]
             hits[1, test] = np.take(by_group, group[test]) == y[test]
@@ -310,15 +336,34 @@ def test_label_coupling_mixes_and_is_recorded(tmp_path: Path) -> None:
     """0 < L < 1: a share L of the subjects is coupled (the same ones and more as L rises);
     the CLI takes --label-coupling and synthetic.json records it, each subject's group and the
     coupled subjects, which show their group's emotions."""
-    coupled = {lc: synthetic.label_coupled(SyntheticConfig(subjects=1000, label_coupling=lc))
-               for lc in (0.0, 0.3, 0.7, 1.0)}
+    coupled = {
+        lc: synthetic.label_coupled(SyntheticConfig(subjects=1000, label_coupling=lc))
+        for lc in (0.0, 0.3, 0.7, 1.0)
+    }
     assert not coupled[0.0].any() and coupled[1.0].all()
     assert abs(coupled[0.3].mean() - 0.3) < 0.05 and abs(coupled[0.7].mean() - 0.7) < 0.05
     assert np.all(coupled[0.7][coupled[0.3]])
     root = tmp_path / "set"
-    synthetic.main(["--out", str(root), "--subjects", "8", "--id-subjects", "0", "--size", "32",
-                    "--min-frames", "2", "--max-frames", "3", "--unlabelled", "0",
-                    "--label-coupling", "0.5"])
+    synthetic.main(
+        [
+            "--out",
+            str(root),
+            "--subjects",
+            "8",
+            "--id-subjects",
+            "0",
+            "--size",
+            "32",
+            "--min-frames",
+            "2",
+            "--max-frames",
+            "3",
+            "--unlabelled",
+            "0",
+            "--label-coupling",
+            "0.5",
+        ]
+    )
     meta = json.loads((root / "synthetic.json").read_text())
     assert meta["config"]["label_coupling"] == 0.5
     groups = meta["summary"]["label_groups"]

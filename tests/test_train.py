@@ -55,8 +55,10 @@ def test_every_variant_lowers_its_loss(data, variant):
     torch.manual_seed(0)
     z_i = z_i_train[batch["index"]]
     step = train.TrainForward(model)
-    terms = [train.train_step(step, critic, opt, batch, z_i, args, torch.device("cpu"))
-             for _ in range(12)]
+    terms = [
+        train.train_step(step, critic, opt, batch, z_i, args, torch.device("cpu"))
+        for _ in range(12)
+    ]
     assert all(torch.isfinite(torch.tensor(t["loss"])) for t in terms)
     # The encoder's own terms fall (the MI estimate rises as T_θ learns: it is a game).
     for key in ("ce", "rec"):
@@ -134,8 +136,21 @@ def test_non_finite_buffer_stops_before_its_checkpoint(data, monkeypatch, tmp_pa
 
     monkeypatch.setattr(train, "train_step", overflowing)
     with pytest.raises(SystemExit, match=r"non-finite \S*running_var after epoch 1"):
-        train.main([*TINY, "--root", str(data), "--out", str(tmp_path / "r"), "--epochs", "1",
-                    "--max-steps", "1", "--identity-weights", "random"])
+        train.main(
+            [
+                *TINY,
+                "--root",
+                str(data),
+                "--out",
+                str(tmp_path / "r"),
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--identity-weights",
+                "random",
+            ]
+        )
     fold = tmp_path / "r" / "mic+resnet6" / "fold0"
     assert not (fold / "result.json").exists() and not (fold / "ckpt.pt").exists()
 
@@ -150,8 +165,20 @@ def test_damaged_checkpoint_says_so(data, tmp_path):
     for damage in (good.getvalue()[:2000], os.urandom(3000), b""):
         (fold / "ckpt.pt").write_bytes(damage)
         with pytest.raises(SystemExit, match=r"ckpt.pt is damaged .*: delete it") as stop:
-            train.main([*TINY, "--root", str(data), "--out", str(tmp_path / "r"), "--epochs",
-                        "1", "--resume", "--identity-weights", "random"])
+            train.main(
+                [
+                    *TINY,
+                    "--root",
+                    str(data),
+                    "--out",
+                    str(tmp_path / "r"),
+                    "--epochs",
+                    "1",
+                    "--resume",
+                    "--identity-weights",
+                    "random",
+                ]
+            )
         assert "\n" not in str(stop.value) and "mmap" not in str(stop.value)
 
 
@@ -176,8 +203,9 @@ def test_unwritable_out_is_one_line(data, tmp_path):
         outs.append(tmp_path / "ro")
     for out in outs:
         with pytest.raises(SystemExit, match=f"cannot write in {out}/mic") as stop:
-            train.main([*TINY, "--root", str(data), "--out", str(out), "--identity-weights",
-                        "random"])
+            train.main(
+                [*TINY, "--root", str(data), "--out", str(out), "--identity-weights", "random"]
+            )
         assert "\n" not in str(stop.value)
 
 
@@ -190,29 +218,39 @@ def test_no_mi_with_infinite_estimate_is_not_nan(data, monkeypatch):
     model, critic, opt = train.build(args, ds, z_i_train, torch.device("cpu"))
     monkeypatch.setattr(train, "mi_estimate", lambda *a: torch.tensor(float("inf")))
     with pytest.raises(train.TrainingError, match="non-finite mi"):
-        train.train_step(train.TrainForward(model), critic, opt, batch,
-                         z_i_train[batch["index"]], args, torch.device("cpu"))
+        train.train_step(
+            train.TrainForward(model),
+            critic,
+            opt,
+            batch,
+            z_i_train[batch["index"]],
+            args,
+            torch.device("cpu"),
+        )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs must be > 0"),
-    (["--batch-size", "0"], "--batch-size must be > 0"),
-    (["--batch-size", "1"], "--batch-size must be at least 2"),
-    (["--num-segments", "0"], "--num-segments must be > 0"),
-    (["--t-steps", "0"], "--t-steps must be >= 1"),
-    (["--alpha", "-0.1"], "--alpha must be >= 0"),
-    (["--beta", "-1"], "--beta must be >= 0"),
-    (["--fold", "10"], "--fold 10: synthetic has the test folds 0, 1"),
-    (["--mi-split", "1"], "--mi-split must be in"),
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--name", "../../../escaped"], "--name '../../../escaped': a variant name is one folder"),
-    (["--name", "/tmp/escaped"], "a variant name is one folder name inside --out"),
-    (["--name", ".."], "a variant name is one folder name inside --out"),
-    (["--schedule", "1:-1e-2"], "--schedule '1:-1e-2': step '1:-1e-2' is not EPOCH:LR"),
-    (["--schedule", "abc"], "step 'abc' is not EPOCH:LR"),
-    (["--schedule", "30:1e-4,1:x"], "step '1:x' is not EPOCH:LR"),
-    (["--schedule", "5:1e-4,5:1e-5"], "epoch 5 is given twice"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs must be > 0"),
+        (["--batch-size", "0"], "--batch-size must be > 0"),
+        (["--batch-size", "1"], "--batch-size must be at least 2"),
+        (["--num-segments", "0"], "--num-segments must be > 0"),
+        (["--t-steps", "0"], "--t-steps must be >= 1"),
+        (["--alpha", "-0.1"], "--alpha must be >= 0"),
+        (["--beta", "-1"], "--beta must be >= 0"),
+        (["--fold", "10"], "--fold 10: synthetic has the test folds 0, 1"),
+        (["--mi-split", "1"], "--mi-split must be in"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--name", "../../../escaped"], "--name '../../../escaped': a variant name is one folder"),
+        (["--name", "/tmp/escaped"], "a variant name is one folder name inside --out"),
+        (["--name", ".."], "a variant name is one folder name inside --out"),
+        (["--schedule", "1:-1e-2"], "--schedule '1:-1e-2': step '1:-1e-2' is not EPOCH:LR"),
+        (["--schedule", "abc"], "step 'abc' is not EPOCH:LR"),
+        (["--schedule", "30:1e-4,1:x"], "step '1:x' is not EPOCH:LR"),
+        (["--schedule", "5:1e-4,5:1e-5"], "epoch 5 is given twice"),
+    ],
+)
 def test_nonsensical_options_refused_at_parse_time(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         train.parse_args(["--dataset", "synthetic", *argv])
@@ -225,9 +263,13 @@ def test_resume_refuses_other_options_and_locks(data, tmp_path):
     subprocess.run(train_cmd(data, run, "--epochs", "1"), check=True, capture_output=True)
     fold = run / "mic+resnet6" / "fold0"
     (fold / "result.json").unlink()  # as if killed after its last checkpoint
-    changed = subprocess.run(train_cmd(data, run, "--epochs", "2", "--resume", "--accumulate",
-                                       "--lr", "0.5", "--alpha", "0"), capture_output=True,
-                             text=True)
+    changed = subprocess.run(
+        train_cmd(
+            data, run, "--epochs", "2", "--resume", "--accumulate", "--lr", "0.5", "--alpha", "0"
+        ),
+        capture_output=True,
+        text=True,
+    )
     assert changed.returncode != 0
     for option in ("accumulate False -> True", "lr 0.001 -> 0.5", "alpha 0.1 -> 0.0"):
         assert option in changed.stderr, changed.stderr
@@ -237,16 +279,22 @@ def test_resume_refuses_other_options_and_locks(data, tmp_path):
 
     with open(fold / ".lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        busy = subprocess.run(train_cmd(data, run, "--epochs", "2", "--resume"),
-                              capture_output=True, text=True)
+        busy = subprocess.run(
+            train_cmd(data, run, "--epochs", "2", "--resume"), capture_output=True, text=True
+        )
     assert busy.returncode != 0 and "is in use" in busy.stderr, busy.stderr
-    resumed = subprocess.run(train_cmd(data, run, "--epochs", "2", "--resume"),
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        train_cmd(data, run, "--epochs", "2", "--resume"), capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads((fold / "result.json").read_text())
     assert [h["epoch"] for h in result["history"]] == [0, 1]
-    again = subprocess.run(train_cmd(data, run, "--epochs", "2", "--resume"),
-                           capture_output=True, text=True, check=True)
+    again = subprocess.run(
+        train_cmd(data, run, "--epochs", "2", "--resume"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "already finished" in again.stdout + again.stderr
     assert "z_I not computed" in again.stdout + again.stderr
     weights = Path(result["identity"]["file"])  # the synthetic set's own f_I, by sha256
@@ -262,8 +310,20 @@ def test_resume_with_more_epochs_continues_and_checks_the_data(data, tmp_path, c
     run, whole = tmp_path / "run", tmp_path / "whole"
 
     def train_main(root: Path, out: Path, *extra: str) -> None:
-        train.main([*TINY, "--root", str(root), "--out", str(out), "--identity-weights", "random",
-                    "--max-steps", "1", *extra])
+        train.main(
+            [
+                *TINY,
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--identity-weights",
+                "random",
+                "--max-steps",
+                "1",
+                *extra,
+            ]
+        )
 
     train_main(data, run, "--epochs", "1")
     with open(data / "index.csv", newline="") as f:
@@ -278,9 +338,13 @@ def test_resume_with_more_epochs_continues_and_checks_the_data(data, tmp_path, c
         writer.writerows(r for i, r in enumerate(rows) if i not in drop)
     n_train = sum(r["fold"] != "0" for r in rows)
     n_test = len(rows) - n_train
-    with pytest.raises(SystemExit, match=re.escape(
+    with pytest.raises(
+        SystemExit,
+        match=re.escape(
             f"the split's clips or labels (training/test clips {n_train}/{n_test} -> "
-            f"{n_train - 2}/{n_test}")):
+            f"{n_train - 2}/{n_test}"
+        ),
+    ):
         train_main(other, run, "--epochs", "1", "--resume")
     capsys.readouterr()
     train_main(data, run, "--epochs", "2", "--resume")
@@ -317,8 +381,11 @@ def test_killed_run_resumes_to_the_same_state(data, tmp_path):
     whole = tmp_path / "whole"
     subprocess.run(train_cmd(data, whole, "--epochs", "3"), check=True, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(data, killed, "--epochs", "3"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(data, killed, "--epochs", "3"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = killed / "mic+resnet6" / "fold0" / "ckpt.pt"
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -328,11 +395,16 @@ def test_killed_run_resumes_to_the_same_state(data, tmp_path):
     epoch = torch.load(ckpt, weights_only=True)["epoch"]
     assert epoch < 2, "the run finished before it could be killed"
     # Without --resume the run refuses to overwrite; with it, it continues where it stopped.
-    refused = subprocess.run(train_cmd(data, killed, "--epochs", "3"), capture_output=True,
-                             text=True)
+    refused = subprocess.run(
+        train_cmd(data, killed, "--epochs", "3"), capture_output=True, text=True
+    )
     assert refused.returncode != 0 and "--resume" in refused.stderr
-    resumed = subprocess.run(train_cmd(data, killed, "--epochs", "3", "--resume"),
-                             capture_output=True, text=True, check=True)
+    resumed = subprocess.run(
+        train_cmd(data, killed, "--epochs", "3", "--resume"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"resuming at epoch {epoch + 1}" in resumed.stdout + resumed.stderr
     a, b = _state(whole), _state(killed)
     assert a.keys() == b.keys()
@@ -340,24 +412,54 @@ def test_killed_run_resumes_to_the_same_state(data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize("flags, variant", [
-    (["--no-mi", "--adv"], "mic-mi+adv+resnet6"),
-    # T_θ's memory holds < 2 usable pairs on one rank and not on the other: the ranks must still
-    # agree on T_θ's steps (they all-reduce its gradients), or gloo waits until its timeout
-    (["--mi-procedure", "memory", "--estimator", "mine", "--mi-split", "0.1"], "memory"),
-    # the default procedure, its table and diagnostics (batches of 2: T_θ has clips to learn on
-    # at the second step of each rank)
-    (["--batch-size", "2", "--mi-batch", "2"], "mic+resnet6"),
-])
+@pytest.mark.parametrize(
+    "flags, variant",
+    [
+        (["--no-mi", "--adv"], "mic-mi+adv+resnet6"),
+        # T_θ's memory holds < 2 usable pairs on one rank and not on the other: the ranks must still
+        # agree on T_θ's steps (they all-reduce its gradients), or gloo waits until its timeout
+        (["--mi-procedure", "memory", "--estimator", "mine", "--mi-split", "0.1"], "memory"),
+        # the default procedure, its table and diagnostics (batches of 2: T_θ has clips to learn on
+        # at the second step of each rank)
+        (["--batch-size", "2", "--mi-batch", "2"], "mic+resnet6"),
+    ],
+)
 def test_torchrun_two_gloo_processes(data, tmp_path, flags, variant):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(  # the multi-node launch path: a rendezvous endpoint, --nnodes
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-         "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:29533", "--rdzv_id", "mic-test",
-         str(ROOT / "train.py"), *TINY, "--root", str(data),
-         "--out", str(tmp_path / "ddp"), "--epochs", "1", "--max-steps", "2", "--name", variant,
-         *flags],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            "localhost:29533",
+            "--rdzv_id",
+            "mic-test",
+            str(ROOT / "train.py"),
+            *TINY,
+            "--root",
+            str(data),
+            "--out",
+            str(tmp_path / "ddp"),
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--name",
+            variant,
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((tmp_path / "ddp" / variant / "fold0" / "result.json").read_text())
     assert 0.0 <= result["accuracy"] <= 1.0 and result["history"][0]["epoch"] == 0
@@ -386,8 +488,12 @@ def test_evaluate_writes_results(tiny_run):
     assert c["n"] == 2 and c["mean"] == pytest.approx(sum(diffs) / 2)
     assert c["ci95"][0] <= c["mean"] <= c["ci95"][1]
     for v, c in zip(res["variants"], res["probe_over_majority"], strict=True):
-        gaps = [p - m for p, m in zip(v["probe_test_per_split"], v["probe_test_majority_per_split"],
-                                      strict=True)]
+        gaps = [
+            p - m
+            for p, m in zip(
+                v["probe_test_per_split"], v["probe_test_majority_per_split"], strict=True
+            )
+        ]
         assert c["a"] == f"{v['variant']} probe" and c["b"] == "majority baseline"
         assert c["n"] == 2 and c["mean"] == pytest.approx(sum(gaps) / 2)
     for v in res["variants"]:  # identity measured with power; the MI term's diagnostics
@@ -399,8 +505,11 @@ def test_evaluate_writes_results(tiny_run):
         for key in evaluate.DIAGNOSTICS:
             assert len(v[f"{key}_per_split"]) == 2
     for c in res["comparisons"] + res["probe_over_majority"]:
-        sizes = [(json.loads((run / "mic+resnet6" / s / "result.json").read_text())[k])
-                 for k in ("num_test", "num_train") for s in ("fold0", "fold1")]
+        sizes = [
+            (json.loads((run / "mic+resnet6" / s / "result.json").read_text())[k])
+            for k in ("num_test", "num_train")
+            for s in ("fold0", "fold1")
+        ]
         assert c["test_train_ratio"] == pytest.approx((sizes[0] + sizes[1]) / (sizes[2] + sizes[3]))
         assert c["p_corrected"] >= c["p"]
     assert {c["metric"] for c in res["comparisons"]} >= {"probe_resid_per_split"}
@@ -445,7 +554,8 @@ def test_evaluate_shows_the_mi_terms_diagnostics(tiny_run, tmp_path):
         path = run / "mic+resnet6" / split / "result.json"
         result = json.loads(path.read_text())
         result["history"][-1].update(
-            {k: v for k, v in zip(evaluate.DIAGNOSTICS, values, strict=True) if v is not None})
+            {k: v for k, v in zip(evaluate.DIAGNOSTICS, values, strict=True) if v is not None}
+        )
         result["history"].insert(0, {**result["history"][-1], "mi_raw": 9.0})  # not the last
         path.write_text(json.dumps(result))
     evaluate.main([str(run), "--no-speed"])
@@ -481,7 +591,7 @@ def test_evaluate_against_another_run(tiny_run, tmp_path):
     assert fold1 < 1  # else the pairing could not show
     (c,) = [c for c in res["against"] if c["metric"] == "accuracy_per_split"]
     assert c["n"] == 2 and c["mean"] == pytest.approx((fold1 - 1) / 2)
-    assert c["sd"] == pytest.approx((1 - fold1) / 2 ** 0.5)
+    assert c["sd"] == pytest.approx((1 - fold1) / 2**0.5)
     assert c["a"] == f"{run}: mic-mi+resnet6" and c["b"] == f"{other}: mic-mi+resnet6"
     assert "splits both runs finished" in (run / "results.md").read_text()
 
@@ -499,12 +609,16 @@ def test_paired_ci_agrees_with_the_t_test():
     """The verdict's CI is the paired t interval: it excludes 0 exactly when p < 0.05, e.g. not
     for the c = 0.5 study cell (−4.2 ± 7.6 points over 10 splits, p = 0.12)."""
     splits = [f"fold{k}" for k in range(5)]
-    a = {"variant": "a", "splits": splits, "folds": splits,
-         "accuracy_per_split": [0.50, 0.60, 0.55, 0.40, 0.70]}
+    a = {
+        "variant": "a",
+        "splits": splits,
+        "folds": splits,
+        "accuracy_per_split": [0.50, 0.60, 0.55, 0.40, 0.70],
+    }
     b = {"variant": "b", "splits": splits, "accuracy_per_split": [0.45, 0.50, 0.56, 0.41, 0.60]}
     c = evaluate.paired(a, b)
     d = [0.05, 0.10, -0.01, -0.01, 0.10]  # by hand: mean 0.046, sd 0.05505, t(4) 2.776
-    half = 2.7764451 * 0.0550454 / 5 ** 0.5
+    half = 2.7764451 * 0.0550454 / 5**0.5
     assert c["mean"] == pytest.approx(sum(d) / 5) and c["sd"] == pytest.approx(0.0550454, 1e-5)
     assert c["ci95"] == pytest.approx([0.046 - half, 0.046 + half], abs=1e-6)
     assert (c["ci95"][0] > 0) == (c["p"] < 0.05)
@@ -521,13 +635,17 @@ def test_paired_over_seeds_averages_each_fold():
     splits = [f"fold{k}{s}" for k in range(3) for s in ("", "-seed1")]
     d = [0.10, 0.10, 0.08, 0.08, 0.03, 0.03]
     folds = [f"fold{k}" for k in range(3) for _ in range(2)]
-    a = {"variant": "a", "splits": splits, "folds": folds,
-         "accuracy_per_split": [0.5 + x for x in d]}
+    a = {
+        "variant": "a",
+        "splits": splits,
+        "folds": folds,
+        "accuracy_per_split": [0.5 + x for x in d],
+    }
     b = {"variant": "b", "splits": splits, "accuracy_per_split": [0.5] * 6}
     c = evaluate.paired(a, b)
     assert c["n"] == 6 and c["folds"] == 3 and c["mean"] == pytest.approx(0.07)
     assert c["ci95"][0] > 0 and c["p"] < 0.05  # 6 splits: sd 0.0323, t(5) 2.571
-    half = 4.3026527 * 0.0360555 / 3 ** 0.5  # 3 folds [0.10, 0.08, 0.03]: sd 0.03606, t(2)
+    half = 4.3026527 * 0.0360555 / 3**0.5  # 3 folds [0.10, 0.08, 0.03]: sd 0.03606, t(2)
     assert c["fold_ci95"] == pytest.approx([0.07 - half, 0.07 + half], abs=1e-6)
     assert c["fold_p"] > 0.05 and c["fold_ci95"][0] < 0
     assert "no difference shown" in evaluate.verdict(c) and "over 3 folds" in evaluate.verdict(c)
@@ -539,20 +657,40 @@ def test_comparisons_pair_the_probe_leaving_out_splits_without_one():
     the splits where both variants have a probe, and say "lower", not "worse"."""
     nan = float("nan")
     splits = [f"fold{k}" for k in range(4)]
-    mic = {"variant": "mic+resnet6", "splits": splits, "folds": splits,
-           "accuracy_per_split": [0.5] * 4,
-           "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.10, 0.12, nan, 0.09]}
-    base = {"variant": "mic-mi+resnet6", "splits": splits, "folds": splits,
-            "accuracy_per_split": [0.5] * 4,
-            "uar_per_split": [0.4] * 4, "probe_test_per_split": [0.20, 0.21, 0.5, 0.20]}
+    mic = {
+        "variant": "mic+resnet6",
+        "splits": splits,
+        "folds": splits,
+        "accuracy_per_split": [0.5] * 4,
+        "uar_per_split": [0.4] * 4,
+        "probe_test_per_split": [0.10, 0.12, nan, 0.09],
+    }
+    base = {
+        "variant": "mic-mi+resnet6",
+        "splits": splits,
+        "folds": splits,
+        "accuracy_per_split": [0.5] * 4,
+        "uar_per_split": [0.4] * 4,
+        "probe_test_per_split": [0.20, 0.21, 0.5, 0.20],
+    }
     (c,) = [c for c in evaluate.comparisons([mic, base]) if c["metric"] == "probe_test_per_split"]
     assert c["n"] == 3 and c["mean"] == pytest.approx(-0.1)
     assert c["ci95"][1] < 0 and "mic+resnet6 lower than mic-mi+resnet6" in evaluate.verdict(c)
 
 
 def test_missing_dataset_says_what_to_do(tmp_path):
-    run = subprocess.run([sys.executable, str(ROOT / "train.py"), "--dataset", "afew",
-                          "--root", str(tmp_path / "afew")], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "--dataset",
+            "afew",
+            "--root",
+            str(tmp_path / "afew"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode != 0
     assert "Train_AFEW" in run.stderr and "reencode.sh" in run.stderr
 
@@ -563,8 +701,7 @@ def test_identity_probe_finds_identity():
     z = torch.randn(10, 32, generator=g)[subjects] + 0.3 * torch.randn(60, 32, generator=g)
     acc, chance, majority = evaluate.identity_probe(z.numpy(), subjects.numpy())
     assert chance == pytest.approx(0.1) and acc > 0.9 and majority == pytest.approx(0.1)
-    acc, _, _ = evaluate.identity_probe(torch.randn(60, 32, generator=g).numpy(),
-                                        subjects.numpy())
+    acc, _, _ = evaluate.identity_probe(torch.randn(60, 32, generator=g).numpy(), subjects.numpy())
     assert acc < 0.4
 
 
@@ -576,12 +713,24 @@ def test_identity_weights_that_cannot_be_had_stop_the_run(data, monkeypatch, tmp
     import identity_weights
 
     named = identity_weights.NAMED["facenet-mobilenet"]
-    monkeypatch.setitem(identity_weights.NAMED, "facenet-mobilenet",
-                        dataclasses.replace(named, url="http://127.0.0.1:9/facenet_mobilenet.pth"))
+    monkeypatch.setitem(
+        identity_weights.NAMED,
+        "facenet-mobilenet",
+        dataclasses.replace(named, url="http://127.0.0.1:9/facenet_mobilenet.pth"),
+    )
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(SystemExit, match="facenet_mobilenet.pth") as stop:
-        train.main([*TINY, "--root", str(data), "--out", str(tmp_path / "r"),
-                    "--identity-weights", "facenet-mobilenet"])
+        train.main(
+            [
+                *TINY,
+                "--root",
+                str(data),
+                "--out",
+                str(tmp_path / "r"),
+                "--identity-weights",
+                "facenet-mobilenet",
+            ]
+        )
     assert str(tmp_path / "hub") in str(stop.value) and "\n" not in str(stop.value)
     assert not (tmp_path / "r").exists()
 
@@ -589,13 +738,28 @@ def test_identity_weights_that_cannot_be_had_stop_the_run(data, monkeypatch, tmp
 def test_imagenet_weights_offline_is_one_line(data, tmp_path):
     """Offline and not cached, `--backbone-weights imagenet` stops before any work with one line
     naming the file and the folder (the download is refused by a proxy that answers nothing)."""
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
-           "HTTPS_PROXY": "http://127.0.0.1:9"}
-    res = subprocess.run(train_cmd(data, tmp_path / "run", "--backbone", "resnet18",
-                                   "--backbone-weights", "imagenet"),
-                         capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    res = subprocess.run(
+        train_cmd(
+            data, tmp_path / "run", "--backbone", "resnet18", "--backbone-weights", "imagenet"
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     folder = tmp_path / "torch" / "hub" / "checkpoints"
-    assert res.stderr.strip().splitlines()[-1].startswith(
-        f"train.py: resnet18-f37072fd.pth is not in {folder} and could not be downloaded")
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"train.py: resnet18-f37072fd.pth is not in {folder} and could not be downloaded"
+        )
+    )
     assert not (tmp_path / "run").exists()

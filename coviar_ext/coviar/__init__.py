@@ -25,8 +25,16 @@ from av.video.reformatter import VideoReformatter
 from coviar import _kernels
 
 __all__ = [
-    "PICTURE", "MV", "RESIDUAL", "MAX_RESULT_BYTES", "get_num_frames", "get_num_gops",
-    "gop_lengths", "load", "load_clip", "load_many",
+    "PICTURE",
+    "MV",
+    "RESIDUAL",
+    "MAX_RESULT_BYTES",
+    "get_num_frames",
+    "get_num_gops",
+    "gop_lengths",
+    "load",
+    "load_clip",
+    "load_many",
 ]
 
 PICTURE, MV, RESIDUAL = 0, 1, 2
@@ -301,8 +309,13 @@ def load_clip(
                 need_bgr |= res | ({0} if accumulate else {i - 1 for i in res if i > 0})
                 if accumulate:
                     _, _, h, w = boxes[RESIDUAL]
-                    held = dict(zip(sorted(res - {0}), np.empty((len(res - {0}), h, w, 3),
-                                                                 np.uint8), strict=True))
+                    held = dict(
+                        zip(
+                            sorted(res - {0}),
+                            np.empty((len(res - {0}), h, w, 3), np.uint8),
+                            strict=True,
+                        )
+                    )
             need_rec = set().union(*(slot[rep] for rep in motion))
         if pos in need_bgr:
             try:
@@ -323,8 +336,18 @@ def load_clip(
             else:
                 for rep in motion:
                     if pos in slot[rep]:
-                        _motion(rep, pos, rec, None, bgr, boxes[rep], (height, width), None,
-                                tables.get(rep), store[rep][slot[rep][pos]])
+                        _motion(
+                            rep,
+                            pos,
+                            rec,
+                            None,
+                            bgr,
+                            boxes[rep],
+                            (height, width),
+                            None,
+                            tables.get(rep),
+                            store[rep][slot[rep][pos]],
+                        )
         for k in [k for k in bgr if k < pos and not (accumulate and k == 0)]:
             del bgr[k]  # no later frame refers to it
         if pos == last:
@@ -379,8 +402,18 @@ def _accumulated(
             _kernels.accumulate(rec, acc, *need[pos])  # in place: new[dst] = old[src]
         for rep in motion:
             if pos in slot[rep]:
-                _motion(rep, pos, rec, acc, bgr, boxes[rep], size, work if rep == MV else None,
-                        tables.get(rep), store[rep][slot[rep][pos]])
+                _motion(
+                    rep,
+                    pos,
+                    rec,
+                    acc,
+                    bgr,
+                    boxes[rep],
+                    size,
+                    work if rep == MV else None,
+                    tables.get(rep),
+                    store[rep][slot[rep][pos]],
+                )
 
 
 def _union(a: Box, b: Box) -> Box:
