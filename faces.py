@@ -159,8 +159,9 @@ def face_box(
 
 
 class VideoWriter:
-    """RGB frames to MPEG-4 Part 2 (fixed quantiser ``q``) with PyAV, one at a time: a path or a
-    binary file (then ``format``, e.g. "avi"); the stream is set up on the first frame."""
+    """RGB frames to MPEG-4 Part 2 (fixed quantiser ``q``, one encoder thread: the encoder cuts a
+    frame into one slice per thread) with PyAV, one at a time: a path or a binary file (then
+    ``format``, e.g. "avi"); the stream is set up on the first frame."""
 
     def __init__(
         self, path: Path | BinaryIO, rate: float, q: int = 2, format: str | None = None
@@ -176,6 +177,7 @@ class VideoWriter:
             h, w = img.shape[:2]
             self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
             self.stream.codec_context.options = {"qmin": str(self.q), "qmax": str(self.q)}
+            self.stream.codec_context.thread_count = 1  # bytes independent of the cores
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
         frame.pts = self.count
         self.count += 1

@@ -37,8 +37,9 @@ before the window. A window's input is bit-identical to that of the same frames 
 (`_Reencoding`: `faces.VideoWriter`'s encoder, then reencode.sh's, through PyAV, frame by frame
 without a file between; the stream is reencode.sh's byte for byte but for the encoder's version
 string, tested), window by window as the frames are read; with --no-crop the windows go through
-one reencode.sh run (all cores in parallel). The checkpoint and MTCNN load in a thread while
-the video decodes.
+one reencode.sh run (all cores in parallel). Every mpeg4 encoder runs one thread, so the streams
+do not depend on the machine's cores. The checkpoint and MTCNN load in a thread while the video
+decodes, torchvision imported without torch._dynamo (`_without_dynamo`).
 
 Frame indices are those of the re-encoded video (the frames of the input, in order). Without
 --stream the face crop decodes the whole video into memory once (about frames × width × height
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import itertools
 import json
 import os
@@ -58,10 +60,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -180,15 +184,60 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     return fast_max_pools(model) if torch.device(device).type == "cpu" else model, config
 
 
+@contextmanager
+def _without_dynamo() -> Iterator[None]:
+    """Imports made inside that need not import torch._dynamo: torchvision.ops imports one
+    function of torch._dynamo.utils at its top (`is_compile_supported`, for torch.compile),
+    which imports all of torch._dynamo, 2 of torchvision's 2.5 s of import on a 2-core CPU.
+    Meanwhile a stand-in module takes that name: its `is_compile_supported` imports the real one
+    when called, and any other name asked of it imports the real module at once (so an import
+    that needs more of it still gets it). The stand-in is gone on exit."""
+    name = "torch._dynamo.utils"
+    stand_in = types.ModuleType(name)
+
+    def real() -> types.ModuleType:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        return importlib.import_module(name)
+
+    def is_compile_supported(device_type: str) -> bool:
+        return real().is_compile_supported(device_type)
+
+    def attribute(attr: str) -> Any:
+        if attr.startswith("__"):  # the import system's questions (__path__: a package?)
+            raise AttributeError(attr)
+        return getattr(real(), attr)
+
+    stand_in.is_compile_supported = is_compile_supported  # type: ignore[attr-defined]
+    stand_in.__getattr__ = attribute  # type: ignore[method-assign]
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+
+
 def _load(checkpoint: str | Path, device: str, crop: bool) -> Future:
     """`load_model` and, with `crop`, `faces.detector`, in a thread: (model, config, detector or
-    None). Their imports (torchvision, facenet_pytorch: seconds that hold the interpreter) run
-    while the caller decodes the video, which PyAV does without holding it."""
+    None). Their imports (torchvision, facenet_pytorch: seconds that hold the interpreter, made
+    `_without_dynamo`) run while the caller decodes the video, which PyAV does without holding
+    it."""
+
+    def load() -> tuple[MIC, dict[str, Any], Any]:
+        with _without_dynamo():
+            import torchvision  # noqa: F401
+
+            if crop:
+                import facenet_pytorch  # noqa: F401
+        return (*load_model(checkpoint, device), detector(device) if crop else None)
+
     pool = ThreadPoolExecutor(1)
     try:
-        return pool.submit(
-            lambda: (*load_model(checkpoint, device), detector(device) if crop else None)
-        )
+        return pool.submit(load)
     finally:
         pool.shutdown(wait=False)
 
@@ -417,10 +466,11 @@ def detection_frames(video: Path) -> Sequence[np.ndarray]:
 
 
 def _mpeg4(width: int, height: int, rate: Fraction) -> Any:
-    """reencode.sh's encoder through the library: `-q:v 1` (a fixed quantiser: the qscale flag
-    and global_quality 1 x FF_QP2LAMBDA), `-g 2147483647 -strict:v experimental -sc_threshold
-    1000000000 -c:v mpeg4`, its threads as ffmpeg's (automatic)."""
+    """reencode.sh's encoder through the library: `-threads 1 -q:v 1` (a fixed quantiser: the
+    qscale flag and global_quality 1 x FF_QP2LAMBDA), `-g 2147483647 -strict:v experimental
+    -sc_threshold 1000000000 -c:v mpeg4`."""
     enc = av.CodecContext.create("mpeg4", "w")
+    enc.thread_count = 1  # one slice a frame: the bytes do not depend on the machine's cores
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.time_base, enc.framerate = 1 / rate, rate
     enc.qscale, enc.global_quality = True, FF_QP2LAMBDA
@@ -431,8 +481,9 @@ def _mpeg4(width: int, height: int, rate: Fraction) -> Any:
 
 def _writer_encoder(width: int, height: int, rate: float, q: int = 2) -> Any:
     """The encoder of `faces.VideoWriter` (MPEG-4 Part 2 at the fixed quantiser `q`, with the
-    settings PyAV's add_stream gives it) without its container."""
+    settings PyAV's add_stream gives it, one thread) without its container."""
     enc = av.CodecContext.create("mpeg4", "w")
+    enc.thread_count = 1
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.framerate = Fraction(round(rate) or 25)
     enc.time_base = 1 / enc.framerate

@@ -14,7 +14,8 @@
 # -c:v mpeg4 -f rawvideo (a raw MPEG-4 Part 2 stream whatever the extension says), odd sizes padded
 # to even (MPEG-4 needs them), no audio, and one GOP per clip however long: -g INT_MAX, which the
 # mpeg4 encoder takes only with -strict:v experimental (else it caps -g at 600), and no scene-cut
-# key frames.
+# key frames. The encoder runs one thread (-threads 1): it cuts each frame into one slice per
+# thread, so by default its bytes would depend on the machine's cores.
 # Every output is written to <output>.part.<PID> and renamed when complete, so an interrupted run
 # never leaves a partial output under the final name; the next run removes such leftovers (only
 # <an output it writes>.part.<PID of a dead process>). OUT/.reencode.sources records what each
@@ -119,7 +120,7 @@ run_ffmpeg() {
 
 # Encode the inputs given as arguments (and their filters) into $tmp with the MIC settings.
 encode() {
-    run_ffmpeg -y "$@" -an -sn -dn -q:v 1 -g 2147483647 \
+    run_ffmpeg -y "$@" -an -sn -dn -threads 1 -q:v 1 -g 2147483647 \
         -strict:v experimental -sc_threshold 1000000000 -c:v mpeg4 -f rawvideo "$tmp"
 }
 

@@ -10,6 +10,9 @@ encoder options took effect).
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,18 @@ CONTENTS = ("translate", "rotate", "static")
 def has_libx264() -> bool:
     """Whether PyAV's bundled FFmpeg has the libx264 encoder."""
     return "libx264" in av.codecs_available
+
+
+@contextmanager
+def on_cores(cpus: set[int]) -> Iterator[None]:
+    """Run this thread (and the processes it starts) on the CPUs `cpus` only: FFmpeg's automatic
+    thread counts follow (one per CPU)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _box_blur(a: np.ndarray, radius: int, axis: int) -> np.ndarray:

@@ -7,6 +7,7 @@ bad checkpoints."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import predict
 from datasets import CLASSES
 from models import MIC, MICConfig
 from reader import ClipDataset
-from tests.clips import has_libx264
+from tests.clips import has_libx264, on_cores
 from tests.conftest import ROOT, TINY
 
 CODEC = "libx264" if has_libx264() else "mpeg4"
@@ -383,6 +384,24 @@ def test_crop_windows_are_reencode_sh_of_the_crops_alone(tmp_path):
         assert len(coviar.gop_lengths(out / f"{name}.mp4")) == 1
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_crop_streams_do_not_depend_on_the_cores(tmp_path):
+    """The face crops' streams (predict's encoders) and `faces.write_video`'s are the same bytes
+    on one CPU and on two: the mpeg4 encoder's automatic threads would cut every frame into
+    one slice per thread."""
+    frames = face_frames(20, size=160)
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    made = {}
+    for cpus in ({cores[0]}, set(cores)):
+        out = tmp_path / f"out{len(cpus)}"
+        out.mkdir()
+        with on_cores(cpus):
+            list(predict.crop_streams(tmp_path / "v", frames, (0, 0, 160, 160), 25.0, 8, 4, out))
+            faces.write_video(out / "writer.avi", frames, 25.0)
+        made[len(cpus)] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert len(made[1]) == 6 and made[1] == made[2]
+
+
 def test_stream_mode_gives_the_windows_as_lines(ckpt, clips, capsys):
     """--stream on a file: one JSON line per window, then the whole video's; the same windows
     and probabilities as without --stream."""
@@ -496,6 +515,26 @@ def test_import_leaves_torchvision_for_the_loading_thread():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert proc.stdout.split() == ["[]"]
+
+
+def test_loading_skips_torch_dynamo_which_still_works(ckpt):
+    """The loading thread imports torchvision and facenet_pytorch without torch._dynamo (seconds);
+    the function torchvision took from it still answers as the real one, and an import that asks
+    the stand-in for anything else gets the real module."""
+    code = f"""if True:
+        import sys, predict
+        predict._load({str(ckpt)!r}, "cpu", True).result()
+        assert "torch._dynamo" not in sys.modules and "facenet_pytorch" in sys.modules
+        took = sys.modules["torchvision.ops.roi_align"].is_compile_supported
+        from torch._dynamo.utils import is_compile_supported
+        assert took("cpu") == is_compile_supported("cpu") and took is not is_compile_supported
+        del sys.modules["torch._dynamo.utils"]
+        with predict._without_dynamo():
+            from torch._dynamo.utils import counters
+        assert counters is sys.modules["torch._dynamo.utils"].counters
+        print("ok")"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.split() == ["ok"], proc.stderr
 
 
 def test_fast_pools_give_the_model_s_outputs(ckpt, monkeypatch):

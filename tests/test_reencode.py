@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.clips import has_libx264, make_clip
+from tests.clips import has_libx264, make_clip, on_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "reencode.sh"
@@ -184,7 +184,7 @@ def test_a_short_clip_is_what_the_seed_command_made(tmp_path):
         tmp_path / "in" / "c.mp4", width=80, height=64, frames=40, container="mp4", content="rotate"
     )
     assert reencode(tmp_path / "in", tmp_path / "out").returncode == 0
-    seed = tmp_path / "seed.m4v"
+    seed = tmp_path / "seed.m4v"  # -threads 1, as reencode.sh: see the next test
     subprocess.run(
         [
             imageio_ffmpeg.get_ffmpeg_exe(),
@@ -195,6 +195,8 @@ def test_a_short_clip_is_what_the_seed_command_made(tmp_path):
             "-an",
             "-vf",
             "setsar=1:1,pad=ceil(iw/2)*2:ceil(ih/2)*2",
+            "-threads",
+            "1",
             "-q:v",
             "1",
             "-g",
@@ -212,6 +214,30 @@ def test_a_short_clip_is_what_the_seed_command_made(tmp_path):
         timeout=120,
     )
     assert (tmp_path / "out" / "c.mp4").read_bytes() == seed.read_bytes()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_the_bytes_do_not_depend_on_the_cores(tmp_path):
+    """A video and a frame folder re-encoded on one CPU and on two give the same bytes: the
+    mpeg4 encoder's automatic threads (one per CPU) would cut every frame into one slice per
+    thread."""
+    make_clip(
+        tmp_path / "in" / "c.mp4",
+        width=160,
+        height=128,
+        frames=12,
+        container="mp4",
+        content="rotate",
+    )
+    grey_frames(tmp_path / "in" / "frames", [f"{i}.png" for i in range(6)], [(160, 128)] * 6)
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    for cpus in ({cores[0]}, set(cores)):
+        with on_cores(cpus):
+            run = reencode(tmp_path / "in", tmp_path / f"out{len(cpus)}")
+        assert run.returncode == 0, run.stdout + run.stderr
+    for name in ("c.mp4", "frames.mp4"):
+        one, two = (tmp_path / f"out{k}" / name for k in (1, 2))
+        assert one.read_bytes() == two.read_bytes(), name
 
 
 @pytest.mark.skipif(not has_libx264(), reason="PyAV built without libx264")
