@@ -567,8 +567,10 @@ def write_study(args: argparse.Namespace, best: dict[str, float]) -> None:
         "",
         f"Written by `python study.py sweep` (the numbers of the runs evaluated so far). The "
         f"set: synthetic, {args.subjects} subjects, coupling 1, `{args.synthetic}`; the "
-        f"style-off set adds `--style 0`; {args.epochs} epochs at the CPU configuration "
-        "(ResNet6 + LSTM 64, 4 accumulated residuals, 48 px). Dependence: evaluate.py's "
+        f"style-off set adds `--style 0`; {args.epochs} epochs of `train.py "
+        f"{' '.join(args.train)}`. The families (train.py's flags, with `--alpha`): "
+        + "; ".join(f"{f} `{' '.join(FAMILIES[f]) or '(the default)'}`" for f in args.families)
+        + ". Dependence: evaluate.py's "
         "held-out ridge test of z_E on z_I (pooled z over the splits, exact permutation p); "
         "the label-residualised probe identifies unseen clips' subjects from z_E with the "
         "label's mean removed. The share recovered: the paired WAR gain over MIC − MI ÷ "
