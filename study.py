@@ -441,6 +441,10 @@ def sweep(args: argparse.Namespace) -> None:
     """The identity study, stage by stage (resumable), then docs/identity-study.* from every
     evaluated run."""
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        evaluate_sets(args)
+        write_study(args, best_alphas(args))
+        return
     args.timing = args.out / "sweep-timing.json"
     stand_in = {f: args.alphas[0] for f in args.families}
     best = best_alphas(args)
@@ -730,6 +734,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=STAGES,
         default=list(STAGES),
         help="sweep: which stages to train (the document is written from all)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="sweep: train nothing; evaluate what is finished and write the document",
     )
     p.add_argument(
         "--doc",

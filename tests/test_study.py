@@ -153,6 +153,9 @@ def test_identity_sweep_end_to_end(tmp_path):
     assert len(json.loads(timing)) == 2 + 2 + 2 * 4 + 2 * 2  # fold-runs trained
     study.main(args)  # resumes: nothing to train
     assert (tmp_path / "runs" / "sweep-timing.json").read_text() == timing
+    doc.with_suffix(".md").unlink()
+    study.main([*args[:1], "--report", *args[1:]])  # the document again, nothing trained
+    assert doc.with_suffix(".md").read_text() == text
 
 
 def test_paper_numbers_follow_the_variants_row_and_backbone():
