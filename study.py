@@ -650,7 +650,12 @@ def plot_study(stages: dict[str, tuple[list[dict], dict | None]], path: Path) ->
             xs = [p[1]["dependence"] for p in points]
             ys = [100 * p[1]["war"] for p in points]
             ax.plot(
-                xs, ys, "o-", color=f"C{i}", label=family, ls=":" if family == "placebo" else "-"
+                xs,
+                ys,
+                marker="o",
+                color=f"C{i}",
+                label=family,
+                ls=":" if family == "placebo" else "-",
             )
             for (alpha, _), x, y in zip(points, xs, ys, strict=True):
                 ax.annotate(
