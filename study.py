@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluate import PAIRED_HEAD, paired_cells
+from train import result_epochs
 
 ROOT = Path(__file__).resolve().parent
 
@@ -336,13 +337,6 @@ def run_folder(out: Path, name: str, fold: int, seed: int, validate: bool) -> Pa
     )
 
 
-def finished_run(path: Path, epochs: int) -> bool:
-    try:
-        return len(json.loads((path / "result.json").read_text())["history"]) == epochs
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 def stage_jobs(args: argparse.Namespace, stage: str, best: dict[str, float]) -> list[tuple]:
     """The stage's trainings: (set options, variant name, flags, folds, seeds, validate). Before
     the sweep has chosen, `best` holds a stand-in α per family (only the count matters then)."""
@@ -383,7 +377,7 @@ def stage_jobs(args: argparse.Namespace, stage: str, best: dict[str, float]) -> 
 
 def pending(jobs: list[tuple], epochs: int) -> int:
     return sum(
-        not finished_run(run_folder(a.out, name, f, s, validate), epochs)
+        result_epochs(run_folder(a.out, name, f, s, validate)) != epochs
         for a, name, _, folds, seeds, validate in jobs
         for f in folds
         for s in seeds
@@ -414,7 +408,7 @@ def run_jobs(args: argparse.Namespace, jobs: list[tuple]) -> None:
             todo = [
                 f
                 for f in folds
-                if not finished_run(run_folder(a.out, name, f, seed, validate), args.epochs)
+                if result_epochs(run_folder(a.out, name, f, seed, validate)) != args.epochs
             ]
             if not todo:
                 continue
