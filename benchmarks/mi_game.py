@@ -148,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--procedures",
         default=",".join(PROCEDURES),
-        help=f"comma-separated rows among {', '.join(PROCEDURES)}",
+        help=f"comma-separated rows among {', '.join(PROCEDURES)} ('': the task alone and the "
+        "pool's references only)",
     )
     p.add_argument("--steps", type=int, default=2000, help="encoder steps")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the MI term")
@@ -172,9 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["random", "span"],
         default="random",
         help="the encoder's start: random, or random projected onto the span of the "
-        "pool's x (the part of z_E that no gradient of the pool can change is "
-        "then 0; with a pool smaller than d_x, a random start keeps identity "
-        "there that no procedure can remove)",
+        "pool's x (the part of z_E along directions of x no clip of the pool varies in "
+        "is then 0 at the start; Adam's per-coordinate scaling fills it again)",
     )
     p.add_argument(
         "--independent",
@@ -237,7 +237,7 @@ def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
     x, c, y = toy.sample(args.pool, g)  # the pool; clip k is subject k
     if args.init == "span":
         with torch.no_grad():
-            encoder.weight.copy_(encoder.weight @ pool_span(x))
+            encoder.weight.copy_(encoder.weight @ pool_span(x).float())
     critic, options = None, None
     if procedure is not None:
         options = mi_options(procedure, args)
@@ -284,15 +284,42 @@ def play(toy: Toy, procedure: str | None, args: argparse.Namespace) -> dict:
         "task": float(np.mean(task[-tail:])),
         "curve": curve,
         "estimates": np.array(estimates),
+        "weight": encoder.weight.detach(),
+        "pool": (x, c, y),
     }
 
 
 def pool_span(x: torch.Tensor) -> torch.Tensor:
-    """(d_x, d_x) projection onto the span of the pool's x: every gradient step of the encoder
-    W moves W only inside it (∂/∂W = Σ_k g_k x_kᵀ)."""
+    """(d_x, d_x) projection (float64) onto the span of the pool's x: the gradient of the
+    encoder W lies inside it (∂/∂W = Σ_k g_k x_kᵀ); only Adam's per-coordinate scaling moves W
+    outside, blindly."""
     u, sv, vt = torch.linalg.svd(x.double(), full_matrices=False)
     basis = vt[sv > sv.max() * 1e-10]
-    return (basis.T @ basis).float()
+    return basis.T @ basis
+
+
+def pool_references(
+    toy: Toy, w: torch.Tensor, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor, dims: int
+) -> dict[str, float]:
+    """Two closed-form references for an encoder W that learned on the pool (x, c, y). "Out of
+    the pool's reach": the true MI of the part of W x along directions of x in which no clip of
+    the pool varies (no procedure that learns from the pool sees identity there; Adam's
+    per-coordinate scaling moves W there blindly). "The pool's identity directions removed": the
+    true MI of W without the directions of x's in-sample covariance with z_I's first ``dims``
+    principal components, these taken apart from the task's c (so the task is kept): the identity
+    the table's q can see. A procedure that removes exactly the identity the pool shows ends near
+    the latter; to go below it needs more clips."""
+    w = w.double()
+    xc, yc, cc = (t.double() - t.double().mean(0) for t in (x, y, c))
+    top = yc @ torch.linalg.svd(yc, full_matrices=False).Vh[:dims].T
+    given_c = top - cc @ torch.linalg.lstsq(cc, top).solution
+    q = torch.linalg.qr(xc.T @ given_c).Q
+    spanned = int(torch.linalg.matrix_rank(x.double())) == x.shape[1]
+    outside = w @ (torch.eye(x.shape[1], dtype=torch.float64) - pool_span(x))
+    return {
+        "out of the pool's reach": 0.0 if spanned else toy.true_mi(outside.numpy()),
+        "the pool's identity directions removed": toy.true_mi((w - w @ q @ q.T).numpy()),
+    }
 
 
 def plot(runs: dict[str, dict], path: Path, title: str) -> None:
@@ -343,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
     runs = {}
-    for name in ["task alone", *args.procedures.split(",")]:  # each row as its game ends
+    rows = [p for p in args.procedures.split(",") if p]
+    for name in ["task alone", *rows]:  # each row as its game ends
         t = time.time()
         r = runs[name] = play(toy, None if name == "task alone" else name, args)
         base = runs["task alone"]
@@ -354,6 +382,13 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         print(f"  ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
+        if name == "task alone":
+            dims = mi_options("table", args).mi_dims or args.dy
+            for ref, value in pool_references(toy, r["weight"], *r["pool"], dims).items():
+                print(
+                    f"| task alone, {ref} (closed form) | {r['mi_start']:.3f} | {value:.3f} | "
+                    f"{value / r['mi_end']:.2f} | – | – | – | – | – |"
+                )
     plot(runs, args.out, title)
     print(f"\nplot: {args.out}; wall time {time.time() - start:.0f} s")
 
