@@ -17,7 +17,9 @@ game can be won; an encoder can also fool a lagging T_θ (the estimate reads ~0 
 stays high), and T_θ can memorise recurring pairs (``--independent`` zeroes A's identity columns,
 so the true MI is 0 throughout). ``placebo`` rows permute z_I across the clips (train.py's
 --mi-placebo). At the end a fresh estimator is trained on one population sample and evaluated on
-another (``mi.heldout_mi``).
+another (``mi.heldout_mi``). After the task alone, two closed-form rows say what the pool can show
+(``pool_references``): a procedure that learns from the pool's clips cannot be expected below
+"the pool's identity directions removed".
 
     python benchmarks/mi_game.py --preset demo       # demo's dimensions (the default)
     python benchmarks/mi_game.py --preset paper      # the paper's dimensions
