@@ -91,6 +91,7 @@ ROOT = Path(__file__).resolve().parent
 BATCH = 16  # windows per forward pass
 DETECT_FRAMES = 16  # frames MTCNN looks at (faces.face_box's default, as `datasets.py crop`)
 FF_QP2LAMBDA = 118  # libavcodec's lambda of quantiser 1
+SWITCH_INTERVAL = 0.0005  # s, while the video decodes and torch imports (Python's: 0.005)
 T = TypeVar("T")
 SYNTHETIC_WARNING = (
     "this model was trained on the synthetic set only: it has seen no real "
@@ -228,16 +229,21 @@ def _without_dynamo() -> Iterator[None]:
             del sys.modules[name]
 
 
-def _load(checkpoint: str | Path, device: str | None, crop: bool) -> Future:
+def _load(
+    checkpoint: str | Path, device: str | None, crop: bool, threads: int | None = None
+) -> Future:
     """`load_model` and, with `crop`, `faces.detector`, in a thread: (model, config, detector or
-    None, device: `device`, or with None cuda if available, else cpu). Their imports (torch,
-    torchvision, facenet_pytorch: seconds that hold the interpreter; torchvision's
-    `_without_dynamo`) run while the caller decodes the video, which PyAV does without holding
-    it."""
+    None, device: `device`, or with None cuda if available, else cpu); `threads`: torch's CPU
+    threads, set as soon as it is imported (`_loaded` sets them in its thread too). Their
+    imports (torch, torchvision, facenet_pytorch: seconds that hold the interpreter;
+    torchvision's `_without_dynamo`) run while the caller decodes the video, which PyAV does
+    without holding it."""
 
     def load() -> tuple[MIC, dict[str, Any], Any, str]:
         import torch
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         with _without_dynamo():
             import torchvision  # noqa: F401
 
@@ -259,14 +265,20 @@ def _loaded(
     loading: Future, video_work: Callable[[], T], threads: int | None = None
 ) -> tuple[tuple[MIC, dict, Any, str], T]:
     """The results of `loading` and of `video_work()`, done meanwhile; a bad checkpoint is
-    reported before a bad video, as if the checkpoint were loaded first. With `threads`, torch's
-    CPU threads are then set in this thread, which runs the networks (torch keeps a thread's
-    number once it has run an operation)."""
+    reported before a bad video, as if the checkpoint were loaded first. Meanwhile the
+    interpreter switches threads every `SWITCH_INTERVAL` s: the video's work, which holds it
+    briefly many times a frame, waits less on the imports, which hold it most of the time. With
+    `threads`, torch's CPU threads are then set in this thread, which runs the networks (torch
+    keeps a thread's number once it has run an operation)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         done = video_work()
     except PredictError:
         loading.result()
         raise
+    finally:
+        sys.setswitchinterval(interval)
     loaded = loading.result()
     if threads is not None:
         import torch
@@ -701,6 +713,47 @@ def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarra
     return torch.softmax(logits, dim=1).numpy()
 
 
+def _classified(
+    made: Iterable[tuple[str, Window | None]],
+    out: Path,
+    video: Path,
+    model: MIC,
+    config: dict[str, Any],
+    device: str,
+) -> tuple[dict[str, Window], int, np.ndarray]:
+    """`classify` of the clips of `out` as `crop_streams` writes them (`made`: the windows, then
+    the whole video), in the batches of one `classify` of them all, the video first: the same
+    probabilities, bit for bit. A batch of windows only is classified in a thread as soon as it
+    is written, while the next ones are; the first (with the video), at the end. The windows
+    {name: window}, the video's frames and the probabilities (the video's first)."""
+    names: dict[str, Window] = {}
+    first: dict[str, int] | None = None  # the windows classified with the video
+    batch: dict[str, int] = {}
+    parts: list[Future] = []
+    with ThreadPoolExecutor(1) as pool:
+        for name, w in made:
+            if w is None:  # the whole video, the last
+                continue
+            names[name] = w
+            batch[name] = _reencoded_frames(out / f"{name}.mp4", video, w.end - w.start)
+            if (len(names) + 1) % BATCH == 0:  # a batch is full (the video is clip 0)
+                if first is None:
+                    first = batch
+                else:
+                    parts.append(
+                        pool.submit(classify, model, clip_dataset(out, batch, config), device)
+                    )
+                batch = {}
+        if first is None:
+            first, batch = batch, {}
+        if batch:
+            parts.append(pool.submit(classify, model, clip_dataset(out, batch, config), device))
+        n = _reencoded_frames(out / "video.mp4", video)
+        probs = [classify(model, clip_dataset(out, {"video": n} | first, config), device)]
+        probs += [part.result() for part in parts]
+    return names, n, np.concatenate(probs)
+
+
 def _prediction(classes: list[str], p: np.ndarray) -> dict[str, Any]:
     """The JSON of class probabilities `p`: each rounded, and the most probable class."""
     return {
@@ -751,7 +804,7 @@ def predict_video(
     `window` defaults to 2 × num_segments frames, `stride` to half a window; `device` None is
     cuda if available; `threads` sets torch's CPU threads (None: as they are)."""
     video = Path(video)
-    loading = _load(checkpoint, device, crop)
+    loading = _load(checkpoint, device, crop, threads)
     with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
         out, src = Path(tmp) / "out", Path(tmp) / "in"
         if crop:
@@ -761,10 +814,9 @@ def predict_video(
             window, stride = _settings(config, window, stride)
             box = find_face(video, frames, mtcnn, margin, min_prob)
             out.mkdir()
-            made = list(crop_streams(video, frames, box, rate, window, stride, out))
+            made = crop_streams(video, frames, box, rate, window, stride, out)
+            names, n, probs = _classified(made, out, video, model, config, device)
             del frames
-            names = {name: w for name, w in made if w is not None}
-            n = _reencoded_frames(out / "video.mp4", video)
         else:
 
             def whole() -> tuple[Source, int]:
@@ -783,11 +835,11 @@ def predict_video(
             if names:
                 source.write(src / "windows", names)
                 reencode(src / "windows", out, video)
-        clips = {"video": n} | {
-            name: _reencoded_frames(out / f"{name}.mp4", video, w.end - w.start)
-            for name, w in names.items()
-        }
-        probs = classify(model, clip_dataset(out, clips, config), device)
+            clips = {"video": n} | {
+                name: _reencoded_frames(out / f"{name}.mp4", video, w.end - w.start)
+                for name, w in names.items()
+            }
+            probs = classify(model, clip_dataset(out, clips, config), device)
     result = _result(video, checkpoint, config, n, probs[0])
     if names:
         classes = result["classes"]
@@ -825,7 +877,7 @@ def predict_stream(
         return detection_frames(video)
 
     (model, config, mtcnn, device), frames = _loaded(
-        _load(checkpoint, device, True), picked, threads
+        _load(checkpoint, device, True, threads), picked, threads
     )
     window, stride = _settings(config, window, stride)
     box = find_face(video, frames, mtcnn, margin, min_prob)
