@@ -713,47 +713,6 @@ def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarra
     return torch.softmax(logits, dim=1).numpy()
 
 
-def _classified(
-    made: Iterable[tuple[str, Window | None]],
-    out: Path,
-    video: Path,
-    model: MIC,
-    config: dict[str, Any],
-    device: str,
-) -> tuple[dict[str, Window], int, np.ndarray]:
-    """`classify` of the clips of `out` as `crop_streams` writes them (`made`: the windows, then
-    the whole video), in the batches of one `classify` of them all, the video first: the same
-    probabilities, bit for bit. A batch of windows only is classified in a thread as soon as it
-    is written, while the next ones are; the first (with the video), at the end. The windows
-    {name: window}, the video's frames and the probabilities (the video's first)."""
-    names: dict[str, Window] = {}
-    first: dict[str, int] | None = None  # the windows classified with the video
-    batch: dict[str, int] = {}
-    parts: list[Future] = []
-    with ThreadPoolExecutor(1) as pool:
-        for name, w in made:
-            if w is None:  # the whole video, the last
-                continue
-            names[name] = w
-            batch[name] = _reencoded_frames(out / f"{name}.mp4", video, w.end - w.start)
-            if (len(names) + 1) % BATCH == 0:  # a batch is full (the video is clip 0)
-                if first is None:
-                    first = batch
-                else:
-                    parts.append(
-                        pool.submit(classify, model, clip_dataset(out, batch, config), device)
-                    )
-                batch = {}
-        if first is None:
-            first, batch = batch, {}
-        if batch:
-            parts.append(pool.submit(classify, model, clip_dataset(out, batch, config), device))
-        n = _reencoded_frames(out / "video.mp4", video)
-        probs = [classify(model, clip_dataset(out, {"video": n} | first, config), device)]
-        probs += [part.result() for part in parts]
-    return names, n, np.concatenate(probs)
-
-
 def _prediction(classes: list[str], p: np.ndarray) -> dict[str, Any]:
     """The JSON of class probabilities `p`: each rounded, and the most probable class."""
     return {
@@ -814,9 +773,10 @@ def predict_video(
             window, stride = _settings(config, window, stride)
             box = find_face(video, frames, mtcnn, margin, min_prob)
             out.mkdir()
-            made = crop_streams(video, frames, box, rate, window, stride, out)
-            names, n, probs = _classified(made, out, video, model, config, device)
+            made = list(crop_streams(video, frames, box, rate, window, stride, out))
             del frames
+            names = {name: w for name, w in made if w is not None}
+            n = _reencoded_frames(out / "video.mp4", video)
         else:
 
             def whole() -> tuple[Source, int]:
@@ -835,11 +795,11 @@ def predict_video(
             if names:
                 source.write(src / "windows", names)
                 reencode(src / "windows", out, video)
-            clips = {"video": n} | {
-                name: _reencoded_frames(out / f"{name}.mp4", video, w.end - w.start)
-                for name, w in names.items()
-            }
-            probs = classify(model, clip_dataset(out, clips, config), device)
+        clips = {"video": n} | {
+            name: _reencoded_frames(out / f"{name}.mp4", video, w.end - w.start)
+            for name, w in names.items()
+        }
+        probs = classify(model, clip_dataset(out, clips, config), device)
     result = _result(video, checkpoint, config, n, probs[0])
     if names:
         classes = result["classes"]

@@ -588,21 +588,6 @@ def test_torch_s_threads_and_the_device_are_set_once_loaded(ckpt):
     assert device == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_windows_classified_as_written_are_those_of_one_pass(ckpt, tmp_path):
-    """The face crop's windows, classified batch by batch while the next ones are written (the
-    first batch, with the whole video, at the end), get the probabilities of one `classify` over
-    all the clips, bit for bit: the same batches (here 4, the last one partial)."""
-    model, config = predict.load_model(ckpt)
-    frames = face_frames(60)
-    made = predict.crop_streams(tmp_path / "v", frames, (0, 0, 96, 96), 25.0, 4, 1, tmp_path)
-    names, n, probs = predict._classified(made, tmp_path, tmp_path / "v", model, config, "cpu")
-    assert n == 60 and len(names) == 57 and -(-(len(names) + 1) // predict.BATCH) == 4
-    clips = {"video": n} | {name: 4 for name in names}
-    assert np.array_equal(
-        probs, predict.classify(model, predict.clip_dataset(tmp_path, clips, config))
-    )
-
-
 def test_the_switch_interval_is_short_while_the_video_decodes(ckpt):
     """While the imports and the video's decoding share the interpreter, it switches threads
     every `SWITCH_INTERVAL` s (the decoding waits less for it); as before afterwards."""
