@@ -618,15 +618,15 @@ class MICConfig:
     def from_checkpoint(cls, config: Mapping[str, Any]) -> MICConfig:
         """The model config of a train.py checkpoint's record (its JSON "config"): its "model",
         or, in checkpoints written before there was one, the record's own keys (those had no
-        adversary's size: it only serves training, and predict.py and evaluate.py drop it)."""
+        adversary, which only serves training: predict.py and evaluate.py drop it; nor dropout:
+        the defaults)."""
         if "model" in config:
             if not isinstance(config["model"], Mapping):
                 raise ValueError("model config: not a JSON object")
             return cls.from_dict(config["model"])
-        legacy = [f.name for f in fields(cls) if f.name not in ("num_subjects", "dropout")]
-        return cls.from_dict(
-            {"num_subjects": 0, "dropout": 0.5, **{k: config[k] for k in legacy if k in config}}
-        )
+        absent = {"num_subjects": 0, "dropout": 0.5, "adv_weight": 1.0, "adv_conditional": False}
+        legacy = [f.name for f in fields(cls) if f.name not in absent]
+        return cls.from_dict({**absent, **{k: config[k] for k in legacy if k in config}})
 
 
 class MIC(nn.Module):

@@ -38,8 +38,9 @@ before the window. A window's input is bit-identical to that of the same frames 
 without a file between; the stream is reencode.sh's byte for byte but for the encoder's version
 string, tested), window by window as the frames are read; with --no-crop the windows go through
 one reencode.sh run (all cores in parallel). Every mpeg4 encoder runs one thread, so the streams
-do not depend on the machine's cores. The checkpoint and MTCNN load in a thread while the video
-decodes, torchvision imported without torch._dynamo (`_without_dynamo`).
+do not depend on the machine's cores. Torch and the modules that need it are imported in a thread
+that then loads the checkpoint and MTCNN, while the video decodes (`import predict` imports no
+torch; torchvision is imported without torch._dynamo, `_without_dynamo`).
 
 Frame indices are those of the re-encoded video (the frames of the input, in order). Without
 --stream the face crop decodes the whole video into memory once (about frames × width × height
@@ -69,26 +70,28 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import av
 import numpy as np
-import torch
 from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 import coviar
-from datasets import CLASSES, COLUMNS, FOLDS
-from faces import detect_indices, detector, face_box, fast_max_pools, read_frames
 from frames import frame_files, reencode_env
-from models import MIC, RANDOM, MICConfig
-from reader import ClipDataset, model_outputs
+
+# The modules of torch (seconds to import) are imported where they are needed, the first time
+# in `_load`'s thread, while this one decodes the video.
+if TYPE_CHECKING:
+    from models import MIC
+    from reader import ClipDataset
 
 ROOT = Path(__file__).resolve().parent
 BATCH = 16  # windows per forward pass
 DETECT_FRAMES = 16  # frames MTCNN looks at (faces.face_box's default, as `datasets.py crop`)
 FF_QP2LAMBDA = 118  # libavcodec's lambda of quantiser 1
+SWITCH_INTERVAL = 0.0005  # s, while the video decodes and torch imports (Python's: 0.005)
 T = TypeVar("T")
 SYNTHETIC_WARNING = (
     "this model was trained on the synthetic set only: it has seen no real "
@@ -124,6 +127,11 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[MIC, dict[s
     """The expression model of a train.py checkpoint (eval mode; on the CPU with
     `faces.fast_max_pools`: the same outputs, faster) and its config (the model's under
     "model", as `MICConfig.from_checkpoint` reads it)."""
+    import torch
+
+    from faces import fast_max_pools
+    from models import MIC, RANDOM, MICConfig
+
     path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -221,19 +229,30 @@ def _without_dynamo() -> Iterator[None]:
             del sys.modules[name]
 
 
-def _load(checkpoint: str | Path, device: str, crop: bool) -> Future:
+def _load(
+    checkpoint: str | Path, device: str | None, crop: bool, threads: int | None = None
+) -> Future:
     """`load_model` and, with `crop`, `faces.detector`, in a thread: (model, config, detector or
-    None). Their imports (torchvision, facenet_pytorch: seconds that hold the interpreter, made
-    `_without_dynamo`) run while the caller decodes the video, which PyAV does without holding
-    it."""
+    None, device: `device`, or with None cuda if available, else cpu); `threads`: torch's CPU
+    threads, set as soon as it is imported (`_loaded` sets them in its thread too). Their
+    imports (torch, torchvision, facenet_pytorch: seconds that hold the interpreter;
+    torchvision's `_without_dynamo`) run while the caller decodes the video, which PyAV does
+    without holding it."""
 
-    def load() -> tuple[MIC, dict[str, Any], Any]:
+    def load() -> tuple[MIC, dict[str, Any], Any, str]:
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
         with _without_dynamo():
             import torchvision  # noqa: F401
 
             if crop:
                 import facenet_pytorch  # noqa: F401
-        return (*load_model(checkpoint, device), detector(device) if crop else None)
+        from faces import detector
+
+        on = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return (*load_model(checkpoint, on), detector(on) if crop else None, on)
 
     pool = ThreadPoolExecutor(1)
     try:
@@ -242,15 +261,30 @@ def _load(checkpoint: str | Path, device: str, crop: bool) -> Future:
         pool.shutdown(wait=False)
 
 
-def _loaded(loading: Future, video_work: Callable[[], T]) -> tuple[tuple[MIC, dict, Any], T]:
+def _loaded(
+    loading: Future, video_work: Callable[[], T], threads: int | None = None
+) -> tuple[tuple[MIC, dict, Any, str], T]:
     """The results of `loading` and of `video_work()`, done meanwhile; a bad checkpoint is
-    reported before a bad video, as if the checkpoint were loaded first."""
+    reported before a bad video, as if the checkpoint were loaded first. Meanwhile the
+    interpreter switches threads every `SWITCH_INTERVAL` s: the video's work, which holds it
+    briefly many times a frame, waits less on the imports, which hold it most of the time. With
+    `threads`, torch's CPU threads are then set in this thread, which runs the networks (torch
+    keeps a thread's number once it has run an operation)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         done = video_work()
     except PredictError:
         loading.result()
         raise
-    return loading.result(), done
+    finally:
+        sys.setswitchinterval(interval)
+    loaded = loading.result()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return loaded, done
 
 
 def _check_records(path: Path) -> None:
@@ -377,26 +411,24 @@ def _check_input(video: Path) -> list[Path]:
 
 
 def _decoded(video: Path) -> tuple[list[np.ndarray], float]:
-    """Every RGB frame of a video file or frame folder, and its frame rate (`faces.read_frames`),
-    checked: a readable video of at least 2 frames."""
+    """Every RGB frame of a video file or frame folder, and its frame rate (those of
+    `faces.read_frames`, without importing torch), checked: a readable video of at least 2
+    frames."""
     _check_input(video)
-    try:
-        frames, rate = read_frames(video)
-    except (OSError, ValueError, av.error.FFmpegError) as exc:
-        raise VideoError(f"{video}: not a readable video ({type(exc).__name__}: {exc})") from exc
+    frames = list(_rgb_frames(video))
     if len(frames) < 2:
         raise VideoError(f"{video}: {len(frames)} frame(s); predict.py needs at least 2 frames")
-    return frames, rate
+    return frames, _frame_rate(video)
 
 
 def _rgb_frames(video: Path) -> Iterator[np.ndarray]:
     """The RGB frames of a video file, device or frame folder, one at a time (in the order of
     `faces.read_frames`); a decoding error is a VideoError."""
-    if video.is_dir():
-        for f in frame_files(video):
-            yield np.asarray(Image.open(f).convert("RGB"))
-        return
     try:
+        if video.is_dir():
+            for f in frame_files(video):
+                yield np.asarray(Image.open(f).convert("RGB"))
+            return
         with av.open(str(video), format="v4l2" if _is_device(video) else None) as container:
             for frame in container.decode(container.streams.video[0]):
                 yield frame.to_ndarray(format="rgb24")
@@ -421,6 +453,8 @@ def find_face(
 ) -> tuple[int, int, int, int]:
     """The face box of a video (`faces.face_box`: MTCNN on 16 evenly spaced frames; `mtcnn`
     from `faces.detector`)."""
+    from faces import face_box
+
     box = face_box(frames, mtcnn, margin=margin, min_prob=min_prob)
     if box is None:
         raise NoFaceError(
@@ -460,6 +494,8 @@ def detection_frames(video: Path) -> Sequence[np.ndarray]:
                     n += 1
         except (OSError, ValueError, av.error.FFmpegError) as exc:
             raise VideoError(f"{video}: not a readable video ({exc})") from exc
+    from faces import detect_indices
+
     picks = set(detect_indices(n, DETECT_FRAMES)) | {0}
     head = itertools.islice(_rgb_frames(video), max(picks) + 1)
     return _Picked(n, {i: f for i, f in enumerate(head) if i in picks})
@@ -632,6 +668,9 @@ def plan_windows(num_frames: int, window: int, stride: int) -> list[Window]:
 def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> ClipDataset:
     """`reader.ClipDataset` in test mode over the re-encoded clips {name: frames} of `root`
     (a temporary index.csv), configured as the checkpoint's model was trained."""
+    from datasets import CLASSES, COLUMNS, FOLDS
+    from reader import ClipDataset
+
     dataset = config.get("dataset") if config.get("dataset") in CLASSES else "ckplus"
     label = CLASSES[dataset][0]  # a placeholder: predicting needs no label
     with open(root / "index.csv", "w", newline="") as f:
@@ -666,6 +705,10 @@ def clip_dataset(root: Path, clips: dict[str, int], config: dict[str, Any]) -> C
 
 def classify(model: MIC, dataset: ClipDataset, device: str = "cpu") -> np.ndarray:
     """Class probabilities (len(dataset), C) of the clips of `dataset`."""
+    import torch
+
+    from reader import model_outputs
+
     logits = model_outputs(model, dataset, BATCH, device)["logits"]
     return torch.softmax(logits, dim=1).numpy()
 
@@ -710,19 +753,23 @@ def predict_video(
     window: int | None = None,
     stride: int | None = None,
     crop: bool = True,
-    device: str = "cpu",
+    device: str | None = "cpu",
     margin: float = 0.3,
     min_prob: float = 0.9,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Expression probabilities of `video` (see the module docstring for the result's keys).
 
-    `window` defaults to 2 × num_segments frames, `stride` to half a window."""
+    `window` defaults to 2 × num_segments frames, `stride` to half a window; `device` None is
+    cuda if available; `threads` sets torch's CPU threads (None: as they are)."""
     video = Path(video)
-    loading = _load(checkpoint, device, crop)
+    loading = _load(checkpoint, device, crop, threads)
     with tempfile.TemporaryDirectory(prefix="mic-predict-") as tmp:
         out, src = Path(tmp) / "out", Path(tmp) / "in"
         if crop:
-            (model, config, mtcnn), (frames, rate) = _loaded(loading, lambda: _decoded(video))
+            (model, config, mtcnn, device), (frames, rate) = _loaded(
+                loading, lambda: _decoded(video), threads
+            )
             window, stride = _settings(config, window, stride)
             box = find_face(video, frames, mtcnn, margin, min_prob)
             out.mkdir()
@@ -742,7 +789,7 @@ def predict_video(
                     raise VideoError(f"{video}: {n} frame(s); predict.py needs at least 2 frames")
                 return source, n
 
-            (model, config, _), (source, n) = _loaded(loading, whole)
+            (model, config, _, device), (source, n) = _loaded(loading, whole, threads)
             window, stride = _settings(config, window, stride)
             names = {f"w{w.start:08d}": w for w in plan_windows(n, window, stride)}
             if names:
@@ -772,15 +819,16 @@ def predict_stream(
     checkpoint: str | Path,
     window: int | None = None,
     stride: int | None = None,
-    device: str = "cpu",
+    device: str | None = "cpu",
     margin: float = 0.3,
     min_prob: float = 0.9,
+    threads: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """`predict_video` as a stream, in constant memory (the frames of a window): yields each
     window's entry as soon as its frames are in, then the whole video's result (without
     "windows"). A video file or folder gets the windows and probabilities of `predict_video`
     (within 1e-6: one window per batch); a device (/dev/video0) the face box of its first
-    frames."""
+    frames. `device` and `threads` as in `predict_video`."""
     video = Path(video)
 
     def picked() -> Sequence[np.ndarray]:
@@ -788,7 +836,9 @@ def predict_stream(
             _check_input(video)
         return detection_frames(video)
 
-    (model, config, mtcnn), frames = _loaded(_load(checkpoint, device, True), picked)
+    (model, config, mtcnn, device), frames = _loaded(
+        _load(checkpoint, device, True, threads), picked, threads
+    )
     window, stride = _settings(config, window, stride)
     box = find_face(video, frames, mtcnn, margin, min_prob)
     del frames
@@ -884,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
+        default=None,
         help="cpu, cuda, cuda:1, ... (default: cuda if available)",
     )
     p.add_argument(
@@ -896,7 +946,6 @@ def main(argv: list[str] | None = None) -> int:
         "which more threads slow down, a lot on a busy machine)",
     )
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
     if args.stream and (args.no_crop or args.plot):
         p.error("--stream goes with the face crop and without --plot")
     try:
@@ -909,6 +958,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.device,
                 args.margin,
                 args.min_prob,
+                max(1, args.threads),
             ):
                 print(json.dumps(line), flush=True)
             return 0
@@ -921,6 +971,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.margin,
             args.min_prob,
+            max(1, args.threads),
         )
     except PredictError as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)

@@ -387,7 +387,8 @@ def test_mic_config_rebuilds_the_model_and_says_what_is_wrong():
     model = MIC.from_config(cfg, backbone_weights=models.RANDOM)
     MIC.from_config(again, backbone_weights=models.RANDOM).load_state_dict(model.state_dict())
     assert model.mv is not None and model.discriminator is not None
-    flat = {k: v for k, v in record["model"].items() if k not in ("num_subjects", "dropout")}
+    adversary = ("num_subjects", "adv_weight", "adv_conditional")
+    flat = {k: v for k, v in record["model"].items() if k not in (*adversary, "dropout")}
     assert models.MICConfig.from_checkpoint({**flat, "input": "residual"}) == dataclasses.replace(
         cfg, num_subjects=0
     )

@@ -499,17 +499,17 @@ def test_a_compressed_record_is_refused_before_loading(tmp_path, capsys, monkeyp
             for _ in range(96):
                 big.write(zeros)
     assert path.stat().st_size < 1 << 20
-    monkeypatch.setattr(predict.torch, "load", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("loaded"))
     assert predict.main([str(tmp_path / "x.mp4"), "--checkpoint", str(path)]) == 1
     assert "refused before loading" in capsys.readouterr().err
 
 
-def test_import_leaves_torchvision_for_the_loading_thread():
-    """`import predict` does not import torchvision nor facenet_pytorch (seconds): the thread
-    that loads the checkpoint and MTCNN does, while the video decodes."""
+def test_import_leaves_torch_for_the_loading_thread():
+    """`import predict` does not import torch, torchvision nor facenet_pytorch (seconds): the
+    thread that loads the checkpoint and MTCNN does, while the video decodes."""
     code = (
-        "import sys, predict; print(sorted(m for m in ('torchvision', 'facenet_pytorch', "
-        "'identity_weights') if m in sys.modules))"
+        "import sys, predict; print(sorted(m for m in ('torch', 'torchvision', 'facenet_pytorch', "
+        "'identity_weights', 'faces', 'models', 'reader', 'datasets') if m in sys.modules))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
@@ -543,7 +543,7 @@ def test_fast_pools_give_the_model_s_outputs(ckpt, monkeypatch):
     model, config = predict.load_model(ckpt)
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
     assert any(isinstance(m, faces.MaxPool) for m in model.modules())
-    monkeypatch.setattr(predict, "fast_max_pools", lambda m: m)
+    monkeypatch.setattr(faces, "fast_max_pools", lambda m: m)
     plain, _ = predict.load_model(ckpt)
     assert any(isinstance(m, torch.nn.MaxPool2d) for m in plain.modules())
     x = torch.randn(
@@ -555,17 +555,42 @@ def test_fast_pools_give_the_model_s_outputs(ckpt, monkeypatch):
 
 def test_checkpoints_of_the_flat_config_still_load(ckpt, tmp_path):
     """Checkpoints written before the model had a record of its own (the MICConfig under
-    "model") kept its keys in the record itself, without the adversary's size: they load to the
-    same model, their config read as the new one's."""
+    "model") kept its keys in the record itself, without the adversary's (size, weight,
+    conditioning) nor dropout: they load to the same model, their config read as the new one's
+    but for the adversary's defaults (which predict.py does not use)."""
     state = torch.load(ckpt, weights_only=True)
     config = json.loads(state["config"])
     flat = {**{k: v for k, v in config.items() if k != "model"}, **config["model"]}
-    del flat["num_subjects"], flat["dropout"]
+    for key in ("num_subjects", "adv_weight", "adv_conditional", "dropout"):
+        del flat[key]
     old = tmp_path / "old.pt"
     torch.save({**state, "config": json.dumps(flat)}, old)
     model, loaded = predict.load_model(old)
     new, _ = predict.load_model(ckpt)
-    assert loaded["model"] == config["model"]
+    assert loaded["model"] == {**config["model"], "adv_weight": 1.0, "adv_conditional": False}
     x = torch.randn(2, flat["num_segments"], 3, flat["size"], flat["size"])
     with torch.no_grad():
         assert torch.equal(model(x, None)["logits"], new(x, None)["logits"])
+
+
+def test_torch_s_threads_and_the_device_are_set_once_loaded(ckpt):
+    """Torch, imported by the loading thread, gets its `threads` in the thread that runs the
+    networks, although it has run operations before; device None is cuda where there is one,
+    else cpu (the command line's default)."""
+    before = torch.get_num_threads()
+    try:
+        (*_, device), done = predict._loaded(
+            predict._load(ckpt, None, False), lambda: 7, before + 1
+        )
+        assert torch.get_num_threads() == before + 1 and done == 7
+    finally:
+        torch.set_num_threads(before)
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_switch_interval_is_short_while_the_video_decodes(ckpt):
+    """While the imports and the video's decoding share the interpreter, it switches threads
+    every `SWITCH_INTERVAL` s (the decoding waits less for it); as before afterwards."""
+    before = sys.getswitchinterval()
+    _, during = predict._loaded(predict._load(ckpt, "cpu", False), sys.getswitchinterval)
+    assert during == predict.SWITCH_INTERVAL < before == sys.getswitchinterval()
