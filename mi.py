@@ -156,6 +156,8 @@ class _CriticEstimator(nn.Module):
         """``(n,)`` scores of the row-wise pairs ``T(z_e[k], z_i[k])``."""
         return self.T(z_e, z_i)
 
+    bound_joint_scores = joint_scores  # the joint terms of the bound (CLUB may differ)
+
     def pair_scores(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """``(n, m)`` scores of every pair ``T(z_e[k], z_i[j])``."""
         return self.T.all_pairs(z_e, z_i)
@@ -283,6 +285,9 @@ class InfoNCE(_CriticEstimator):
         return (t_joint - lme).mean()
 
 
+CLUB_JOINTS = ("expected", "sample")
+
+
 class CLUB(nn.Module):
     """CLUB (Cheng et al. 2020): contrastive log-ratio *upper* bound, suited to minimisation.
 
@@ -291,13 +296,31 @@ class CLUB(nn.Module):
     ``E_P[log q(z_I|z_E)] − E_Q[log q(z_I|z_E)]``, which is 0 in expectation under independence.
     It bounds MI from above only while q is close to the true conditional; with a flexible q it
     is a quantity to minimise, not an MI value.
+
+    ``joint``: the joint term ``log q(z_I | z_E)`` of each clip's own z_I ("sample", Cheng et
+    al.'s) or its expectation under q, −H(q(· | z_E)) ("expected"). Both have one expectation
+    when q is the true conditional. The sample form is linear in z_E for a fixed linear q, so an
+    encoder minimising it can go below 0 without bound by predicting z_I's opposite (against a q
+    that lags); the expected form is ½‖μ(z_E) − E z_I‖² in q's metric plus a constant, smallest
+    where q predicts nothing but the marginal's mean, and its gradient does not carry z_I's
+    sampling noise.
     """
 
     def __init__(
-        self, d_e: int, d_i: int, hidden: int = 1024, critic: str = "mlp", ridge: float = 0.1
+        self,
+        d_e: int,
+        d_i: int,
+        hidden: int = 1024,
+        critic: str = "mlp",
+        ridge: float = 0.1,
+        joint: str = "sample",
     ):
         super().__init__()
-        self.ridge = ridge
+        if joint not in CLUB_JOINTS:
+            raise ValueError(f"CLUB's joint term is {' or '.join(CLUB_JOINTS)}, got {joint!r}")
+        self.ridge, self.joint = ridge, joint
+        self.fit_map: Tensor | None = None  # set by ``fit``
+        self.fit_mean: Tensor | None = None
         if critic == "mlp":
             self.mu = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
             self.logvar = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
@@ -316,8 +339,9 @@ class CLUB(nn.Module):
     def fit(self, z_e: Tensor, z_i: Tensor) -> None:
         """q fitted exactly: A by ridge regression of z_I on z_E (penalty ``self.ridge`` times
         the mean eigenvalue of z_E's scatter), σ² the residual sum of squares of each dimension
-        over n − df, df the fit's effective degrees of freedom (its in-sample residuals are too
-        small when z_E has nearly as many dimensions as there are clips)."""
+        over n − 1 − tr(2H − H²), H the fit's hat matrix (its in-sample residuals are too
+        small when z_E has nearly as many dimensions as there are clips; Hastie & Tibshirani's
+        residual degrees of freedom of a linear smoother)."""
         mu_e, mu_i = z_e.mean(0), z_i.mean(0)
         x, y = z_e - mu_e, z_i - mu_i
         n, d = x.shape
@@ -329,8 +353,14 @@ class CLUB(nn.Module):
             if n < d
             else torch.linalg.solve(gram + lam * eye, x.T @ y)
         )
+        # X (XᵀX + λ)⁻¹ = (XXᵀ + λ)⁻¹ X: q's mean at z errs by σ² ‖that · (z − μ_E)‖² (see
+        # ``bound_joint_scores``)
+        self.fit_map = torch.linalg.solve(gram + lam * eye, x if n < d else x.T)
+        self.fit_map = self.fit_map if n < d else self.fit_map.T
+        self.fit_mean = mu_e
         eig = torch.linalg.eigvalsh(gram).clamp(min=0)
-        df = float((eig / (eig + lam)).sum())
+        shrink = eig / (eig + lam)  # H's eigenvalues
+        df = float((2 * shrink - shrink**2).sum())
         self.mu.weight.copy_(a.T)
         self.mu.bias.copy_(mu_i - mu_e @ a)
         rss = ((y - x @ a) ** 2).sum(0)
@@ -346,6 +376,8 @@ class CLUB(nn.Module):
         # mean over all j of (z_i[j] − μ_k)², from the batch mean and variance: O(n·d), not O(n²·d)
         sq_all = (mu - z_i.mean(0)) ** 2 + z_i.var(0, unbiased=False)
         sq_marginal = (n * sq_all - sq_joint) / (n - 1)  # j ≠ k only
+        if self.joint == "expected":  # E_q[(z_I − μ)² / σ²] = 1 in each dimension
+            return 0.5 * ((sq_marginal * inv_var).sum(1) - z_i.shape[1]).mean()
         return 0.5 * ((sq_marginal - sq_joint) * inv_var).sum(1).mean()
 
     def loss_T(self, z_e: Tensor, z_i: Tensor) -> Tensor:
@@ -357,6 +389,18 @@ class CLUB(nn.Module):
         mu, logvar = self.mu(z_e), self.logvar(z_e)
         nll = (z_i - mu) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)
         return -0.5 * nll.sum(1)
+
+    def bound_joint_scores(self, z_e: Tensor, z_i: Tensor) -> Tensor:
+        """``(n,)`` joint terms of the estimate: ``joint_scores``, or with ``joint`` "expected"
+        their expectation under q, the negative entropy of q(· | z_e[k])."""
+        if self.joint == "sample":
+            return self.joint_scores(z_e, z_i)
+        scores = -0.5 * (self.logvar(z_e).sum(1) + z_i.shape[1] * (1 + math.log(2 * math.pi)))
+        if self.fit_map is not None:  # the closed-form fit's own error, which ``pair_scores``
+            with torch.no_grad():  # carry and a sample's log q would too (a constant for z_E)
+                spread = ((z_e - self.fit_mean) @ self.fit_map.T).pow(2).sum(1)
+            scores = scores - 0.5 * z_i.shape[1] * spread
+        return scores
 
     def pair_scores(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """``(n, m)`` log-likelihoods ``log q(z_i[j] | z_e[k])``, in O(n·m) memory (matmuls)."""
@@ -642,7 +686,7 @@ class ClipTable:
             return None
         z_i = self.z_i[ids.to(self.z_i.device)]
         return estimator.bound(
-            estimator.joint_scores(z_e, z_i),
+            estimator.bound_joint_scores(z_e, z_i),
             estimator.pair_scores(z_e, self.z_i[cols.to(self.z_i.device)]),
             mask,
         )

@@ -896,7 +896,7 @@ def build_critic(
             generator=torch.Generator().manual_seed(args.seed),
         )
     d_i = z_i_train.shape[1] if table is None else table.z_i.shape[1]
-    extra = {"ridge": args.mi_ridge} if args.estimator == "club" else {}
+    extra = {"ridge": args.mi_ridge, "joint": args.club_joint} if args.estimator == "club" else {}
     estimator = mi.build_estimator(
         args.estimator, d_e, d_i, hidden=args.mi_hidden, critic=args.mi_critic, **extra
     ).to(device)

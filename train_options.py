@@ -87,8 +87,16 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument(
         "--mi-ridge",
         type=float,
-        default=0.1,
-        help="CLUB's ridge q: penalty × the mean eigenvalue of z_E's scatter",
+        default=0.001,
+        help="CLUB's ridge q: penalty × the mean eigenvalue of z_E's scatter (small: the "
+        "encoder hides identity from a larger one by shrinking its directions)",
+    )
+    p.add_argument(
+        "--club-joint",
+        choices=mi.CLUB_JOINTS,
+        default="sample",
+        help="CLUB's joint term: each clip's log q(z_I | z_E) ('sample', Cheng et al.'s) or "
+        "its expectation under q ('expected': no sign the encoder can anti-predict)",
     )
     p.add_argument(
         "--mi-negatives",

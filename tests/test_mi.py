@@ -373,7 +373,9 @@ def test_placebo_permutes_z_i_across_clips(conditional):
         assert (real.labels[order] == real.labels).all()
 
 
-def table_game(dependent: bool, placebo: bool = False, steps: int = 60) -> tuple[float, float]:
+def table_game(
+    dependent: bool, placebo: bool = False, steps: int = 60, joint: str = "sample"
+) -> tuple[float, float]:
     """The default procedure's MI term on recurring clips whose z_E carries (or not) a linear
     copy of z_I: mean over the last steps, and the share of steps with a gradient."""
     g = torch.Generator().manual_seed(0)
@@ -391,7 +393,7 @@ def table_game(dependent: bool, placebo: bool = False, steps: int = 60) -> tuple
         dims=16,
         generator=g,
     )
-    est = mi.CLUB(64, 16, critic="ridge")
+    est = mi.CLUB(64, 16, critic="ridge", joint=joint)
     values = []
     while len(values) < steps:
         for ids in torch.randperm(n, generator=g).split(16):
@@ -407,17 +409,83 @@ def table_game(dependent: bool, placebo: bool = False, steps: int = 60) -> tuple
     return float(tail[:, 0].mean()), float(tail[:, 1].mean())
 
 
-def test_table_mi_term_reads_dependence_and_acts():
-    value, active = table_game(dependent=True)
+@pytest.mark.parametrize("joint", mi.CLUB_JOINTS)
+def test_table_mi_term_reads_dependence_and_acts(joint):
+    value, active = table_game(dependent=True, joint=joint)
     assert value >= 1.0 and active == 1.0, (value, active)
 
 
+@pytest.mark.parametrize("joint", mi.CLUB_JOINTS)
 @pytest.mark.parametrize("placebo", [False, True])
-def test_table_mi_term_is_near_zero_without_dependence(placebo):
+def test_table_mi_term_is_near_zero_without_dependence(placebo, joint):
     """Independent z_E, or the placebo's permuted z_I: q is fitted on every clip but the batch it
     scores, so it reads no dependence that is not there (dependent: about 2.7 nats)."""
-    value, _ = table_game(dependent=placebo, placebo=placebo)
+    value, _ = table_game(dependent=placebo, placebo=placebo, joint=joint)
     assert abs(value) <= 0.5, value
+
+
+def minimised_club(joint: str, steps: int = 300) -> tuple[float, float]:
+    """Gradient descent on a batch's z_E against a q fitted once (a q that lags the encoder):
+    the final estimate, and how far q's prediction from z_E ends from z_I's mean (in q's metric;
+    0: z_E shows q no identity)."""
+    g = torch.Generator().manual_seed(0)
+    z_i = torch.randn(400, 8, generator=g)
+    z_e = torch.cat([z_i, torch.randn(400, 8, generator=g)], 1)  # z_E carries a copy of z_I
+    est = mi.CLUB(16, 8, critic="ridge", joint=joint)
+    est.fit(z_e[16:], z_i[16:])
+    z = z_e[:16].clone().requires_grad_()
+    opt = torch.optim.SGD([z], lr=0.05)
+    for _ in range(steps):
+        value = est.bound(
+            est.bound_joint_scores(z, z_i[:16]),
+            est.pair_scores(z, z_i[16:]),
+            torch.ones(16, 384, dtype=torch.bool),
+        )
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    with torch.no_grad():
+        off = (est.mu(z) - z_i[16:].mean(0)) ** 2 * torch.exp(-est.log_sigma2)
+    return value.item(), off.sum(1).mean().sqrt().item()
+
+
+def test_expected_club_cannot_be_driven_below_zero_by_anti_prediction():
+    """The sample form is linear in z_E for a fixed q: minimising it drives z_E to predict z_I's
+    opposite and the estimate without bound below 0. The expected form ends where q predicts z_I's
+    mean, at a value above 0 (what q's fit explains of z_I, a constant for z_E)."""
+    sample, sample_off = minimised_club("sample")
+    expected, expected_off = minimised_club("expected")
+    assert sample < -50 and sample_off > 10, (sample, sample_off)  # anti-prediction
+    assert expected > 0 and expected_off < 0.1, (expected, expected_off)
+
+
+def ridge_club_reading(ridge: float, scale: float) -> float:
+    """CLUB's reading, a ridge q fitted on 384 clips and scored on 16 others, of a z_E that holds a
+    copy of z_I times ``scale`` beside 56 dimensions of unit variance."""
+    g = torch.Generator().manual_seed(0)
+    z_i = torch.randn(400, 8, generator=g)
+    z_e = torch.cat([scale * z_i, torch.randn(400, 56, generator=g)], 1)
+    est = mi.CLUB(64, 8, critic="ridge", ridge=ridge)
+    est.fit(z_e[16:], z_i[16:])
+    mask = torch.ones(16, 384, dtype=torch.bool)
+    return float(
+        est.bound(est.joint_scores(z_e[:16], z_i[:16]), est.pair_scores(z_e[:16], z_i[16:]), mask)
+    )
+
+
+def test_a_small_ridge_sees_identity_the_encoder_has_shrunk():
+    """MI does not change when z_E's identity directions shrink, but a ridge relative to z_E's
+    mean eigenvalue stops seeing them once their variance falls below it: the encoder could lower
+    the term by shrinking identity rather than removing it. train.py's default ridge (0.001)
+    still reads the copy at a tenth of the scale (variance 0.01), where 0.1 reads almost none."""
+    assert ridge_club_reading(0.1, 1.0) > 5 and ridge_club_reading(0.001, 1.0) > 5
+    assert ridge_club_reading(0.001, 0.1) > 5
+    assert ridge_club_reading(0.1, 0.1) < 0.5 * ridge_club_reading(0.001, 0.1)
+
+
+def test_club_rejects_an_unknown_joint_term():
+    with pytest.raises(ValueError, match="joint term"):
+        mi.CLUB(4, 4, joint="mean")
 
 
 def test_table_mi_term_fitted_on_the_scored_clips_reads_dependence_everywhere(monkeypatch):
@@ -428,7 +496,7 @@ def test_table_mi_term_fitted_on_the_scored_clips_reads_dependence_everywhere(mo
         mi.ClipTable, "train_critic", lambda self, *a, exclude=None, **k: fit(self, *a, **k)
     )
     with pytest.raises(AssertionError):
-        test_table_mi_term_is_near_zero_without_dependence(False)
+        test_table_mi_term_is_near_zero_without_dependence(False, "sample")
 
 
 def test_agreed_count_without_distributed_is_the_count():
