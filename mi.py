@@ -319,8 +319,6 @@ class CLUB(nn.Module):
         if joint not in CLUB_JOINTS:
             raise ValueError(f"CLUB's joint term is {' or '.join(CLUB_JOINTS)}, got {joint!r}")
         self.ridge, self.joint = ridge, joint
-        self.fit_map: Tensor | None = None  # set by ``fit``
-        self.fit_mean: Tensor | None = None
         if critic == "mlp":
             self.mu = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
             self.logvar = nn.Sequential(nn.Linear(d_e, hidden), nn.ReLU(), nn.Linear(hidden, d_i))
@@ -338,33 +336,25 @@ class CLUB(nn.Module):
     @torch.no_grad()
     def fit(self, z_e: Tensor, z_i: Tensor) -> None:
         """q fitted exactly: A by ridge regression of z_I on z_E (penalty ``self.ridge`` times
-        the mean eigenvalue of z_E's scatter), σ² the residual sum of squares of each dimension
-        over n − 1 − tr(2H − H²), H the fit's hat matrix (its in-sample residuals are too
-        small when z_E has nearly as many dimensions as there are clips; Hastie & Tibshirani's
-        residual degrees of freedom of a linear smoother)."""
+        the mean eigenvalue of z_E's scatter), σ² each dimension's mean squared leave-one-out
+        residual, e_k / (1 − H_kk) with H the fit's hat matrix: q is scored on clips it was not
+        fitted on, and in-sample residuals are far too small when z_E has about as many
+        dimensions as there are clips (with a small ridge the fit then nearly interpolates)."""
         mu_e, mu_i = z_e.mean(0), z_i.mean(0)
         x, y = z_e - mu_e, z_i - mu_i
         n, d = x.shape
         gram = x @ x.T if n < d else x.T @ x  # fewer clips than dimensions: the dual form
         lam = self.ridge * (gram.diagonal().sum() / d).clamp(min=1e-8)
         eye = torch.eye(len(gram), device=gram.device)
-        a = (
-            x.T @ torch.linalg.solve(gram + lam * eye, y)
-            if n < d
-            else torch.linalg.solve(gram + lam * eye, x.T @ y)
-        )
-        # X (XᵀX + λ)⁻¹ = (XXᵀ + λ)⁻¹ X: q's mean at z errs by σ² ‖that · (z − μ_E)‖² (see
-        # ``bound_joint_scores``)
-        self.fit_map = torch.linalg.solve(gram + lam * eye, x if n < d else x.T)
-        self.fit_map = self.fit_map if n < d else self.fit_map.T
-        self.fit_mean = mu_e
-        eig = torch.linalg.eigvalsh(gram).clamp(min=0)
-        shrink = eig / (eig + lam)  # H's eigenvalues
-        df = float((2 * shrink - shrink**2).sum())
+        # X (XᵀX + λ)⁻¹ = (XXᵀ + λ)⁻¹ X, row k of which · x_k is H_kk
+        x_m = torch.linalg.solve(gram + lam * eye, x if n < d else x.T)
+        x_m = x_m if n < d else x_m.T
+        a = x_m.T @ y
+        leverage = (x_m * x).sum(1) + 1.0 / n  # + the mean's
+        loo = (y - x @ a) / (1.0 - leverage).clamp(min=1e-6)[:, None]
         self.mu.weight.copy_(a.T)
         self.mu.bias.copy_(mu_i - mu_e @ a)
-        rss = ((y - x @ a) ** 2).sum(0)
-        sigma2 = rss / max(len(x) - 1 - df, 1.0) + 1e-3 * y.var(0).mean()
+        sigma2 = (loo**2).mean(0) + 1e-3 * y.var(0).mean()
         self.log_sigma2.copy_(sigma2.log())
 
     def forward(self, z_e: Tensor, z_i: Tensor) -> Tensor:
@@ -395,12 +385,7 @@ class CLUB(nn.Module):
         their expectation under q, the negative entropy of q(· | z_e[k])."""
         if self.joint == "sample":
             return self.joint_scores(z_e, z_i)
-        scores = -0.5 * (self.logvar(z_e).sum(1) + z_i.shape[1] * (1 + math.log(2 * math.pi)))
-        if self.fit_map is not None:  # the closed-form fit's own error, which ``pair_scores``
-            with torch.no_grad():  # carry and a sample's log q would too (a constant for z_E)
-                spread = ((z_e - self.fit_mean) @ self.fit_map.T).pow(2).sum(1)
-            scores = scores - 0.5 * z_i.shape[1] * spread
-        return scores
+        return -0.5 * (self.logvar(z_e).sum(1) + z_i.shape[1] * (1 + math.log(2 * math.pi)))
 
     def pair_scores(self, z_e: Tensor, z_i: Tensor) -> Tensor:
         """``(n, m)`` log-likelihoods ``log q(z_i[j] | z_e[k])``, in O(n·m) memory (matmuls)."""
