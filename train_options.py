@@ -87,9 +87,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     p.add_argument(
         "--mi-ridge",
         type=float,
-        default=0.001,
-        help="CLUB's ridge q: penalty × the mean eigenvalue of z_E's scatter (small: the "
-        "encoder hides identity from a larger one by shrinking its directions)",
+        default=0.1,
+        help="CLUB's ridge q: penalty × the mean eigenvalue of z_E's scatter (the encoder can "
+        "hide identity from a larger one by shrinking its directions; docs/mi.md)",
     )
     p.add_argument(
         "--club-joint",

@@ -476,8 +476,8 @@ def ridge_club_reading(ridge: float, scale: float) -> float:
 def test_a_small_ridge_sees_identity_the_encoder_has_shrunk():
     """MI does not change when z_E's identity directions shrink, but a ridge relative to z_E's
     mean eigenvalue stops seeing them once their variance falls below it: the encoder could lower
-    the term by shrinking identity rather than removing it. train.py's default ridge (0.001)
-    still reads the copy at a tenth of the scale (variance 0.01), where 0.1 reads almost none."""
+    the term by shrinking identity rather than removing it. A ridge of 0.001 still reads the copy
+    at a tenth of the scale (variance 0.01), where train.py's default 0.1 reads almost none."""
     assert ridge_club_reading(0.1, 1.0) > 5 and ridge_club_reading(0.001, 1.0) > 5
     assert ridge_club_reading(0.001, 0.1) > 5
     assert ridge_club_reading(0.1, 0.1) < 0.5 * ridge_club_reading(0.001, 0.1)
